@@ -1,0 +1,1 @@
+"""Targeted Lexical Injection toolkit."""

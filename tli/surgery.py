@@ -1,0 +1,135 @@
+"""Model internals, in one module: the decoder stack, layer naming, and truncated forward passes.
+
+Layers are numbered as transformers' ``hidden_states``: layer 0 is the embedding output (for Gemma
+already scaled by sqrt(hidden size)), layer k (1 <= k <= L) the output of decoder block k, and
+layer L (the last block) is returned *after* the final norm, exactly as transformers does.
+
+Every change to a model here is made inside a context manager that restores it in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from tli.errors import TliError
+
+# model_type -> family; every family keeps its stack at `<causal lm>.model` with
+# `embed_tokens`, `layers` (a ModuleList of blocks) and a final `norm`.
+SUPPORTED_MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "gemma3_text": "gemma3",
+}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def model_family(model: nn.Module) -> str:
+    """'llama' or 'gemma3'; a clear TliError for an architecture this module does not know."""
+    model_type = getattr(unwrap(model).config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        known = ", ".join(sorted(SUPPORTED_MODEL_TYPES))
+        raise TliError(f"unsupported architecture {model_type!r}: tli knows {known}")
+    return SUPPORTED_MODEL_TYPES[model_type]
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack (`embed_tokens`, `layers`, `norm`) of a supported causal LM."""
+    model_family(model)
+    return unwrap(model).model
+
+
+def num_layers(model: nn.Module) -> int:
+    """L, the number of decoder blocks; valid layer indices are 0..L."""
+    return len(decoder(model).layers)
+
+
+def layer_name(layer: int, n_layers: int) -> str:
+    """Human name of hidden_states[layer]: 'embedding', 'block k' or 'block L + final norm'."""
+    if layer == 0:
+        return "embedding"
+    return f"block {layer} + final norm" if layer == n_layers else f"block {layer}"
+
+
+def check_layer(layer: int, n_layers: int) -> None:
+    """TliError unless 0 <= layer <= n_layers."""
+    if not 0 <= layer <= n_layers:
+        raise TliError(f"layer {layer} is out of range: this model has layers 0..{n_layers}")
+
+
+@contextlib.contextmanager
+def truncated(model: nn.Module, layer: int) -> Iterator[None]:
+    """Inside, the decoder runs blocks 1..`layer` only and its last output is hidden_states[layer].
+
+    Blocks above `layer` cannot influence hidden_states[layer], so losses and gradients are the same
+    as with the full forward pass. The final norm is bypassed unless `layer` is the last block.
+    """
+    stack = decoder(model)
+    n_layers = len(stack.layers)
+    check_layer(layer, n_layers)
+    blocks, norm = stack.layers, stack.norm
+    try:
+        stack.layers = nn.ModuleList(list(blocks)[:layer])
+        if layer < n_layers:
+            stack.norm = nn.Identity()
+        yield
+    finally:
+        stack.layers, stack.norm = blocks, norm
+
+
+@contextlib.contextmanager
+def recording(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside, a forward pass of the decoder fills {layer: [batch, pos, d_model]} for layers < L.
+
+    Layer 0 is read from the embedding module's output, layer k from block k's output; the hooks
+    are removed in ``finally``. (Layer L needs the final norm: take the decoder's last_hidden_state.)
+    """
+    stack = decoder(model)
+    recorded: dict[int, torch.Tensor] = {}
+
+    def keep(k: int):
+        def hook(_module, _inputs, output):
+            recorded[k] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    modules = {k: stack.embed_tokens if k == 0 else stack.layers[k - 1] for k in layers if k < len(stack.layers)}
+    handles = [module.register_forward_hook(keep(k)) for k, module in modules.items()]
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[int],
+    truncate: bool = True,
+) -> dict[int, torch.Tensor]:
+    """hidden_states[k] for each k in `layers`, each [batch, pos, d_model].
+
+    With `truncate`, blocks above max(layers) are not run; without, the whole model runs
+    (a verification path: the results are identical).
+    """
+    stack = decoder(model)
+    n_layers = len(stack.layers)
+    for k in layers:
+        check_layer(k, n_layers)
+    context = truncated(model, max(layers)) if truncate else contextlib.nullcontext()
+    with recording(model, layers) as recorded, context:
+        output = stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    if n_layers in layers:
+        recorded[n_layers] = output.last_hidden_state
+    return {k: recorded[k] for k in layers}
