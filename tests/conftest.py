@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny random Llama (from a config, nothing downloaded) and the embedded model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from tli import data, models
+
+
+@pytest.fixture(scope="session")
+def embedded_dir():
+    """The embedded SmolLM2-135M as a safetensors folder (converted from its GGUF on first use)."""
+    return models.embedded_model_dir("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, embedded_dir):
+    """A 4-block random Llama (hidden 32) with the SmolLM2 tokenizer, saved as safetensors."""
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def tiny_llama(tiny_llama_dir):
+    return models.load_model(models.ModelConfig(model=str(tiny_llama_dir)))
+
+
+@pytest.fixture(scope="session")
+def small_pairs(tmp_path_factory):
+    """16 trained + 6 control pairs of the default dataset, as a TSV file and a frame."""
+    pairs = data.load_pairs()
+    sets = data.split_sets(pairs)
+    subset = pd.concat([sets["trained"].iloc[::39].head(16), sets["control"].head(6)], ignore_index=True)
+    path = tmp_path_factory.mktemp("pairs") / "small.tsv"
+    data.write_pairs(subset, path)
+    return path, data.load_pairs(path)
