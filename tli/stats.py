@@ -57,14 +57,15 @@ def matched_cosines(src, tgt) -> np.ndarray:
     return np.sum(l2_normalize(src) * l2_normalize(tgt), axis=1)
 
 
+def _off_diagonal_mean(sim: np.ndarray) -> float:
+    """Mean of sim[i, j] over i != j ([n, n]); NaN for n < 2."""
+    n = len(sim)
+    return float((sim.sum() - np.trace(sim)) / (n * (n - 1))) if n > 1 else float("nan")
+
+
 def mismatched_cosine(src, tgt) -> float:
     """Mean of cos(src_i, tgt_j) over all n(n-1) pairs i != j; NaN for n < 2."""
-    src, tgt = _as_pair(src, tgt)
-    n = len(src)
-    if n < 2:
-        return float("nan")
-    sim = cosine_matrix(src, tgt)
-    return float((sim.sum() - np.trace(sim)) / (n * (n - 1)))
+    return _off_diagonal_mean(cosine_matrix(*_as_pair(src, tgt)))
 
 
 def center_per_language(src, tgt) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +110,12 @@ def _mean_top_k(sim: np.ndarray, k: int) -> np.ndarray:
     return np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
 
 
+def _csls(sim: np.ndarray, k: int) -> np.ndarray:
+    """CSLS scores [n, n] from the cosine matrix sim [n, n], k clipped to n."""
+    k = min(k, len(sim))
+    return 2 * sim - _mean_top_k(sim, k)[:, None] - _mean_top_k(sim.T, k)[None, :]
+
+
 def csls_precision_at_1(src, tgt, k: int = 10, gold: Sequence[str] | None = None) -> float:
     """P@1 of retrieval by CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y) (Conneau et al. 2018, MUSE).
 
@@ -118,33 +125,36 @@ def csls_precision_at_1(src, tgt, k: int = 10, gold: Sequence[str] | None = None
     src, tgt = _as_pair(src, tgt)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    sim = cosine_matrix(src, tgt)  # [n, n]
-    k = min(k, len(sim))
-    csls = 2 * sim - _mean_top_k(sim, k)[:, None] - _mean_top_k(sim.T, k)[None, :]
-    return _retrieval_accuracy(csls, gold)
+    return _retrieval_accuracy(_csls(cosine_matrix(src, tgt), k), gold)
 
 
 def alignment_metrics(src, tgt, gold: Sequence[str] | None = None, k: int = 10) -> dict[str, float]:
-    """All per-layer alignment numbers for paired rows of src, tgt [n, d] (see module docstring)."""
+    """All per-layer alignment numbers for paired rows of src, tgt [n, d] (see module docstring).
+
+    One raw and one per-language-centred cosine matrix [n, n] serve every number.
+    """
     src, tgt = _as_pair(src, tgt)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     n = len(src)
-    cosines = matched_cosines(src, tgt)
-    src_c, tgt_c = center_per_language(src, tgt)
-    mismatched = mismatched_cosine(src, tgt)
-    centered = float(matched_cosines(src_c, tgt_c).mean())
-    centered_mismatched = mismatched_cosine(src_c, tgt_c)
+    raw = cosine_matrix(src, tgt)
+    centred = cosine_matrix(*center_per_language(src, tgt))
+    cosines = np.diag(raw)
+    mismatched = _off_diagonal_mean(raw)
+    matched_centred = float(np.diag(centred).mean())
+    centred_mismatched = _off_diagonal_mean(centred)
     return {
         "cosine_mean": float(cosines.mean()),
         "cosine_std": float(np.std(cosines, ddof=1)) if n > 1 else float("nan"),
         "cosine_mismatched": mismatched,
         "gap": float(cosines.mean()) - mismatched,
-        "cosine_centered": centered,
-        "cosine_centered_mismatched": centered_mismatched,
-        "centered_gap": centered - centered_mismatched,
+        "cosine_centered": matched_centred,
+        "cosine_centered_mismatched": centred_mismatched,
+        "centered_gap": matched_centred - centred_mismatched,
         "cosine_joint_centered": float(matched_cosines(*center_jointly(src, tgt)).mean()),
-        "p_at_1": precision_at_1(src, tgt, gold),
-        "p_at_1_csls": csls_precision_at_1(src, tgt, k, gold),
-        "p_at_1_centered": precision_at_1(src_c, tgt_c, gold),
+        "p_at_1": _retrieval_accuracy(raw, gold),
+        "p_at_1_csls": _retrieval_accuracy(_csls(raw, k), gold),
+        "p_at_1_centered": _retrieval_accuracy(centred, gold),
         "n_pairs": n,
     }
 

@@ -88,12 +88,13 @@ def truncated(model: nn.Module, layer: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def recording(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Inside, a forward pass of the decoder fills {layer: [batch, pos, d_model]} for layers < L.
+    """Inside, a forward pass fills {layer: [batch, pos, d_model]} for every layer in `layers`.
 
-    Layer 0 is read from the embedding module's output, layer k from block k's output; the hooks
-    are removed in ``finally``. (Layer L needs the final norm: take the decoder's last_hidden_state.)
+    Layer 0 is read from the embedding module's output, layer k < L from block k's output and
+    layer L from the final norm's output; the hooks are removed in ``finally``.
     """
     stack = decoder(model)
+    n_layers = len(stack.layers)
     recorded: dict[int, torch.Tensor] = {}
 
     def keep(k: int):
@@ -102,8 +103,10 @@ def recording(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, tor
 
         return hook
 
-    modules = {k: stack.embed_tokens if k == 0 else stack.layers[k - 1] for k in layers if k < len(stack.layers)}
-    handles = [module.register_forward_hook(keep(k)) for k, module in modules.items()]
+    def module(k: int) -> nn.Module:
+        return stack.embed_tokens if k == 0 else stack.norm if k == n_layers else stack.layers[k - 1]
+
+    handles = [module(k).register_forward_hook(keep(k)) for k in layers]
     try:
         yield recorded
     finally:
@@ -120,16 +123,16 @@ def hidden_states(
 ) -> dict[int, torch.Tensor]:
     """hidden_states[k] for each k in `layers`, each [batch, pos, d_model].
 
-    With `truncate`, blocks above max(layers) are not run; without, the whole model runs
-    (a verification path: the results are identical).
+    With `truncate`, only blocks 1..max(layers) run. Without, the whole causal LM runs, LM head
+    included, as the author's code does (a verification path: the results are identical).
     """
-    stack = decoder(model)
-    n_layers = len(stack.layers)
+    n_layers = num_layers(model)
     for k in layers:
         check_layer(k, n_layers)
-    context = truncated(model, max(layers)) if truncate else contextlib.nullcontext()
-    with recording(model, layers) as recorded, context:
-        output = stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    if n_layers in layers:
-        recorded[n_layers] = output.last_hidden_state
+    if truncate:
+        with recording(model, layers) as recorded, truncated(model, max(layers)):
+            decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    else:
+        with recording(model, layers) as recorded:
+            unwrap(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return {k: recorded[k] for k in layers}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ class ResultStore:
     def merge(self) -> pd.DataFrame:
         """Rebuild trials/summary/pairs.parquet from trials/ (atomically); returns the trials table."""
         rows = sorted(self.rows(), key=lambda row: (str(row.get("finished_at")), row["trial_id"]))
-        sets = tuple(name for name in SETS if any(f"target_{name}_cosine_pre" in row for row in rows)) or SETS[:2]
+        sets = SETS if any("target_heldout_cosine_pre" in row for row in rows) else SETS[:2]
         wanted = list(TRIAL_COLUMNS) + metric_columns(sets)
         table = pd.DataFrame(rows)
         extra = [column for column in table.columns if column not in wanted]
@@ -144,7 +143,3 @@ class ResultStore:
         if not path.exists() and kind in ("trials", "summary", "pairs"):
             self.merge()
         return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

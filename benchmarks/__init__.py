@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of `tli` (issue 5); run each as `python -m benchmarks.<name>` from the repo root."""

@@ -1,0 +1,100 @@
+"""Memory: peak RSS of a trial on the embedded model, and RSS across consecutive trials in one process.
+
+Each trial is the runner's own worker path (`tli.runner.execute_trial` with one `WorkerCache`, as a
+Ray worker runs it): attach LoRA at layer 2, train one epoch on the runner's smoke pairs (16 trained
+pairs: 2 steps), evaluate pre/post at layers 2 and L (200 bootstrap resamples), then `unload()` the
+LoRA layers. RSS (psutil, else /proc/self/status VmRSS) is read after every trial; the process
+peak (getrusage ru_maxrss) is read after model load and after the first trial. The check: RSS after
+the last trial minus RSS after trial 3 (allocator warm-up done) stays under `--tolerance-mb`.
+
+    .venv/bin/python -m benchmarks.bench_memory               # 20 trials, a minute or two
+    .venv/bin/python -m benchmarks.bench_memory --smoke-test  # 5 trials
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import print_table
+from tli import runner
+
+MODULE = "benchmarks.bench_memory"
+MB = 1024 * 1024
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except ImportError:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak RSS so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(n_trials: int, tolerance_mb: float, model_name: str = "smollm2-135m") -> dict[str, object]:
+    config = runner.SweepConfig(model=model_name, smoke_test=True, device="cpu")
+    pairs = runner.load_sweep_pairs(config)
+    defaults = runner.trial_defaults(config, pairs)
+    cache = runner.WorkerCache()
+    start_rss = rss_bytes()
+    cache.model((model_name, "cpu", defaults["dtype"], defaults["quantization"]))
+    after_load, peak_after_load = rss_bytes(), peak_rss_bytes()
+    rss, peak_after_first = [], None
+    for trial in range(n_trials):
+        settings = runner.normalize(defaults | {"target_layer": 2, "seed": trial})
+        runner.execute_trial(settings, pairs, cache, device="cpu")
+        gc.collect()
+        rss.append(rss_bytes())
+        if trial == 0:
+            peak_after_first = peak_rss_bytes()
+    warm = min(2, n_trials - 1)  # trial 3 (index 2): allocator and caches warmed up
+    growth_mb = (rss[-1] - rss[warm]) / MB
+    rows = [
+        {"measure": "RSS before model load", "MB": start_rss / MB},
+        {"measure": "RSS after model load", "MB": after_load / MB},
+        {"measure": "peak RSS after model load (ru_maxrss)", "MB": peak_after_load / MB},
+        {"measure": "peak RSS after trial 1 (ru_maxrss): a trial's peak", "MB": peak_after_first / MB},
+        {"measure": "peak RSS of trial 1 above the loaded model", "MB": (peak_after_first - after_load) / MB},
+        *({"measure": f"RSS after trial {i + 1}", "MB": value / MB} for i, value in enumerate(rss)),
+        {"measure": f"growth, trial {warm + 1} -> trial {n_trials} (tolerance {tolerance_mb:g})", "MB": growth_mb},
+    ]
+    return {"rows": rows, "rss_mb": [value / MB for value in rss], "growth_mb": growth_mb,
+            "peak_trial_mb": peak_after_first / MB, "ok": growth_mb < tolerance_mb, "lora_left": runner.has_lora(
+                cache.models[(model_name, "cpu", defaults["dtype"], defaults["quantization"])][0])}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=20, help="consecutive trials (default: %(default)s)")
+    parser.add_argument("--tolerance-mb", type=float, default=50.0, help="allowed growth (default: %(default)s MB)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, see README)")
+    parser.add_argument("--smoke-test", action="store_true", help="5 trials")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.smoke_test:
+        args.trials = 5
+    result = run(args.trials, args.tolerance_mb)
+    print_table(f"memory: {args.trials} consecutive trials in one process (layer 2, smoke pairs)", result["rows"],
+                MODULE, argv)
+    verdict = "no growth beyond tolerance" if result["ok"] else "GROWTH beyond tolerance"
+    print(f"{verdict}: {result['growth_mb']:.1f} MB; LoRA left in the cached model: {result['lora_left']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

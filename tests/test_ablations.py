@@ -1,0 +1,81 @@
+"""Every ablation script's --smoke-test runs (in process, on one local Ray shared by the module) and writes
+sound results. The layer sweep's contract is tested in test_runner.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tli.sweep_results import metric_columns
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """An ablations/ script as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"ablation_{name}", ROOT / "ablations" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module's sweeps (the runner joins it and leaves it running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _check_rank(trials):
+    assert sorted(trials["lora_rank"]) == [4, 8] and (trials["lora_alpha"] == 2 * trials["lora_rank"]).all()
+
+
+def _check_margin(trials):
+    assert sorted(trials["margin"]) == [0.1, 0.2]
+
+
+def _check_holdout(trials):
+    assert trials["heldout_category"].nunique() == 2
+    assert (trials["split"] == "heldout:" + trials["heldout_category"]).all()
+    assert (trials["n_train_pairs"] == 12).all()  # 16 smoke pairs minus the 4 of the held-out category
+    assert np.isfinite(trials[[c for c in metric_columns(("heldout",)) if not c.endswith("_p")]].to_numpy(float)).all()
+
+
+def _check_protocol(trials):
+    assert set(zip(trials["pooling_train"], trials["pooling_eval"])) == {("mean", "mean"), ("mean", "mean_content")}
+
+
+def _check_optuna(trials):
+    assert trials["target_layer"].between(1, 3).all()
+    gain = trials["target_control_centered_gap_post"] - trials["target_control_centered_gap_pre"]
+    np.testing.assert_allclose(trials["objective"], gain)
+
+
+CHECKS = {"rank_sweep": _check_rank, "margin_sweep": _check_margin, "category_holdout": _check_holdout,
+          "protocol_sweep": _check_protocol, "optuna_search": _check_optuna}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", list(CHECKS))
+def test_smoke_test_runs_and_writes_sound_results(script, local_ray, tmp_path):
+    started = time.perf_counter()
+    assert load_script(script).main(["--smoke-test", "--results", str(tmp_path)]) == 0
+    print(f"{script} --smoke-test: {time.perf_counter() - started:.1f} s")
+    folder = tmp_path / script
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 2 and set(trials["status"]) == {"ok"} and trials["trial_id"].is_unique
+    assert (trials["experiment"] == script).all() and (trials["epochs"] == 1).all()
+    metrics = metric_columns(("trained", "control"))
+    assert np.isfinite(trials[metrics + ["final_loss", "objective"]].to_numpy(float)).all()
+    CHECKS[script](trials)
+    pairs = pd.read_parquet(folder / "pairs.parquet")
+    assert set(pairs["trial_id"]) == set(trials["trial_id"])
+    assert len(pd.read_parquet(folder / "scan.parquet")) == 31 * 4
