@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tli import data, models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_ablation(name: str):
+    """An ablations/ script as a module (the folder holds scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"ablation_{name}", ROOT / "ablations" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

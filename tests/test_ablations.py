@@ -3,26 +3,14 @@ sound results. The layer sweep's contract is tested in test_runner.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import load_ablation
 from tli.sweep_results import metric_columns
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """An ablations/ script as a module (the folder is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", ROOT / "ablations" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -67,7 +55,7 @@ CHECKS = {"rank_sweep": _check_rank, "margin_sweep": _check_margin, "category_ho
 @pytest.mark.parametrize("script", list(CHECKS))
 def test_smoke_test_runs_and_writes_sound_results(script, local_ray, tmp_path):
     started = time.perf_counter()
-    assert load_script(script).main(["--smoke-test", "--results", str(tmp_path)]) == 0
+    assert load_ablation(script).main(["--smoke-test", "--results", str(tmp_path)]) == 0
     print(f"{script} --smoke-test: {time.perf_counter() - started:.1f} s")
     folder = tmp_path / script
     trials = pd.read_parquet(folder / "trials.parquet")

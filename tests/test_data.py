@@ -1,7 +1,6 @@
 """tli.data: the packaged dataset, its quirk flags, validation errors, FreeDict import."""
 
 import gzip
-import json
 import logging
 from pathlib import Path
 

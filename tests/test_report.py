@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,18 +12,9 @@ import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
+from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
 from tli import report, stats
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _aggregate():
-    spec = importlib.util.spec_from_file_location("aggregate", ROOT / "ablations" / "aggregate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
@@ -46,7 +35,7 @@ def sig(results):
 @pytest.fixture(scope="module")
 def built(fixture_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    assert _aggregate().main([str(fixture_dir), "--out", str(out), "--n-boot", "200"]) == 0
+    assert load_ablation("aggregate").main([str(fixture_dir), "--out", str(out), "--n-boot", "200"]) == 0
     return out
 
 
@@ -152,7 +141,7 @@ def test_one_line_error_for_missing_or_empty_dir(tmp_path, capsys, case):
         target.mkdir()
     if case == "no_rows":
         pd.DataFrame({"trial_id": [], "status": []}).to_parquet(target / "trials.parquet")
-    assert _aggregate().main([str(target)]) == 2
+    assert load_ablation("aggregate").main([str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("aggregate.py: error: ")
     assert {"missing": "does not exist", "empty": "no results", "no_rows": "no trials"}[case] in err

@@ -4,7 +4,6 @@ end to end on a local Ray."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -19,18 +18,8 @@ import torch
 from tli import loss, models, runner
 from tli.errors import TliError
 from tli.scan import embed_pairs
+from conftest import load_ablation
 from tli.sweep_results import TRIAL_COLUMNS, ResultStore, metric_columns
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """An ablations/ script as a module (the folder is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", ROOT / "ablations" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # --- trial settings (no model, no Ray) ---------------------------------------------------------
 
@@ -186,13 +175,13 @@ def layer_smoke(tmp_path_factory):
     """`ablations/layer_sweep.py --smoke-test --results DIR`, run once for the assertions below."""
     results = tmp_path_factory.mktemp("results")
     started = time.perf_counter()
-    assert load_script("layer_sweep").main(["--smoke-test", "--results", str(results)]) == 0
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results)]) == 0
     print(f"layer_sweep --smoke-test: {time.perf_counter() - started:.1f} s")
     return results, results / "layer_sweep"
 
 
 def _run_again(results: Path, *flags: str) -> pd.DataFrame:
-    assert load_script("layer_sweep").main(["--smoke-test", "--results", str(results), *flags]) == 0
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), *flags]) == 0
     return pd.read_parquet(results / "layer_sweep" / "trials.parquet")
 
 

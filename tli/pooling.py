@@ -70,12 +70,19 @@ def pooled(
     model: nn.Module, encoded: BatchEncoding, layers: Sequence[int], mode: str, truncate: bool = True
 ) -> dict[int, torch.Tensor]:
     """{layer: [batch, d]} pooled hidden states of one tokenised batch (differentiable)."""
+    return pooled_modes(model, encoded, layers, (mode,), truncate)[mode]
+
+
+def pooled_modes(
+    model: nn.Module, encoded: BatchEncoding, layers: Sequence[int], modes: Sequence[str], truncate: bool = True
+) -> dict[str, dict[int, torch.Tensor]]:
+    """{mode: {layer: [batch, d]}}: one forward pass pooled under several modes."""
     device = next(model.parameters()).device
     input_ids = encoded["input_ids"].to(device)
     attention_mask = encoded["attention_mask"].to(device)
-    weights = pooling_weights(encoded["attention_mask"], encoded["special_tokens_mask"], mode)
+    weights = {m: pooling_weights(encoded["attention_mask"], encoded["special_tokens_mask"], m) for m in modes}
     states = surgery.hidden_states(model, input_ids, attention_mask, layers, truncate=truncate)
-    return {k: pool(h, weights) for k, h in states.items()}
+    return {m: {k: pool(h, weights[m]) for k, h in states.items()} for m in modes}
 
 
 def embed_words(
@@ -87,20 +94,35 @@ def embed_words(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[int, np.ndarray]:
-    """{layer: [n_words, d]} pooled embeddings, in the order of `words`.
+    """{layer: [n_words, d]} pooled embeddings, in the order of `words` (see `embed_words_modes`)."""
+    return embed_words_modes(model, tokenizer, words, layers, (mode,), batch_size, progress)[mode]
+
+
+def embed_words_modes(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    words: Sequence[str],
+    layers: Sequence[int],
+    modes: Sequence[str],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, dict[int, np.ndarray]]:
+    """{mode: {layer: [n_words, d]}} pooled embeddings, in the order of `words`.
 
     Words are sorted by token length into batches (less padding), one forward pass per batch
-    returns every requested layer, and only the pooled vectors are kept.
+    returns every requested layer under every pooling mode, and only the pooled vectors are kept.
     """
-    check_pooling(mode)
+    for mode in modes:
+        check_pooling(mode)
     lengths = [len(ids) for ids in tokenizer(list(words), add_special_tokens=True)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
-    chunks: dict[int, list[np.ndarray]] = {k: [] for k in layers}
+    chunks: dict[tuple[str, int], list[np.ndarray]] = {(m, k): [] for m in modes for k in layers}
     starts = range(0, len(words), batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress, leave=False):
             batch = [words[i] for i in order[start : start + batch_size]]
-            for k, vectors in pooled(model, tokenize(tokenizer, batch), layers, mode).items():
-                chunks[k].append(vectors.cpu().numpy())
+            for mode, vectors in pooled_modes(model, tokenize(tokenizer, batch), layers, modes).items():
+                for k, pooled_vectors in vectors.items():
+                    chunks[mode, k].append(pooled_vectors.cpu().numpy())
     inverse = np.argsort(order, kind="stable")
-    return {k: np.concatenate(chunks[k])[inverse] for k in layers}
+    return {m: {k: np.concatenate(chunks[m, k])[inverse] for k in layers} for m in modes}

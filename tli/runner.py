@@ -477,13 +477,11 @@ def _scan_done(store: ResultStore, model: str, digest: str) -> bool:
 
 
 def scan_all_poolings(model_key: tuple, pairs: pd.DataFrame) -> pd.DataFrame:
-    """The base model's layer scan (`tli.scan.scan_layers`) in every pooling mode."""
+    """The base model's layer scan (`tli.scan.scan_layers`) in every pooling mode, one forward pass per batch."""
     from tli import models, pooling, scan
 
     model, tokenizer = models.load_model(models.ModelConfig(*model_key))
-    tables = [scan.scan_layers(model, tokenizer, pairs, scan.ScanConfig(pooling=mode), progress=False)
-              for mode in pooling.POOLING_MODES]
-    table = pd.concat(tables, ignore_index=True)
+    table = scan.scan_layers(model, tokenizer, pairs, scan.ScanConfig(), progress=False, modes=pooling.POOLING_MODES)
     table.insert(0, "model", model_key[0])
     table["pairs_digest"] = pairs_digest(pairs)
     return table

@@ -44,24 +44,47 @@ def embed_pairs(
     progress: bool = False,
 ) -> dict[int, tuple]:
     """{layer: (swahili [n, d], english [n, d])} pooled embeddings of the pairs' two columns."""
+    return embed_pairs_modes(model, tokenizer, pairs, layers, (mode,), batch_size, progress)[mode]
+
+
+def embed_pairs_modes(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pd.DataFrame,
+    layers: Sequence[int],
+    modes: Sequence[str],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, dict[int, tuple]]:
+    """{mode: {layer: (swahili [n, d], english [n, d])}} from one forward pass per batch."""
     n = len(pairs)
     words = list(pairs["swahili"]) + list(pairs["english"])
-    vectors = pooling.embed_words(model, tokenizer, words, layers, mode, batch_size, progress)
-    return {k: (v[:n], v[n:]) for k, v in vectors.items()}
+    vectors = pooling.embed_words_modes(model, tokenizer, words, layers, modes, batch_size, progress)
+    return {m: {k: (v[:n], v[n:]) for k, v in by_layer.items()} for m, by_layer in vectors.items()}
 
 
 def scan_layers(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, config: ScanConfig, progress: bool = True
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pd.DataFrame,
+    config: ScanConfig,
+    progress: bool = True,
+    modes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per layer: `layer`, `layer_name`, `pooling` and `stats.alignment_metrics` columns."""
+    """One row per pooling mode x layer: `layer`, `layer_name`, `pooling` and `stats.alignment_metrics` columns.
+
+    `modes` (default: `config.pooling` alone) share one forward pass per batch.
+    """
     n_layers = surgery.num_layers(model)
     layers = list(config.layers) or list(range(n_layers + 1))
-    embeddings = embed_pairs(model, tokenizer, pairs, layers, config.pooling, config.batch_size, progress)
+    modes = tuple(modes or (config.pooling,))
+    embeddings = embed_pairs_modes(model, tokenizer, pairs, layers, modes, config.batch_size, progress)
     gold = list(pairs["english"])
     rows = [
-        {"layer": k, "layer_name": surgery.layer_name(k, n_layers), "pooling": config.pooling}
+        {"layer": k, "layer_name": surgery.layer_name(k, n_layers), "pooling": mode}
         | stats.alignment_metrics(src, tgt, gold=gold, k=config.csls_k)
-        for k, (src, tgt) in embeddings.items()
+        for mode, by_layer in embeddings.items()
+        for k, (src, tgt) in by_layer.items()
     ]
     return pd.DataFrame(rows)
 
