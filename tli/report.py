@@ -481,8 +481,10 @@ def trial_embeddings(results: Results, trial_id: str, max_pairs: int = 40, devic
 def _format(value: Any, column: str) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
+    if isinstance(value, (float, np.floating)) and column in P_COLUMNS:
+        return "<1e-300" if value == 0 else f"{value:.3g}"  # 0 is a float underflow, not p = 0
     if isinstance(value, (float, np.floating)):
-        return f"{value:.3g}" if column in P_COLUMNS else f"{value:.4f}"
+        return f"{value:.4f}"
     return str(value)
 
 
