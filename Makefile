@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL ?= smollm2-135m
 RESULTS ?= results
+EXPERIMENT ?= layer_sweep-$(MODEL)
 
 .PHONY: setup sweep test demo clean-venv
 
@@ -23,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The layer sweep of TLI over every trainable layer (1..L) of $(MODEL), on a local Ray; see README.
 sweep: setup
-	$(PY) ablations/layer_sweep.py --model $(MODEL) --results $(RESULTS)
+	$(PY) ablations/layer_sweep.py --model $(MODEL) --results $(RESULTS) --experiment $(EXPERIMENT)
 
 test: setup
 	$(PY) -m pytest -q
