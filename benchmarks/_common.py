@@ -61,3 +61,20 @@ def print_table(title: str, rows: list[dict[str, object]], module: str, argv: Se
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"machine: {machine()}")
     print(f"command: {command(module, argv)}")
+
+
+def parser(description: str | None, smoke_help: str):
+    """An argparse parser with the flags every CPU benchmark shares: --threads and --smoke-test."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, see README)")
+    parser.add_argument("--smoke-test", action="store_true", help=smoke_help)
+    return parser
+
+
+def parse(parser, argv: Sequence[str] | None):
+    """Parse `argv` and apply --threads to torch."""
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args

@@ -13,14 +13,13 @@ the last trial minus RSS after trial 3 (allocator warm-up done) stays under `--t
 
 from __future__ import annotations
 
-import argparse
 import gc
 import resource
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 
+from benchmarks import _common
 from benchmarks._common import print_table
 from tli import runner
 
@@ -79,13 +78,10 @@ def run(n_trials: int, tolerance_mb: float, model_name: str = "smollm2-135m") ->
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.parser(__doc__, "5 trials")
     parser.add_argument("--trials", type=int, default=20, help="consecutive trials (default: %(default)s)")
     parser.add_argument("--tolerance-mb", type=float, default=50.0, help="allowed growth (default: %(default)s MB)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, see README)")
-    parser.add_argument("--smoke-test", action="store_true", help="5 trials")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = _common.parse(parser, argv)
     if args.smoke_test:
         args.trials = 5
     result = run(args.trials, args.tolerance_mb)

@@ -19,7 +19,6 @@ author's loop projected from its measured seconds per forward pass (labelled as 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from benchmarks import _common
 from benchmarks._common import interleaved, median, print_table
 from tli import data, models, scan, surgery
 
@@ -93,13 +93,10 @@ def run(n_pairs: int, repeats: int, full: bool, layers: Sequence[int] = (), mode
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.parser(__doc__, "2 pairs, layers 0,2,15,30, 1 repeat, no full set")
     parser.add_argument("--pairs", type=int, default=10, help="pairs both sides run on (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per side (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, see README)")
-    parser.add_argument("--smoke-test", action="store_true", help="2 pairs, layers 0,2,15,30, 1 repeat, no full set")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = _common.parse(parser, argv)
     layers = (0, 2, 15, 30) if args.smoke_test else ()
     if args.smoke_test:
         args.pairs, args.repeats = 2, 1

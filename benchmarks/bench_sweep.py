@@ -14,7 +14,6 @@ model loads. Overhead = 1 - sum(train_seconds + eval_seconds) / (wall seconds x 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import _common
 from benchmarks._common import print_table
 from tli import models, results, runner, surgery
 from tli.scan import embed_pairs
@@ -91,14 +91,10 @@ def run(smoke: bool, epochs: int, results_root: Path) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.parser(__doc__, "the runner's 22 smoke pairs")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs per trial (default: %(default)s)")
     parser.add_argument("--results", default=None, help="results root (default: a temporary folder)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the driver's measurements, as a 1-CPU trial (default: %(default)s)")
-    parser.add_argument("--smoke-test", action="store_true", help="the runner's 22 smoke pairs")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = _common.parse(parser, argv)
     logging.getLogger("tli").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench_sweep-") as scratch:
         result = run(args.smoke_test, args.epochs, Path(args.results or scratch))

@@ -13,13 +13,12 @@ difference of the logged losses.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
+from benchmarks import _common
 from benchmarks._common import median, print_table
 from tli import data, models, surgery, train
 
@@ -72,15 +71,12 @@ def run(layers: Sequence[int], n_pairs: int, repeats: int, model_name: str = "sm
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _common.parser(__doc__, "layer 2 only, 2 steps, 1 repeat")
     parser.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[],
                         help="target layers, e.g. 2,15,30 (default: 2, L/2, L)")
     parser.add_argument("--pairs", type=int, default=64, help="trained pairs = 8 x steps (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per side (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, see README)")
-    parser.add_argument("--smoke-test", action="store_true", help="layer 2 only, 2 steps, 1 repeat")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = _common.parse(parser, argv)
     if args.smoke_test:
         args.layers, args.pairs, args.repeats = [2], 16, 1
     result = run(args.layers, args.pairs, args.repeats)

@@ -297,6 +297,9 @@ def _node() -> str:
 
 def run_trial(settings: dict[str, Any], context: dict[str, Any], cache: WorkerCache = _CACHE) -> dict[str, Any]:
     """Run one trial (or return its stored ok row) and commit its files; TliErrors become error rows."""
+    import torch
+
+    torch.set_num_threads(context.get("threads", torch.get_num_threads()))  # one per reserved CPU
     settings = normalize(settings)
     store = ResultStore(context["store"])
     stored = store.row(settings["trial_id"])
@@ -398,7 +401,8 @@ class _ray_session:
 
 
 def _fit(space, total, config: SweepConfig, pairs, store: ResultStore, search_alg, metric, mode, axes) -> None:
-    context = {"store": str(store.root), "experiment": config.experiment, "pairs": pairs, "device": config.device}
+    context = {"store": str(store.root), "experiment": config.experiment, "pairs": pairs, "device": config.device,
+               "threads": max(1, int(config.cpus_per_trial))}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     tuner = tune.Tuner(

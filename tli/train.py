@@ -143,6 +143,6 @@ def train_tli(
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step, "epoch": epoch + 1, "loss": value.item(), "lr": lr,
                     "seconds": time.perf_counter() - started})
-        bar.set_postfix(loss=f"{value.item():.4f}")
+        bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)  # redrawn at tqdm's own pace
     peft_model.eval()
     return peft_model, pd.DataFrame(log)
