@@ -67,3 +67,26 @@ def test_smoke_test_runs_and_writes_sound_results(script, local_ray, tmp_path):
     pairs = pd.read_parquet(folder / "pairs.parquet")
     assert set(pairs["trial_id"]) == set(trials["trial_id"])
     assert len(pd.read_parquet(folder / "scan.parquet")) == 31 * 4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--pooling-eval", "max"], "unknown pooling"),
+        (["--quantization", "int3"], "unknown quantization"),
+        (["--model", "/nonexistent-model"], "not found"),
+        (["--dtype", "float8"], "unknown dtype"),
+    ],
+)
+def test_bad_sweep_settings_fail_before_ray_with_one_line(flags, message, tmp_path, capsys):
+    started = time.perf_counter()
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), *flags]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0]
+    assert time.perf_counter() - started < 20 and not any(tmp_path.iterdir())  # no Ray, nothing written
+
+
+def test_unreadable_integer_list_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), "--seeds", "x"])
+    assert exit_info.value.code == 2 and "cannot read 'x' as integers" in capsys.readouterr().err

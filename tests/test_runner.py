@@ -137,7 +137,6 @@ def test_lora_does_not_leak_between_trials_of_one_worker(tiny_sweep, tiny_llama_
     assert not runner.has_lora(model) and not any("lora" in name for name in model.state_dict())
     state = _state(model)
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in reference)
-    assert first["base_checksum"] == second["base_checksum"] == runner.weights_checksum(fresh)
     # the live model embeds exactly as a freshly loaded one, and both trials saw the same pre-TLI cosines
     live, new = (embed_pairs(m, tokenizer, pairs, [2, 4], "mean_content") for m in (model, fresh))
     for layer in (2, 4):

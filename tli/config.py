@@ -62,14 +62,16 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
-    """'0-3,7' -> (0, 1, 2, 3, 7); TliError for anything else."""
+    """'0-3,7' -> (0, 1, 2, 3, 7); argparse.ArgumentTypeError (a usage error in a CLI) for anything else."""
     values: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
             low, _, high = part.partition("-")
             values.extend(range(int(low), int(high) + 1) if high else [int(low)])
     except ValueError:
-        raise TliError(f"cannot read {text!r} as integers (e.g. 0-3,7)") from None
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r} as integers (e.g. 0-3,7)")
     return tuple(values)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tli import results
 from tli.errors import TliError
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,7 @@ def write_pairs(pairs: pd.DataFrame, path) -> Path:
     if sep is None:
         raise PairsError(f"{path}: cannot write extension {path.suffix!r} (expected .tsv or .csv)")
     table = pairs.reindex(columns=list(PAIR_COLUMNS)).fillna(DEFAULTS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, sep=sep, index=False, lineterminator="\n")
-    return path
+    return results.write_text(table.to_csv(sep=sep, index=False, lineterminator="\n"), path)
 
 
 # --- reading and validation -------------------------------------------------------------------

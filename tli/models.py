@@ -144,6 +144,18 @@ def model_location(name: str) -> str:
     raise TliError(f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}) nor a folder")
 
 
+def _config_at(location: str, name: str):
+    try:
+        return AutoConfig.from_pretrained(location, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise TliError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from None
+
+
+def model_config(name: str):
+    """The transformers config of model `name` (alias, folder or cached hub id); weights are not loaded."""
+    return _config_at(model_location(name), name)
+
+
 def _nf4_config(device: torch.device):
     try:
         from transformers import BitsAndBytesConfig
@@ -162,10 +174,7 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]
     dtype = resolve_dtype(config.dtype, device)
     location = model_location(config.model)
     options = dict(local_files_only=True, trust_remote_code=False)
-    try:
-        model_config = AutoConfig.from_pretrained(location, **options)
-    except (OSError, ValueError) as error:
-        raise TliError(f"cannot load model {config.model!r}: {str(error).splitlines()[0]}") from None
+    model_config = _config_at(location, config.model)
     if type(model_config) not in AutoModelForCausalLM._model_mapping:
         raise TliError(f"{config.model!r} ({model_config.model_type}) is not a causal language model")
     quantization = _nf4_config(device) if config.quantization == "nf4" else None

@@ -425,31 +425,11 @@ def plot_tsne(embeddings: dict[str, Any], path: Path, seed: int = 0) -> Path:
 
 # --- t-SNE inputs: recompute a trial's embeddings -----------------------------------------------
 
-def _adapter_dir(root: Path, trial_id: str) -> Path | None:
-    for candidate in (root / "adapters" / trial_id, root / "trials" / f"{trial_id}.adapter"):
-        if (candidate / "adapter_config.json").exists():
-            return candidate
-    return None
-
-
-def _train_config(row: pd.Series):
-    from tli.train import TrainConfig
-
-    return TrainConfig(
-        target_layer=int(row["target_layer"]), epochs=int(row["epochs"]), batch_size=int(row["batch_size"]),
-        lr=float(row["lr"]), warmup_steps=int(row["warmup_steps"]), rank=int(row["lora_rank"]),
-        alpha=int(row["lora_alpha"]), dropout=float(row["lora_dropout"]), margin=float(row["margin"]),
-        target_modules=tuple(str(row["target_modules"]).split(",")), pooling=row["pooling_train"], seed=int(row["seed"]),
-    )
-
-
 def trial_embeddings(results: Results, trial_id: str, max_pairs: int = 40, device: str = "auto") -> dict[str, Any]:
     """Before/after embeddings at the trial's target layer of up to `max_pairs` of its evaluation pairs.
 
-    Uses the trial's stored adapter if the runner kept one, else retrains it with its settings and seed.
+    The runner stores no adapters: the trial's adapter is retrained with its settings and seed.
     """
-    from peft import PeftModel
-
     from tli import models, runner, train
     from tli.scan import embed_pairs
 
@@ -464,12 +444,9 @@ def trial_embeddings(results: Results, trial_id: str, max_pairs: int = 40, devic
         model=row["model"], device=device, dtype=row.get("dtype", "auto"), quantization=row.get("quantization", "none")))
     layer, mode = int(row["target_layer"]), row["pooling_eval"]
     pre = embed_pairs(model, tokenizer, shown, [layer], mode)[layer]
-    adapter = _adapter_dir(results.root, trial_id)
-    if adapter is not None:
-        tuned, source = PeftModel.from_pretrained(model, adapter), f"stored adapter {adapter.name}"
-    else:
-        tuned, _ = train.train_tli(model, tokenizer, train_rows.reset_index(drop=True), _train_config(row), progress=False)
-        source = "adapter retrained with the trial's settings and seed (the runner stores no adapters)"
+    config = runner.trial_train_config(row.to_dict())
+    tuned, _ = train.train_tli(model, tokenizer, train_rows.reset_index(drop=True), config, progress=False)
+    source = "adapter retrained with the trial's settings and seed (the runner stores no adapters)"
     post = embed_pairs(tuned, tokenizer, shown, [layer], mode)[layer]
     title = f"t-SNE, trial {trial_id}, target layer {layer}, eval pooling {mode}\n{source}"
     return {"pre": pre, "post": post, "words": [f"{s}/{e}" for s, e in zip(shown["swahili"], shown["english"])],
@@ -636,6 +613,5 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, by:
              "report_md": (out / "report.md", render_markdown(blocks)),
              "report_html": (out / "report.html", render_html(blocks, f"TLI report: {results.root.name}"))}
     for key, (path, text) in texts.items():
-        path.write_text(text)
-        paths[key] = path
+        paths[key] = result_files.write_text(text, path)
     return paths

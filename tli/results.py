@@ -13,6 +13,8 @@ import pandas as pd
 from tli.errors import TliError
 
 TABLE_FORMATS = (".csv", ".parquet")
+_UMASK = os.umask(0)  # read once: changing the umask later would race with other threads
+os.umask(_UMASK)
 
 
 def _atomic_write(path: Path, write) -> Path:
@@ -20,11 +22,9 @@ def _atomic_write(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
     try:
         write(Path(temp))
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -47,10 +47,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
+def write_text(text: str, path: str | Path) -> Path:
+    """Write `text` to `path`, atomically."""
+    return _atomic_write(Path(path), lambda temp: temp.write_text(text))
+
+
 def write_json(values: dict[str, Any], path: str | Path) -> Path:
     """Write `values` as indented JSON, atomically."""
-    text = json.dumps(values, indent=2, default=str)
-    return _atomic_write(Path(path), lambda temp: temp.write_text(text + "\n"))
+    return write_text(json.dumps(values, indent=2, default=str) + "\n", path)
 
 
 def provenance() -> dict[str, str]:

@@ -90,6 +90,18 @@ class SweepConfig:
     verbose: bool = False
     """Log details and show the workers' output."""
 
+    def validate(self) -> None:
+        """TliError for a setting every trial would fail on, before Ray starts."""
+        from tli import models, pooling
+
+        pooling.check_pooling(self.pooling_eval)
+        if self.quantization not in ("none", "nf4"):
+            raise TliError(f"unknown quantization {self.quantization!r}: use none or nf4")
+        if not self.seeds:
+            raise TliError("no seeds given")
+        models.resolve_dtype(self.dtype, models.resolve_device(self.device))
+        models.model_config(self.model)
+
     def store(self) -> ResultStore:
         return ResultStore(Path(self.results).expanduser().resolve() / self.experiment)
 
@@ -226,25 +238,24 @@ def has_lora(model) -> bool:
     return any(isinstance(module, BaseTunerLayer) for module in model.modules())
 
 
-def weights_checksum(model) -> float:
-    """Sum of every parameter (float64): the same before every trial as long as the base weights never change."""
-    import torch
+def trial_train_config(settings: dict[str, Any]):
+    """The `tli.train.TrainConfig` of a trial's settings (a trials.parquet row works too)."""
+    from tli.train import TrainConfig
 
-    with torch.no_grad():
-        return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+    return TrainConfig(
+        target_layer=int(settings["target_layer"]), epochs=int(settings["epochs"]),
+        batch_size=int(settings["batch_size"]), lr=float(settings["lr"]), warmup_steps=int(settings["warmup_steps"]),
+        rank=int(settings["lora_rank"]), alpha=int(settings["lora_alpha"]), dropout=float(settings["lora_dropout"]),
+        target_modules=tuple(str(settings["target_modules"]).split(",")), margin=float(settings["margin"]),
+        pooling=settings["pooling_train"], seed=int(settings["seed"]),
+    )
 
 
 def execute_trial(settings: dict[str, Any], pairs: pd.DataFrame, cache: WorkerCache, device: str = "auto"):
     """Train and evaluate one trial; returns (row, summary, per-pair table). TliError for a bad setting."""
     from tli import evaluate, surgery, train
 
-    train_config = train.TrainConfig(
-        target_layer=settings["target_layer"], epochs=settings["epochs"], batch_size=settings["batch_size"],
-        lr=settings["lr"], warmup_steps=settings["warmup_steps"], rank=settings["lora_rank"],
-        alpha=settings["lora_alpha"], dropout=settings["lora_dropout"],
-        target_modules=tuple(settings["target_modules"].split(",")), margin=settings["margin"],
-        pooling=settings["pooling_train"], seed=settings["seed"],
-    )
+    train_config = trial_train_config(settings)
     train_config.validate()  # before loading anything: a bad setting fails in milliseconds
     key = (settings["model"], device, settings["dtype"], settings["quantization"])
     model, tokenizer = cache.model(key)
@@ -258,7 +269,6 @@ def execute_trial(settings: dict[str, Any], pairs: pd.DataFrame, cache: WorkerCa
     everything = cache.pre_embeddings(key, settings["pairs_digest"], pairs, settings["pooling_eval"], layers)
     pre = {name: {k: (sw[rows.index], en[rows.index]) for k, (sw, en) in everything.items()} for name, rows in sets.items()}
     sets = {name: rows.reset_index(drop=True) for name, rows in sets.items()}
-    checksum = weights_checksum(model)
     peft_model = None
     try:
         started = time.perf_counter()
@@ -274,7 +284,7 @@ def execute_trial(settings: dict[str, Any], pairs: pd.DataFrame, cache: WorkerCa
         cache.trials += 1
     row = {
         "status": "ok", "error": None, "n_train_pairs": len(train_rows), "final_loss": float(train_log["loss"].iloc[-1]),
-        "train_seconds": trained_at - started, "eval_seconds": evaluated_at - trained_at, "base_checksum": checksum,
+        "train_seconds": trained_at - started, "eval_seconds": evaluated_at - trained_at,
         "worker_trial": cache.trials,  # 1 for the first trial of this worker process, 2 for the next...
     } | wide_metrics(summary, settings["target_layer"], n_layers)
     return row, summary, pair_table
@@ -349,7 +359,7 @@ def run_sweep(param_space: dict[str, Any], config: SweepConfig, pairs: pd.DataFr
     several settings at once); trials already stored as ok are skipped. With a Tune searcher, it maps
     settings to Tune domains and `config.num_samples` trials are drawn.
     """
-    pairs = load_sweep_pairs(config) if pairs is None else pairs
+    pairs = (load_sweep_pairs(config) if pairs is None else pairs).reset_index(drop=True)  # row i = embedding i
     store = config.store()
     defaults = trial_defaults(config, pairs)
     if search_alg is None:
@@ -359,6 +369,8 @@ def run_sweep(param_space: dict[str, Any], config: SweepConfig, pairs: pd.DataFr
         log.warning("%s: %d trials, %d already done, %d to run", config.experiment, len(planned), len(planned) - len(todo), len(todo))
         space, total = ({"trial": tune.grid_search(todo)} if todo else None), len(todo)
     else:
+        if len(config.seeds) > 1:
+            raise TliError("a search draws one seed per trial: pass one --seeds value (or sweep seeds with a grid)")
         space, total = {"trial": defaults | param_space}, config.num_samples
     results.write_json({"sweep": configs.to_dict(config), "param_space": param_space, "defaults": defaults,
                         "n_pairs": len(pairs)} | results.provenance(), store.root / "sweep_config.json")
@@ -424,7 +436,7 @@ def _fit(space, total, config: SweepConfig, pairs, store: ResultStore, search_al
         if result.error is not None and result.config:  # (a trial that never started has no config)
             settings = normalize(result.config["trial"])
             if (store.row(settings["trial_id"]) or {}).get("status") != "ok":
-                message = str(result.error).strip().splitlines()[-1][:500]
+                message = (str(result.error).strip().splitlines() or [""])[-1][:500]
                 row = trial_row(settings, config.experiment) | {
                     "error": f"{type(result.error).__name__}: {message}", "objective": float("nan"),
                     "finished_at": pd.Timestamp.now(tz="UTC").isoformat()}
@@ -577,21 +589,20 @@ def main_for(args: argparse.Namespace, space: Callable[[SweepConfig, pd.DataFram
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
+        config.validate()
         pairs = load_sweep_pairs(config)
         built = space(config, pairs)
         options = {key: value(config) if callable(value) else value for key, value in sweep_options.items()}
         run_sweep(built, config, pairs, **options)
     except TliError as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        cause = getattr(error, "cause", None) or error  # a Ray task error carries the worker's exception
+        print(f"{Path(sys.argv[0]).name}: error: {cause}", file=sys.stderr)
         return 2
     return 0
 
 
 def model_num_layers(model: str) -> int:
     """L, the number of decoder blocks, from the model's config (weights are not loaded)."""
-    from transformers import AutoConfig
-
     from tli import models
 
-    model_config = AutoConfig.from_pretrained(models.model_location(model), local_files_only=True)
-    return int(model_config.get_text_config().num_hidden_layers)
+    return int(models.model_config(model).get_text_config().num_hidden_layers)
