@@ -559,8 +559,8 @@ def _figures(results: Results, sig: pd.DataFrame, by: list[str], folder: Path, e
         figures.append((plot_tsne(embeddings, folder / "tsne.png", seed), caption, ""))
     else:
         figures.append((None, "t-SNE", "pairs.parquet stores cosines, not vectors: run `ablations/aggregate.py "
-                        "--tsne` to recompute the best trial's embeddings (loads the model, retrains its adapter "
-                        "if none is stored)"))
+                        "--tsne` to recompute the best trial's embeddings (loads the model and retrains "
+                        "its adapter with the trial's settings and seed)"))
     return figures
 
 
