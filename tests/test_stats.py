@@ -265,3 +265,12 @@ def test_p_from_t_matches_paper_table_1():
     assert t_test_p_from_t(-2.0, 30) == pytest.approx(2 * sps.t.sf(2.0, 29))
     assert t_test_p_from_t(0.0, 10) == 1.0
     assert np.isnan(t_test_p_from_t(3.0, 1))
+
+
+def test_paired_tests_without_bootstrap_keep_the_tests_and_leave_the_ci_undefined():
+    rng = np.random.default_rng(3)
+    pre = rng.normal(size=12)
+    post = pre + rng.normal(0.2, 0.1, size=12)
+    full, quick = paired_tests(pre, post, n_boot=500), paired_tests(pre, post, n_boot=0)
+    assert np.isnan(quick["ci_low"]) and np.isnan(quick["ci_high"])
+    assert {k: quick[k] for k in ("t", "p", "d_z", "mean_diff")} == {k: full[k] for k in ("t", "p", "d_z", "mean_diff")}

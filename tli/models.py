@@ -82,6 +82,11 @@ def cache_root() -> Path:
     return Path(base) / "tli" / "models"
 
 
+def check_quantization(quantization: str) -> None:
+    if quantization not in ("none", "nf4"):
+        raise TliError(f"unknown quantization {quantization!r}: use none or nf4")
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,8 +173,7 @@ def _nf4_config(device: torch.device):
 
 def load_model(config: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer padding on the right); TliError for anything a user can fix."""
-    if config.quantization not in ("none", "nf4"):
-        raise TliError(f"unknown quantization {config.quantization!r}: use none or nf4")
+    check_quantization(config.quantization)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     location = model_location(config.model)

@@ -146,12 +146,12 @@ def _with_config(frame: pd.DataFrame, ok: pd.DataFrame, by: list[str]) -> pd.Dat
     return frame.merge(config, on="trial_id", how="inner")
 
 
-def _seed_level(group: pd.DataFrame, n_boot: int, seed: int) -> dict[str, float]:
-    """n_seeds, mean and std of the per-seed mean_diff, and the paired t-test over seeds."""
+def _seed_level(group: pd.DataFrame) -> dict[str, float]:
+    """n_seeds, mean and std of the per-seed mean_diff, and the paired t-test over seeds (no bootstrap)."""
     per_seed = group.groupby("seed")[["cosine_pre", "cosine_post"]].mean()
     diff = per_seed["cosine_post"] - per_seed["cosine_pre"]
-    tests = stats.paired_tests(per_seed["cosine_pre"], per_seed["cosine_post"], min(n_boot, 1000), seed)
-    return {"n_seeds": len(per_seed), "seed_mean_diff": float(diff.mean()),
+    tests = stats.paired_tests(per_seed["cosine_pre"], per_seed["cosine_post"], n_boot=0)
+    return {"n_seeds": tests["n"], "seed_mean_diff": tests["mean_diff"],
             "seed_std_diff": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"),
             "seed_t": tests["t"], "seed_p": tests["p"]}
 
@@ -179,7 +179,7 @@ def significance_table(results: Results, by: list[str] | None = None, n_boot: in
     for key, group in pairs.groupby(keys, sort=True, dropna=False):
         row = dict(zip(keys, key)) | {"n_trials": group["trial_id"].nunique()}
         row |= stats.paired_tests(group["cosine_pre"], group["cosine_post"], n_boot, seed)
-        rows.append(row | _seed_level(group, n_boot, seed))
+        rows.append(row | _seed_level(group))
     table = pd.DataFrame(rows).merge(_trial_metrics(results, by), on=keys, how="left")
     table["p_holm"] = stats.adjust_pvalues(table["p"].to_numpy(), "holm")
     table["p_bh"] = stats.adjust_pvalues(table["p"].to_numpy(), "fdr_bh")

@@ -95,8 +95,7 @@ class SweepConfig:
         from tli import models, pooling
 
         pooling.check_pooling(self.pooling_eval)
-        if self.quantization not in ("none", "nf4"):
-            raise TliError(f"unknown quantization {self.quantization!r}: use none or nf4")
+        models.check_quantization(self.quantization)
         if not self.seeds:
             raise TliError("no seeds given")
         models.resolve_dtype(self.dtype, models.resolve_device(self.device))
@@ -531,8 +530,9 @@ def final_table(trials: pd.DataFrame, param_space: dict[str, Any], store: Result
             if set(columns) <= set(ok.columns):
                 part = ok[axes + list(columns)].rename(columns=columns).dropna(subset=["cosine_pre"])
                 long.append(part.assign(set=name))
-        table = pd.concat(long).groupby(axes + ["set"], sort=True, dropna=False)[list(TABLE_METRICS)].mean()
-        table.insert(0, "n_trials", pd.concat(long).groupby(axes + ["set"], dropna=False).size())
+        grouped = pd.concat(long).groupby(axes + ["set"], sort=True, dropna=False)
+        table = grouped[list(TABLE_METRICS)].mean()
+        table.insert(0, "n_trials", grouped.size())
         lines.append(table.reset_index().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     errors = trials[trials["status"] != "ok"]
     for _, row in errors.head(10).iterrows():

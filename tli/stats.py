@@ -171,7 +171,7 @@ def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0,
     """Paired comparison of post vs pre ([n] each, e.g. per-pair cosines before/after training).
 
     Returns n, mean_pre, mean_post, mean_diff (post - pre), ci_low/ci_high (seeded BCa bootstrap
-    CI of mean_diff, `scipy.stats.bootstrap`), t/p (two-sided `scipy.stats.ttest_rel`),
+    CI of mean_diff, `scipy.stats.bootstrap`; NaN when n_boot is 0), t/p (two-sided `scipy.stats.ttest_rel`),
     wilcoxon_p (two-sided `scipy.stats.wilcoxon`) and d_z = mean(diff) / std(diff, ddof=1).
 
     Degenerate inputs give NaN instead of warnings: n < 2 -> everything but n and the means is
@@ -199,7 +199,7 @@ def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0,
         out.update(ci_low=mean_diff, ci_high=mean_diff)
         return out
     test = stats.ttest_rel(post, pre)
-    ci_low, ci_high = _bootstrap_ci(diff, n_boot, seed, confidence)
+    ci_low, ci_high = _bootstrap_ci(diff, n_boot, seed, confidence) if n_boot > 0 else (nan, nan)
     out.update(ci_low=ci_low, ci_high=ci_high, t=float(test.statistic), p=float(test.pvalue),
                d_z=mean_diff / float(np.std(diff, ddof=1)))
     return out
