@@ -1,4 +1,6 @@
 # Two commands for a fresh machine: `make sweep` (set-up, then the layer sweep) and `make test`.
+# `make test-lowest` runs the suite on the oldest dependency versions pyproject.toml admits; `make freedict`
+# builds the `unseen` evaluation set from Debian's FreeDict Swahili-English dictionary.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +8,7 @@ MODEL ?= smollm2-135m
 RESULTS ?= results
 EXPERIMENT ?= layer_sweep-$(MODEL)
 
-.PHONY: setup sweep test demo clean-venv
+.PHONY: setup sweep test test-lowest demo clean-venv freedict
 
 setup: $(VENV)/.installed
 
@@ -26,7 +28,10 @@ $(VENV)/.installed: pyproject.toml
 sweep: setup
 	$(PY) ablations/layer_sweep.py --model $(MODEL) --results $(RESULTS) --experiment $(EXPERIMENT)
 
+# The README's test command (CI runs it): the linter and the formatter's check, then the whole suite.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 demo: setup
@@ -38,3 +43,21 @@ demo: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# FreeDict swh-eng (GPL-2+, about 1,900 pairs) as an `unseen` evaluation set: installed from Debian at run time,
+# never committed (data/ is git-ignored). Without apt: copy the package's two files here and set FREEDICT_DIR.
+FREEDICT_DIR ?= /usr/share/dictd
+APT_GET ?= apt-get
+freedict: setup
+	@if [ ! -f $(FREEDICT_DIR)/freedict-swh-eng.index ] && [ ! -f $(FREEDICT_DIR)/swh-eng.index ]; then \
+	    SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	    { command -v $(APT_GET) >/dev/null 2>&1 && $$SUDO $(APT_GET) update -qq && \
+	      $$SUDO env DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq dict-freedict-swh-eng; } || { \
+	    echo "make freedict: could not install Debian's dict-freedict-swh-eng with apt-get here." >&2; \
+	    echo "Install it on a Debian or Ubuntu machine (apt-get install dict-freedict-swh-eng), copy" >&2; \
+	    echo "/usr/share/dictd/freedict-swh-eng.index and freedict-swh-eng.dict.dz into a folder on this machine," >&2; \
+	    echo "then run: make freedict FREEDICT_DIR=that/folder" >&2; \
+	    echo "(or: $(VENV)/bin/tli pairs import-freedict --dict-dir that/folder --output data/freedict-swh-eng.tsv)" >&2; \
+	    exit 1; }; \
+	fi
+	$(VENV)/bin/tli pairs import-freedict --dict-dir $(FREEDICT_DIR) --output data/freedict-swh-eng.tsv

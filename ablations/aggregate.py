@@ -1,53 +1,64 @@
-"""Aggregate a sweep: significance table, paper-style tables, figures, report.md and a self-contained report.html.
+"""Aggregate a sweep: significance table, the paper's Tables 1-2, the replication verdict, figures, report.md and a
+self-contained report.html (see `tli.report`).
 
     python ablations/aggregate.py results/layer_sweep
     python ablations/aggregate.py results/rank_sweep --by lora_rank,margin --out paper/rank --tsne
 
-Works on a sweep still running (it says how many trials are done) and skips errored trials.
+Works on a sweep still running (it says how many of the planned trials are done) and skips errored trials.
+Imports neither Ray nor the sweep's runner; only --tsne loads a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-from pathlib import Path
 
+from tli import config as configs
 from tli import report
-from tli.errors import TliError
-from tli.results import read_table
-
-PREVIEW = ["set", "eval_layer", "n", "mean_pre", "mean_post", "mean_diff", "t", "p", "p_holm", "gap_pre", "gap_post"]
+from tli.config import setting
+from tli.errors import run_command
 
 
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, help="the experiment directory, e.g. results/layer_sweep")
-    parser.add_argument("--by", default=None, help="condition columns, e.g. target_layer,lora_rank "
-                        "(default: every trial setting that varies, seed excepted)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RESULTS/report)")
-    parser.add_argument("--tsne", action="store_true", help="recompute the best trial's embeddings for the t-SNE "
-                        "figure (loads the model; retrains the adapter when none is stored)")
-    parser.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap and t-SNE seed (default: %(default)s)")
+@dataclasses.dataclass(frozen=True)
+class AggregateFlags:
+    by: tuple[str, ...] = setting((), "condition columns, e.g. target_layer,lora_rank (default: every trial "
+                                  "setting that varies across the ok trials, seed excepted)")
+    out: str | None = setting(None, "output folder or URI (default: RESULTS/report)")
+    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    seed: int = setting(0, "bootstrap and t-SNE seed", minimum=0, maximum=2**32 - 1)
+    tsne: bool = setting(False, "t-SNE figure of the selected condition's best trial (loads the model; uses its "
+                         "stored adapter, else retrains it with the trial's settings and seed)")
+    tsne_pairs: int = setting(40, "evaluation pairs shown in the t-SNE figure", minimum=2, maximum=2_000)
+    device: str = setting("auto", "device for --tsne: auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")
+
+
+def parser() -> configs.ArgumentParser:
+    parser = configs.ArgumentParser(prog="aggregate.py", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="the experiment folder or URI, e.g. results/layer_sweep")
+    configs.add_arguments(parser, AggregateFlags)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0, or 2 after one line on stderr (a usage error exits 2 through argparse)."""
     args = parser().parse_args(argv)
+    flags = configs.from_namespace(AggregateFlags, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    by = [c.strip() for c in args.by.split(",") if c.strip()] if args.by is not None else None
-    try:
-        paths = report.build_report(args.results, args.out, by=by, n_boot=args.n_boot, seed=args.seed, tsne=args.tsne)
-    except TliError as error:
-        print(f"aggregate.py: error: {error}", file=sys.stderr)
-        return 2
-    table = read_table(paths["significance_csv"])
-    print(report.progress_line(report.load_results(args.results)))
-    columns = [c for c in table.columns if c in PREVIEW or c in report.CONFIG_COLUMNS]
-    print(table[columns].head(12).to_string(index=False) if not table.empty else "no ok trial yet")
-    print("\n".join(f"wrote {path}" for path in paths.values()))
-    return 0
+
+    def tsne(trial_id: str) -> dict:
+        from tli.sweep.replay import trial_embeddings
+
+        return trial_embeddings(args.results, trial_id, flags.tsne_pairs, flags.device)
+
+    def command() -> None:
+        built = report.build_report(args.results, flags.out, list(flags.by) or None, flags.n_boot, flags.seed,
+                                    tsne if flags.tsne else None)
+        print("\n".join([built.progress, *built.verdicts, *(f"wrote {uri}" for uri in built.files.values())]))
+
+    return run_command(parser().prog, command)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,41 @@
-"""Pooling protocol sweep (pooling for training x for evaluation) at one target layer:
+"""Pooling protocol sweep (pooling for training x for evaluation, false-negative mask) at the target layer(s):
 
-  mean / mean               the paper as written (BOS included in training and evaluation)
-  mean / mean_content       the author's code (BOS excluded at evaluation)
-  mean_skip_first / same    control: position 0, the attention sink, excluded everywhere
-  last / last               control: the last content token
+  paper as written   mean / mean                 BOS included in training and evaluation, no mask
+  author's code      mean / mean_content         BOS excluded at evaluation, no mask
+  author's code + mask                           the same, in-batch false negatives masked (tli's default)
+  control: skip first  mean_skip_first / same    position 0, the attention sink, excluded everywhere
+  control: last token  last / last               the last content token
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-from tli import runner
+from tli.config import MAX_LAYER, setting
+from tli.sweep.flags import main_for
 
 PROTOCOLS = [
-    {"pooling_train": "mean", "pooling_eval": "mean"},
-    {"pooling_train": "mean", "pooling_eval": "mean_content"},
-    {"pooling_train": "mean_skip_first", "pooling_eval": "mean_skip_first"},
-    {"pooling_train": "last", "pooling_eval": "last"},
+    {"pooling_train": "mean", "pooling_eval": "mean", "mask_false_negatives": False},
+    {"pooling_train": "mean", "pooling_eval": "mean_content", "mask_false_negatives": False},
+    {"pooling_train": "mean", "pooling_eval": "mean_content", "mask_false_negatives": True},
+    {"pooling_train": "mean_skip_first", "pooling_eval": "mean_skip_first", "mask_false_negatives": False},
+    {"pooling_train": "last", "pooling_eval": "last", "mask_false_negatives": False},
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class ProtocolFlags:
+    target_layer: tuple[int, ...] = setting((2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1,
+                                            maximum=MAX_LAYER)
+
+
+def space(config, flags: ProtocolFlags, inputs) -> dict:
+    return {"target_layer": list(flags.target_layer), "protocol": PROTOCOLS}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = runner.sweep_parser(__doc__, experiment="protocol_sweep")
-    parser.add_argument("--target-layer", type=int, default=2, help="target layer (default: %(default)s, the paper's)")
-    args = parser.parse_args(argv)
-
-    def space(config, pairs):
-        return {"target_layer": [args.target_layer], "protocol": PROTOCOLS}
-
-    return runner.main_for(args, space)
+    return main_for(argv, __doc__, "protocol_sweep", space, ProtocolFlags)
 
 
 if __name__ == "__main__":

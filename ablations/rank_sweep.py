@@ -1,23 +1,27 @@
-"""LoRA rank sweep at one target layer: ranks 4, 8, 16, 32, 64 with alpha = 2 * rank (the paper's 16/32 ratio)."""
+"""LoRA rank sweep at the target layer(s): ranks 4, 8, 16, 32, 64 with alpha = 2 * rank (the paper's 16/32)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-from tli import runner
-from tli.config import parse_int_list
+from tli.config import MAX_LAYER, setting
+from tli.sweep.flags import main_for
+
+
+@dataclasses.dataclass(frozen=True)
+class RankFlags:
+    ranks: tuple[int, ...] = setting((4, 8, 16, 32, 64), "LoRA ranks", minimum=1, maximum=4096)
+    target_layer: tuple[int, ...] = setting((2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1,
+                                            maximum=MAX_LAYER)
+
+
+def space(config, flags: RankFlags, inputs) -> dict:
+    return {"target_layer": list(flags.target_layer), "lora_rank": list(flags.ranks)}  # alpha follows: 2 x rank
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = runner.sweep_parser(__doc__, experiment="rank_sweep")
-    parser.add_argument("--ranks", type=parse_int_list, default=(4, 8, 16, 32, 64), help="LoRA ranks (default: 4,8,16,32,64)")
-    parser.add_argument("--target-layer", type=int, default=2, help="target layer (default: %(default)s, the paper's)")
-    args = parser.parse_args(argv)
-
-    def space(config, pairs):
-        return {"target_layer": [args.target_layer], "lora_rank": list(args.ranks)}  # lora_alpha defaults to 2 * rank
-
-    return runner.main_for(args, space)
+    return main_for(argv, __doc__, "rank_sweep", space, RankFlags)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def command(module: str, argv: Sequence[str] | None) -> str:
     return " ".join([".venv/bin/python", "-m", module, *map(shlex.quote, args)])
 
 
-def interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, list[float]], dict[str, object]]:
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int
+                ) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Run the sides alternately (A, B, A, B, ...) `repeats` times each: ({side: [seconds]}, {side: last result}).
 
     Alternating in one process exposes both sides to the same background load; compare medians.

@@ -3,10 +3,11 @@
 The model is built from a LlamaConfig (hidden 4096, MLP 14336, 32 blocks, 32 heads, 8 KV heads,
 vocab 128256; nothing downloaded), initialised on the GPU in bf16 and saved once as safetensors with
 the embedded SmolLM2 tokenizer (its ids are < 128256), so both precisions load through tli's own
-`models.load_model` (`--dtype bfloat16`, `--quantization nf4`). Each trial is the runner's worker
-path (`tli.runner.execute_trial`: LoRA at the target layer, the paper's hyperparameters on the 623
-trained pairs, evaluation at the target layer and L on trained + control) at target layers 2, 16, 31.
-Reported: train / eval / total seconds per trial, peak GPU memory, GPU memory after each trial, and the
+`models.load_model` (`--dtype bfloat16`, `--quantization nf4`). Each trial is the sweep's worker path
+(`tli.sweep.trial.run_trial` with one `WorkerCache`: LoRA at the target layer, the paper's
+hyperparameters on the 623 trained pairs less the validation split, evaluation at the target layer and L,
+drift on the base model's continuations of the 16 default prompts, made once) at target layers 2, 16, 31.
+Reported: train / eval / drift / total seconds per trial, peak GPU memory, GPU memory after each trial, and the
 projected time of a 32-layer x 3-seed sweep on this one GPU (per-trial seconds interpolated over the
 layers, trials run one after another).
 
@@ -18,6 +19,7 @@ Without CUDA it prints why and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -60,26 +62,32 @@ def build_random_llama(folder: Path) -> Path:
 
 def time_trials(folder: Path, dtype: str, quantization: str, layers: Sequence[int], epochs: int) -> list[dict]:
     """One trial per target layer, in one WorkerCache (the model loaded once), timed."""
-    from tli import runner
+    from tli import drift
+    from tli.config import ModelConfig
+    from tli.sweep.flags import SweepConfig
+    from tli.sweep.inputs import load_inputs
+    from tli.sweep.trial import WorkerCache, run_trial
+    from tli.sweep.tuner import base_settings
 
-    config = runner.SweepConfig(model=str(folder), epochs=epochs, dtype=dtype, quantization=quantization,
-                                device="cuda")
-    pairs = runner.load_sweep_pairs(config)
-    defaults = runner.trial_defaults(config, pairs)
-    cache = runner.WorkerCache()
+    config = SweepConfig(model=ModelConfig(str(folder), "cuda", dtype, quantization), epochs=epochs)
+    cache = WorkerCache()
     started = time.perf_counter()
-    cache.model((str(folder), "cuda", dtype, quantization))
+    model, tokenizer = cache.model(config.model)
     load_s = time.perf_counter() - started
+    inputs = dataclasses.replace(load_inputs(config), drift_samples=drift.make_samples(model, tokenizer))
+    base = base_settings(config).replace(inputs_digest=inputs.digest)
+    del model
     rows = []
     for layer in layers:
         torch.cuda.reset_peak_memory_stats()
-        settings = runner.normalize(defaults | {"target_layer": layer})
         started = time.perf_counter()
-        row, _, _ = runner.execute_trial(settings, pairs, cache, device="cuda")
+        row = run_trial(base.replace(target_layer=layer), inputs, cache).row
         torch.cuda.synchronize()
+        if row["status"] != "ok":
+            raise RuntimeError(f"trial at layer {layer} failed: {row['error']}")
         rows.append({"precision": quantization if quantization != "none" else dtype, "target_layer": layer,
                      "trial_s": time.perf_counter() - started, "train_s": row["train_seconds"],
-                     "eval_s": row["eval_seconds"], "model_load_s": load_s,
+                     "eval_s": row["eval_seconds"], "drift_s": row["drift_seconds"], "model_load_s": load_s,
                      "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9,
                      "gpu_gb_after": torch.cuda.memory_allocated() / 1e9})
         load_s = 0.0  # loaded once per worker

@@ -1,11 +1,13 @@
 """Memory: peak RSS of a trial on the embedded model, and RSS across consecutive trials in one process.
 
-Each trial is the runner's own worker path (`tli.runner.execute_trial` with one `WorkerCache`, as a
-Ray worker runs it): attach LoRA at layer 2, train one epoch on the runner's smoke pairs (16 trained
-pairs: 2 steps), evaluate pre/post at layers 2 and L (200 bootstrap resamples), then `unload()` the
-LoRA layers. RSS (psutil, else /proc/self/status VmRSS) is read after every trial; the process
-peak (getrusage ru_maxrss) is read after model load and after the first trial. The check: RSS after
-the last trial minus RSS after trial 3 (allocator warm-up done) stays under `--tolerance-mb`.
+Each trial is the sweep's own worker path (`tli.sweep.trial.run_trial` with one `WorkerCache`, as a
+Ray worker runs it, on a smoke sweep's inputs and settings): attach LoRA at layer 2, train one epoch on
+the smoke pairs (16 trained pairs less the validation split: 2 steps), evaluate pre/post at layers 2 and
+L (200 bootstrap resamples), measure drift on 2 + 2 drift samples of 8 tokens (made once, as a smoke
+sweep makes them), then `unload()` the LoRA layers. RSS (psutil, else /proc/self/status VmRSS) is read
+after every trial; the process peak (getrusage ru_maxrss) is read after model load and after the first
+trial. The check: RSS after the last trial minus RSS after trial 3 (allocator warm-up done) stays
+under `--tolerance-mb`.
 
     .venv/bin/python -m benchmarks.bench_memory               # 20 trials, a minute or two
     .venv/bin/python -m benchmarks.bench_memory --smoke-test  # 5 trials
@@ -13,15 +15,20 @@ the last trial minus RSS after trial 3 (allocator warm-up done) stays under `--t
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import resource
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from benchmarks import _common
 from benchmarks._common import print_table
-from tli import runner
+from tli import drift
+from tli.config import ModelConfig
+from tli.sweep.flags import SweepConfig
+from tli.sweep.inputs import load_inputs
+from tli.sweep.trial import WorkerCache, has_lora, run_trial
+from tli.sweep.tuner import base_settings
 
 MODULE = "benchmarks.bench_memory"
 MB = 1024 * 1024
@@ -46,17 +53,21 @@ def peak_rss_bytes() -> int:
 
 
 def run(n_trials: int, tolerance_mb: float, model_name: str = "smollm2-135m") -> dict[str, object]:
-    config = runner.SweepConfig(model=model_name, smoke_test=True, device="cpu")
-    pairs = runner.load_sweep_pairs(config)
-    defaults = runner.trial_defaults(config, pairs)
-    cache = runner.WorkerCache()
+    config = SweepConfig(model=ModelConfig(model=model_name, device="cpu"), smoke_test=True)
+    cache = WorkerCache()
     start_rss = rss_bytes()
-    cache.model((model_name, "cpu", defaults["dtype"], defaults["quantization"]))
+    cache.model(config.model)
     after_load, peak_after_load = rss_bytes(), peak_rss_bytes()
+    prompts = {language: texts[:2] for language, texts in drift.DEFAULT_PROMPTS.items()}  # as a smoke sweep's
+    samples = drift.make_samples(*cache.model(config.model), prompts, new_tokens=8)
+    inputs = dataclasses.replace(load_inputs(config), drift_samples=samples)
+    base = base_settings(config).replace(inputs_digest=inputs.digest)
     rss, peak_after_first = [], None
     for trial in range(n_trials):
-        settings = runner.normalize(defaults | {"target_layer": 2, "seed": trial})
-        runner.execute_trial(settings, pairs, cache, device="cpu")
+        record = run_trial(base.replace(target_layer=2, seed=trial), inputs, cache)
+        if record.row["status"] != "ok":
+            raise RuntimeError(f"trial {trial + 1} failed: {record.row['error']}")
+        del record
         gc.collect()
         rss.append(rss_bytes())
         if trial == 0:
@@ -73,8 +84,8 @@ def run(n_trials: int, tolerance_mb: float, model_name: str = "smollm2-135m") ->
         {"measure": f"growth, trial {warm + 1} -> trial {n_trials} (tolerance {tolerance_mb:g})", "MB": growth_mb},
     ]
     return {"rows": rows, "rss_mb": [value / MB for value in rss], "growth_mb": growth_mb,
-            "peak_trial_mb": peak_after_first / MB, "ok": growth_mb < tolerance_mb, "lora_left": runner.has_lora(
-                cache.models[(model_name, "cpu", defaults["dtype"], defaults["quantization"])][0])}
+            "peak_trial_mb": peak_after_first / MB, "ok": growth_mb < tolerance_mb,
+            "lora_left": has_lora(cache.models[config.model][0])}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:

@@ -7,7 +7,9 @@ and the pair's cosine is taken; per layer the mean cosine is reported. That is o
 per word per layer: 31 layers x 1,372 words = 42,532 passes for the default pairs.
 
 TLI (`tli.scan.scan_layers`): words sorted by token length into batches of 64, one forward pass
-per batch returns the pooled vectors of every layer (forward hooks; no logits, no hidden-state stack).
+per batch returns the pooled vectors of every layer (forward hooks; no logits, no hidden-state stack),
+then `tli.stats.pair_metrics` per layer (every pair against the pool of the subset's words; the scan's
+`cosine_mean` is the mean matched cosine, the number the author's loop gives).
 
 The author's loop is timed on the first `--pairs` pairs (default 10; both sides run on that same subset,
 interleaved A, B, A, B); the full default set is then timed for `tli` alone and compared with the
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from benchmarks import _common
 from benchmarks._common import interleaved, median, print_table
 from tli import data, models, scan, surgery
+from tli.config import ModelConfig, ScanConfig
 
 MODULE = "benchmarks.bench_scan"
 
@@ -60,14 +63,14 @@ def author_scan(model, tokenizer, pairs: pd.DataFrame, layers: Sequence[int]) ->
 
 def tli_scan(model, tokenizer, pairs: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
     """{layer: cosine_mean} from `tli.scan.scan_layers` (mean pooling, BOS included: the paper's scan)."""
-    table = scan.scan_layers(model, tokenizer, pairs, scan.ScanConfig(pooling="mean", layers=tuple(layers)),
-                             progress=False)
+    table = scan.scan_layers(model, tokenizer, pairs, ScanConfig(pooling="mean", layers=tuple(layers)), progress=False)
     return dict(zip(table["layer"], table["cosine_mean"]))
 
 
-def run(n_pairs: int, repeats: int, full: bool, layers: Sequence[int] = (), model_name: str = "smollm2-135m") -> dict[str, object]:
+def run(n_pairs: int, repeats: int, full: bool, layers: Sequence[int] = (),
+        model_name: str = "smollm2-135m") -> dict[str, object]:
     """Time both sides on `n_pairs` pairs (interleaved), check the numbers, optionally time tli on all pairs."""
-    model, tokenizer = models.load_model(models.ModelConfig(model=model_name, device="cpu"))
+    model, tokenizer = models.load_model(ModelConfig(model=model_name, device="cpu"))
     pairs = data.load_pairs()
     subset = pairs.head(n_pairs)
     layers = list(layers) or list(range(surgery.num_layers(model) + 1))

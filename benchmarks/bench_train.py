@@ -21,6 +21,7 @@ import numpy as np
 from benchmarks import _common
 from benchmarks._common import median, print_table
 from tli import data, models, surgery, train
+from tli.config import ModelConfig, TrainConfig
 
 MODULE = "benchmarks.bench_train"
 
@@ -31,7 +32,7 @@ class _Trainer:
     def __init__(self, model, tokenizer, pairs):
         self.model, self.tokenizer, self.pairs = model, tokenizer, pairs
 
-    def __call__(self, config: train.TrainConfig) -> tuple[np.ndarray, float]:
+    def __call__(self, config: TrainConfig) -> tuple[np.ndarray, float]:
         """(losses step by step, seconds of the epoch's steps as `train_tli` logs them)."""
         peft_model, log = train.train_tli(self.model, self.tokenizer, self.pairs, config, progress=False)
         self.model = peft_model.unload()
@@ -41,12 +42,12 @@ class _Trainer:
 def run(layers: Sequence[int], n_pairs: int, repeats: int, model_name: str = "smollm2-135m") -> dict[str, object]:
     import time
 
-    model, tokenizer = models.load_model(models.ModelConfig(model=model_name, device="cpu"))
+    model, tokenizer = models.load_model(ModelConfig(model=model_name, device="cpu"))
     n_layers = surgery.num_layers(model)
     layers = list(layers) or [2, n_layers // 2, n_layers]
     pairs = data.split_sets(data.load_pairs())["trained"].head(n_pairs)
     trainer = _Trainer(model, tokenizer, pairs)
-    base = train.TrainConfig(epochs=1, warmup_steps=0, dropout=0.0, seed=0)
+    base = TrainConfig(epochs=1, warmup_steps=0, lora_dropout=0.0, seed=0)
     rows, ratios, diffs = [], {}, {}
     for layer in layers:
         sides = {"truncated": dataclasses.replace(base, target_layer=layer),
@@ -80,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if args.smoke_test:
         args.layers, args.pairs, args.repeats = [2], 16, 1
     result = run(args.layers, args.pairs, args.repeats)
-    print_table("training: full_forward vs truncated (median seconds of one epoch of N steps; ratio = full / truncated)",
-                result["rows"], MODULE, argv)
+    print_table("training: full_forward vs truncated (median seconds of one epoch of N steps; "
+                "ratio = full / truncated)", result["rows"], MODULE, argv)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tli import data, models
+from tli.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +21,7 @@ def load_ablation(name: str):
     """An ablations/ script as a module (the folder holds scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"ablation_{name}", ROOT / "ablations" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -47,7 +50,7 @@ def tiny_llama_dir(tmp_path_factory, embedded_dir):
 
 @pytest.fixture()
 def tiny_llama(tiny_llama_dir):
-    return models.load_model(models.ModelConfig(model=str(tiny_llama_dir)))
+    return models.load_model(ModelConfig(model=str(tiny_llama_dir)))
 
 
 @pytest.fixture(scope="session")

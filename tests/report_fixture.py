@@ -1,10 +1,17 @@
-"""A small synthetic sweep result directory in the runner's own layout (no Ray, no model).
+"""A small synthetic experiment in the sweep's own layout (no Ray, no model), written through `ExperimentStore`.
 
-Embeddings are random vectors built so that the two evaluation poolings behave as in the paper:
-under `mean` a large shared component puts every cosine near 1 and TLI raises matched and
-mismatched cosines alike; under `mean_content` TLI moves each Swahili word towards its own
-translation. Summaries and per-pair tables come from `tli.evaluate.compare` and the trial rows from
-the runner's helpers, so the files match what a real sweep writes.
+The base model's pool vectors are random (one concept per English word, a shared component and a language
+direction); each trial's "TLI" is a known change of them, chosen by its evaluation pooling:
+
+  pull     (mean_content)  each Swahili word moves towards its own translation: a rise specific to translations
+  inflate  (mean)          every vector moves along one shared direction (plus noise): every cosine rises,
+                           translations no more than the rest: not specific
+  none     (last)          nothing changes: no rise
+
+How far a word moves grows with the seed (seeds differ) and depends on its set and the target layer: the
+validation set gains most at target layer 3, the control set at layer 1, so selecting on the control set
+would pick another condition than selecting on validation. Per-pair tables and summaries come from
+`tli.evaluate.pair_table`/`summary_table`, rows from `TrialSettings.row` and the trial helpers.
 """
 
 from __future__ import annotations
@@ -15,91 +22,139 @@ import numpy as np
 import pandas as pd
 
 from tli import config as configs
-from tli import evaluate, results, runner, stats
-from tli.sweep_results import ResultStore, objective, wide_metrics
+from tli import evaluate, stats
+from tli.config import EvalConfig, ModelConfig
+from tli.sweep.flags import SweepConfig
+from tli.sweep.inputs import ExperimentInputs, trial_sets
+from tli.sweep.settings import TrialSettings, expand_grid, swept_names
+from tli.sweep.store import ExperimentStore, pack
+from tli.sweep.trial import TrialRecord, objective, wide_metrics
 
-N_LAYERS = 4  # a 4-block model: layers 0..4
-DIM = 16
+N_LAYERS = 4  # a 4-block model: layers 0..4; the selection layer is L = 4
+DIM = 24
 CATEGORIES = ("noun", "verb", "adjective", "number")
-MAIN_SPACE = {"target_layer": [1, 2], "heldout_category": ["noun", "verb"], "pooling_eval": ["mean", "mean_content"]}
-RANK_MARGIN_SPACE = {"target_layer": [2], "lora_rank": [4, 8], "margin": [0.2, 0.4]}
+PROTOCOLS = [  # paper as written (inflate), author's code (pull), control: last token (none)
+    {"pooling_train": "mean", "pooling_eval": "mean", "mask_false_negatives": False},
+    {"pooling_train": "mean", "pooling_eval": "mean_content", "mask_false_negatives": False},
+    {"pooling_train": "last", "pooling_eval": "last", "mask_false_negatives": False},
+]
+MAIN_SPACE = {"target_layer": [1, 2, 3], "protocol": PROTOCOLS, "seed": [0, 1]}
+RANK_MARGIN_SPACE = {"lora_rank": [8, 16], "margin": [0.2, 0.4], "heldout_category": ["noun", "verb"], "seed": [0]}
 
 
-def fixture_pairs() -> pd.DataFrame:
-    """3 trained pairs in each of 4 categories + 4 control pairs."""
-    rows = [(f"sw_{c}{i}", f"en_{c}{i}", c, c, "trained") for c in CATEGORIES for i in range(3)]
-    rows += [(f"sw_ctl{i}", f"en_ctl{i}", "control", "noun", "control") for i in range(4)]
-    return pd.DataFrame(rows, columns=["swahili", "english", "category", "pos", "split"])
+def fixture_inputs() -> ExperimentInputs:
+    """6 trained pairs per category, 8 control pairs (one sharing an English word with a trained pair), 6 unseen."""
+    rows = [(f"sw_{c}{i}", f"en_{c}{i}", c, c, "trained") for c in CATEGORIES for i in range(6)]
+    rows += [(f"sw_ctl{i}", f"en_ctl{i}", "control", "noun", "control") for i in range(7)]
+    rows.append(("sw_ctl7", "en_noun0", "control", "noun", "control"))
+    pairs = pd.DataFrame(rows, columns=["swahili", "english", "category", "pos", "split"])
+    unseen = pd.DataFrame([(f"sw_new{i}", f"en_new{i}", "unseen", "noun", "unseen") for i in range(6)],
+                          columns=pairs.columns).set_axis(range(len(pairs), len(pairs) + 6))
+    return ExperimentInputs(pairs, unseen)
 
 
-def _embeddings(rows: pd.DataFrame, mode: str, gain: float, rng: np.random.Generator) -> tuple[dict, dict]:
-    """({layer: (sw, en)} before, after) for the given rows; `gain` is how far TLI moves sw towards en."""
-    pre, post = {}, {}
+def base_pool(lexicon: evaluate.Lexicon) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{layer: (Swahili pool, English pool)} of the 'base model', the same for every trial."""
+    english = {word: i for i, word in enumerate(lexicon.english)}
+    target = [english[sorted(lexicon.glosses[word])[0]] for word in lexicon.swahili]
+    pool = {}
     for layer in range(N_LAYERS + 1):
-        words = rng.normal(size=(len(rows), DIM))
-        shared = np.full(DIM, 8.0 if mode == "mean" else 0.0)
-        sw = words + rng.normal(scale=1.0, size=words.shape) + shared + 0.5
-        en = words + rng.normal(scale=1.0, size=words.shape) + shared - 0.5
-        pre[layer] = (sw, en)
-        if mode == "mean":  # TLI inflates the shared component: every cosine rises
-            post[layer] = (sw + gain * shared, en + gain * shared)
-        else:  # TLI pulls each Swahili word towards its own translation
-            post[layer] = (sw + gain * (en - sw), en)
-    return pre, post
+        rng = np.random.default_rng(100 + layer)
+        concepts, shared, language = rng.normal(size=(len(english), DIM)), rng.normal(size=DIM), rng.normal(size=DIM)
+        sw = concepts[target] + rng.normal(scale=0.8, size=(len(target), DIM)) + 2 * shared + language
+        en = concepts + rng.normal(scale=0.8, size=concepts.shape) + 2 * shared - language
+        pool[layer] = (sw, en)
+    return pool
 
 
-def _trial(settings: dict, pairs: pd.DataFrame, rng: np.random.Generator) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """(row, summary, per-pair table) of one synthetic ok trial."""
-    _, sets = runner.trial_sets(pairs, settings["heldout_category"])
-    sets = {name: rows.reset_index(drop=True) for name, rows in sets.items()}
-    gain = 0.15 * settings["target_layer"] * (1 + 0.2 * settings["seed"]) * (settings["lora_rank"] / 16) ** 0.2
-    layers = sorted({settings["target_layer"], N_LAYERS})
-    pre, post = {}, {}
-    for name, rows in sets.items():
-        set_gain = gain if name == "trained" else gain / 2
-        before, after = _embeddings(rows, settings["pooling_eval"], set_gain, rng)
-        pre[name] = {k: before[k] for k in layers}
-        post[name] = {k: after[k] for k in layers}
-    config = evaluate.EvalConfig(pooling=settings["pooling_eval"], n_boot=200, seed=settings["seed"])
-    summary, pair_table = evaluate.compare(sets, pre, post, config, N_LAYERS)
-    row = runner.trial_row(settings, "fixture") | {
-        "status": "ok", "n_train_pairs": len(sets["trained"]), "final_loss": 0.1, "train_seconds": 1.0,
-        "eval_seconds": 0.5, "node": "node-a", "finished_at": "2026-01-01T00:00:00+00:00",
-    } | wide_metrics(summary, settings["target_layer"], N_LAYERS)
-    return row | {"objective": objective(row)}, summary, pair_table
+def _gains(settings: TrialSettings) -> dict[str, float]:
+    """How far this trial moves the Swahili words of each set."""
+    t, train = settings.train.target_layer, settings.train
+    scale = (1 + 0.25 * train.seed) * (train.lora_rank / 16) ** 0.5 * (train.margin / 0.4) ** 0.5
+    per_set = {"trained": 0.5, "validation": 0.15 * t, "control": 0.15 * (4 - t), "heldout": 0.3, "unseen": 0.2}
+    return {name: gain * scale for name, gain in per_set.items()}
 
 
-def _scan(pairs: pd.DataFrame, rng: np.random.Generator, modes=("mean", "mean_content")) -> pd.DataFrame:
+def _post(pool, lexicon, sets, settings: TrialSettings, rng) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The pool after this trial's 'TLI' (see the module docstring)."""
+    kind = {"mean": "inflate", "last": "none"}.get(settings.pooling_eval, "pull")
+    gains = _gains(settings)
+    set_of = {word: name for name, rows in sets.items() if not name.endswith("_all") for word in rows["swahili"]}
+    word_gain = np.array([gains[set_of.get(word, "trained")] for word in lexicon.swahili])[:, None]
+    english = {word: i for i, word in enumerate(lexicon.english)}
+    target = [english[sorted(lexicon.glosses[word])[0]] for word in lexicon.swahili]
+    post = {}
+    for layer, (sw, en) in pool.items():
+        if kind == "none":
+            post[layer] = (sw, en)
+        elif kind == "inflate":
+            shift = 6 * gains["trained"] * (sw.mean(axis=0) + en.mean(axis=0)) / 2
+            post[layer] = (sw + shift + rng.normal(scale=0.3, size=sw.shape),
+                           en + shift + rng.normal(scale=0.3, size=en.shape))
+        else:
+            post[layer] = (sw + word_gain * (en[target] - sw), en)
+    return post
+
+
+def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> TrialRecord:
+    """One synthetic ok trial: its row, summary, per-pair table and training log."""
+    train_rows, sets, removed = trial_sets(inputs, settings)
+    t = settings.train.target_layer
+    layers = sorted({t, N_LAYERS})
+    post = _post(pool, inputs.lexicon, sets, settings, rng)
+    pairs = evaluate.pair_table(sets, inputs.lexicon, {k: pool[k] for k in layers}, {k: post[k] for k in layers})
+    config = EvalConfig(pooling=settings.pooling_eval, n_boot=settings.n_boot, seed=settings.train.seed,
+                        layers=tuple(layers))
+    summary = evaluate.summary_table(pairs, config, N_LAYERS, len(inputs.lexicon.english), removed)
+    kl = 0.001 * t * (2 if settings.pooling_eval == "mean" else 1)
+    row = settings.row() | {
+        "status": "ok", "error": None, "n_train_pairs": len(train_rows), "final_loss": 0.3 / t,
+        "objective": objective(summary, N_LAYERS), "train_seconds": 1.0, "eval_seconds": 0.5, "drift_seconds": 0.2,
+        "drift_kl_sw": kl, "drift_kl_en": kl / 2, "eval_layer_target": t, "eval_layer_final": N_LAYERS,
+        "eval_layer_selection": N_LAYERS, "node": "node-a", "worker": "node-a:1",
+        "finished_at": "2026-01-01T00:00:00+00:00"} | wide_metrics(summary, {"target": t, "final": N_LAYERS})
+    train_log = pd.DataFrame({"step": [1, 2], "epoch": [1, 1], "loss": [0.5, 0.3], "lr": [2e-4, 1e-4],
+                              "seconds": [0.1, 0.2]})
+    return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log})
+
+
+def scan_table(inputs: ExperimentInputs, pool) -> pd.DataFrame:
+    """The base model's 'layer scan' in two pooling modes (the second one shifted a little)."""
+    located = inputs.lexicon.locate(pd.concat([inputs.pairs, inputs.unseen]))
     rows = []
-    for mode in modes:
-        _, before = _embeddings(pairs, mode, 0.0, rng)
-        for layer, (sw, en) in before.items():
-            rows.append({"model": "fixture-model", "layer": layer, "pooling": mode,
-                         "layer_name": f"block {layer}"} | stats.alignment_metrics(sw, en, gold=list(pairs["english"])))
+    for mode, shift in (("mean", 3.0), ("mean_content", 0.0)):
+        for layer, (sw, en) in pool.items():
+            metrics = stats.set_metrics(stats.pair_metrics(sw + shift, en + shift, *located))
+            rows.append({"model": "fixture-model", "layer": layer, "layer_name": f"block {layer}", "pooling": mode}
+                        | metrics | {"n_candidates": len(inputs.lexicon.english)})
     return pd.DataFrame(rows)
 
 
-def make_results(root: Path, space: dict | None = None, seeds=(0, 1), n_errors: int = 1, skip_last: int = 0) -> Path:
-    """Write `root/fixture/` for the grid `space` x seeds and return it.
+def make_results(root: Path, space: dict | None = None, errored: int = 1, unfinished: int = 1,
+                 name: str = "fixture") -> Path:
+    """Write `root/<name>/` for the grid `space` and return it.
 
-    The first `n_errors` trials are stored as errors (out of memory, as the runner records a trial that
-    failed after its retries); the last `skip_last` trials of the grid are left out (a sweep still running).
+    The first `errored` trials of the grid are stored as errors (as the sweep records a trial that failed after
+    its retries); the last `unfinished` are left out (a sweep still running). sweep_config.json plans the grid.
     """
     space = MAIN_SPACE if space is None else space
-    pairs = fixture_pairs()
-    config = runner.SweepConfig(model="fixture-model", experiment="fixture", seeds=tuple(seeds), n_boot=200)
-    defaults = runner.trial_defaults(config, pairs)
-    planned = runner.expand_grid(runner.grid_space(space, config), defaults)
-    store = ResultStore(Path(root) / "fixture")
-    rng = np.random.default_rng(0)
-    for index, settings in enumerate(planned[: len(planned) - skip_last]):
-        if index < n_errors:
-            row = runner.trial_row(settings, "fixture") | {"error": "OutOfMemoryError: CUDA out of memory"}
-            store.write_trial(row)
+    inputs = fixture_inputs()
+    base = TrialSettings(model=ModelConfig(model="fixture-model"), validation_fraction=0.25, n_boot=200,
+                         drift=False, inputs_digest=inputs.digest)
+    planned = expand_grid(space, base)
+    store, pool, rng = ExperimentStore(str(Path(root) / name)), base_pool(inputs.lexicon), np.random.default_rng(0)
+    for index, settings in enumerate(planned[: len(planned) - unfinished]):
+        if index < errored:
+            store.write_row(settings.row() | {"experiment": name, "status": "error", "objective": float("nan"),
+                                              "error": "OutOfMemoryError: CUDA out of memory",
+                                              "finished_at": "2026-01-01T00:00:00+00:00"})
         else:
-            store.write_trial(*_trial(settings, pairs, rng))
+            store.commit(pack(_trial(settings, inputs, pool, rng)), experiment=name)
     store.merge()
-    results.write_table(_scan(pairs, rng), store.root / "scan.parquet")
-    results.write_json({"sweep": configs.to_dict(config), "param_space": space, "defaults": defaults,
-                        "n_pairs": len(pairs)}, store.root / "sweep_config.json")
-    return store.root
+    store.write("scan.parquet", scan_table(inputs, pool))
+    sweep = SweepConfig(model=ModelConfig(model="fixture-model"), experiment=name, seeds=(0, 1), n_boot=200)
+    store.write("sweep_config.json", {
+        "sweep": configs.to_dict(sweep), "space": {k: [str(v) for v in vs] for k, vs in space.items()},
+        "swept": swept_names(space), "base": base.row(), "planned": len(planned), "n_pairs": len(inputs.pairs),
+        "n_unseen": len(inputs.unseen)})
+    return Path(store.uri)

@@ -40,6 +40,13 @@ def test_sweep_loads_the_model_once_per_worker(tmp_path):
     assert 0 < result["useful_s"] < result["wall_s"] * 2
 
 
+def test_gpu_benchmark_answers_help_without_loading_anything(capsys):
+    with pytest.raises(SystemExit) as exit_request:
+        bench_gpu.main(["--help"])
+    assert exit_request.value.code == 0
+    assert "Llama-3-8B" in capsys.readouterr().out
+
+
 def test_gpu_benchmark_says_why_without_cuda(capsys):
     if bench_gpu.torch.cuda.is_available():
         pytest.skip("a GPU is present: run `python -m benchmarks.bench_gpu` by hand (minutes)")

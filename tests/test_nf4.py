@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from tli import data, surgery
-from tli.models import ModelConfig, load_model
-from tli.scan import ScanConfig, scan_layers
-from tli.train import TrainConfig, train_tli
+from tli.config import ModelConfig, ScanConfig, TrainConfig
+from tli.models import load_model
+from tli.scan import scan_layers
+from tli.train import train_tli
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def test_nf4_scan_is_finite_and_close_to_fp32(alias):
 @pytest.mark.parametrize("alias", MODELS)
 def test_nf4_short_training_is_finite_and_close_to_fp32(alias):
     pairs = _trained_pairs(24)
-    config = TrainConfig(target_layer=2, epochs=1, batch_size=8, warmup_steps=0, dropout=0.0)
+    config = TrainConfig(target_layer=2, epochs=1, batch_size=8, warmup_steps=0, lora_dropout=0.0)
     logs = {}
     for quantization in ("none", "nf4"):
         model, tokenizer = _load(alias, quantization)

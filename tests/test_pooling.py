@@ -33,26 +33,28 @@ def test_pool_is_a_weighted_mean():
 def test_batched_embeddings_equal_one_word_at_a_time(tiny_llama, mode):
     model, tokenizer = tiny_llama
     words = ["bahari", "thin", "kitabu cha mwalimu", "a", "-refu", "habari za asubuhi"]
-    batched = pooling.embed_words(model, tokenizer, words, [0, 2, 4], mode, batch_size=4)
+    batched = pooling.embed_words(model, tokenizer, words, [0, 2, 4], [mode], batch_size=4)[mode]
     for layer, vectors in batched.items():
-        single = np.concatenate([pooling.embed_words(model, tokenizer, [w], [layer], mode)[layer] for w in words])
+        single = np.concatenate([pooling.embed_words(model, tokenizer, [w], [layer], [mode])[mode][layer] for w in words])
         np.testing.assert_allclose(vectors, single, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_real_model_batched_scan_matches_and_shows_the_mean_pooling_artifact(embedded_dir, small_pairs):
     """SmolLM2 (no BOS): mean pooling puts matched and mismatched pairs near 1 in middle layers alike."""
-    from tli.models import ModelConfig, load_model
+    from tli.config import ModelConfig, ScanConfig
+    from tli.models import load_model
 
     model, tokenizer = load_model(ModelConfig(model=str(embedded_dir)))
     _, pairs = small_pairs
-    table = scan.scan_layers(model, tokenizer, pairs, scan.ScanConfig(pooling="mean", layers=(2, 15, 30)), progress=False)
+    table = scan.scan_layers(model, tokenizer, pairs, ScanConfig(pooling="mean", layers=(2, 15, 30)), progress=False)
     middle = table.set_index("layer").loc[15]
     assert middle["cosine_mean"] > 0.99 and middle["cosine_mismatched"] > 0.99
     assert abs(middle["gap"]) < 0.01
     words = list(pairs["swahili"])
-    batched = pooling.embed_words(model, tokenizer, words, [15], "mean_content", batch_size=8)[15]
-    single = np.concatenate([pooling.embed_words(model, tokenizer, [w], [15], "mean_content")[15] for w in words])
+    batched = pooling.embed_words(model, tokenizer, words, [15], ["mean_content"], batch_size=8)["mean_content"][15]
+    single = np.concatenate([pooling.embed_words(model, tokenizer, [w], [15], ["mean_content"])["mean_content"][15]
+                             for w in words])
     cosine = (batched * single).sum(1) / np.linalg.norm(batched, axis=1) / np.linalg.norm(single, axis=1)
     assert np.all(np.abs(cosine - 1) < 1e-4)
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-2)  # activations reach ~3e4 here

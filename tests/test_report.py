@@ -1,10 +1,13 @@
-"""The aggregator: statistics against scipy/statsmodels, the report from a fixture sweep, its HTML in Chromium."""
+"""The aggregator on synthetic experiments: statistics against scipy/statsmodels on seed-averaged unique pairs, the
+verdict on known answers, selection by validation, progress, bad input, the files (and their HTML in Chromium),
+and t-SNE through `tli.sweep.replay` on a tiny model."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -14,137 +17,279 @@ from statsmodels.stats.multitest import multipletests
 
 from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
-from tli import report, stats
+from tli import report
+from tli.errors import TliError
+from tli.report import render, tables, verdict
+
+N_BOOT = 200
+BY = ["target_layer", "pooling_train", "pooling_eval"]
+
 
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
-    """2 target layers x 2 held-out categories x 2 eval poolings x 2 seeds; 1 errored, 2 not run yet."""
-    return make_results(tmp_path_factory.mktemp("results"), skip_last=2)
+    """3 target layers x 3 protocols x 2 seeds: 16 ok, the first errored, the last not run yet."""
+    return make_results(tmp_path_factory.mktemp("results"))
 
 
 @pytest.fixture(scope="module")
 def results(fixture_dir):
-    return report.load_results(fixture_dir)
+    return tables.load_results(str(fixture_dir))
 
 
 @pytest.fixture(scope="module")
 def sig(results):
-    return report.significance_table(results, n_boot=500, seed=0)
+    return tables.significance_table(results, n_boot=N_BOOT, seed=0)
+
+
+@pytest.fixture(scope="module")
+def conds(results):
+    return tables.conditions(results, BY)
+
+
+@pytest.fixture(scope="module")
+def rank_margin_dir(tmp_path_factory):
+    """LoRA rank x margin x held-out category, one seed, every trial done."""
+    return make_results(tmp_path_factory.mktemp("rank_margin"), RANK_MARGIN_SPACE, errored=0, unfinished=0)
 
 
 @pytest.fixture(scope="module")
 def built(fixture_dir, tmp_path_factory):
+    """The aggregator's files, written with Ray and the sweep's tuner made unimportable."""
     out = tmp_path_factory.mktemp("report")
-    assert load_ablation("aggregate").main([str(fixture_dir), "--out", str(out), "--n-boot", "200"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("ray", "tli.sweep.tuner"):
+            patch.setitem(sys.modules, name, None)  # `import ray` now raises ImportError
+        assert load_ablation("aggregate").main([str(fixture_dir), "--out", str(out), "--n-boot", str(N_BOOT)]) == 0
     return out
 
 
-def _condition_pairs(results, row) -> pd.DataFrame:
+def _condition(results, target_layer, pooling_eval):
     ok = results.ok
-    ids = ok[(ok["target_layer"] == row["target_layer"]) & (ok["pooling_eval"] == row["pooling_eval"])
-             & (ok["heldout_category"] == row["heldout_category"])]
-    pairs = results.pairs.merge(ids[["trial_id", "seed"]], on="trial_id")
-    return pairs[(pairs["set"] == row["set"]) & (pairs["eval_layer"] == row["eval_layer"])], ids
+    return ok[(ok["target_layer"] == target_layer) & (ok["pooling_eval"] == pooling_eval)]
 
 
-def test_default_conditions_are_the_varying_settings(results):
-    assert report.condition_columns(results.trials) == ["target_layer", "pooling_eval", "heldout_category"]
+def _row(sig, target_layer, pooling_eval, name, eval_layer=None):
+    rows = sig[(sig["target_layer"] == target_layer) & (sig["pooling_eval"] == pooling_eval) & (sig["set"] == name)
+               & (sig["eval_layer"] == (target_layer if eval_layer is None else eval_layer))]
+    assert len(rows) == 1
+    return rows.iloc[0]
 
 
-def test_pair_level_statistics_match_scipy(results, sig):
-    row = sig[(sig["n_seeds"] == 2) & (sig["set"] == "trained")].iloc[0]
-    pairs, _ = _condition_pairs(results, row)
+def _averaged(results, trials, name, layer) -> pd.DataFrame:
+    """The set's pairs at `layer`, each averaged over `trials` (computed here independently of tli.report)."""
+    pairs = results.pairs[results.pairs["trial_id"].isin(trials["trial_id"])]
+    pairs = pairs[(pairs["set"] == name) & (pairs["eval_layer"] == layer)]
+    return pairs.groupby("pair_id").mean(numeric_only=True)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+def test_default_conditions_are_the_varying_settings(results, rank_margin_dir):
+    assert tables.condition_columns(results.trials) == BY
+    other = tables.load_results(str(rank_margin_dir))
+    assert tables.condition_columns(other.trials) == ["lora_rank", "margin", "heldout_category"]  # alpha copies rank
+
+
+def test_cosine_tests_use_unique_pairs_averaged_over_seeds(results, sig):
+    trials = _condition(results, 2, "mean_content")
+    assert sorted(trials["seed"]) == [0, 1]
+    row = _row(sig, 2, "mean_content", "trained")
+    pairs = _averaged(results, trials, "trained", 2)
     pre, post = pairs["cosine_pre"].to_numpy(), pairs["cosine_post"].to_numpy()
-    diff = post - pre
-    test = scipy_stats.ttest_rel(post, pre)
-    assert row["n"] == len(pairs) == 2 * pairs[["swahili", "english"]].drop_duplicates().shape[0]
-    assert row["mean_pre"] == pytest.approx(pre.mean()) and row["mean_post"] == pytest.approx(post.mean())
-    assert row["mean_diff"] == pytest.approx(diff.mean())
-    assert row["t"] == pytest.approx(test.statistic) and row["p"] == pytest.approx(test.pvalue)
+    diff, test = post - pre, scipy_stats.ttest_rel(post, pre)
+    assert row["n"] == len(pairs) == 18 and (row["n_trials"], row["n_seeds"]) == (2, 2)  # not 36 = pairs x seeds
+    assert (row["mean_pre"], row["mean_post"], row["mean_diff"]) == pytest.approx((pre.mean(), post.mean(), diff.mean()))
+    assert (row["t"], row["p"]) == pytest.approx((test.statistic, test.pvalue))
     assert row["wilcoxon_p"] == pytest.approx(scipy_stats.wilcoxon(post, pre).pvalue)
     assert row["d_z"] == pytest.approx(diff.mean() / np.std(diff, ddof=1))
-    boot = scipy_stats.bootstrap((diff,), np.mean, n_resamples=500, method="BCa", rng=np.random.default_rng(0))
+    boot = scipy_stats.bootstrap((diff,), np.mean, n_resamples=N_BOOT, method="BCa", rng=np.random.default_rng(0))
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(boot.confidence_interval))
 
 
-def test_seed_level_statistics_and_trial_means(results, sig):
-    row = sig[(sig["n_seeds"] == 2) & (sig["set"] == "control")].iloc[0]
-    pairs, ids = _condition_pairs(results, row)
-    per_seed = pairs.groupby("seed")[["cosine_pre", "cosine_post"]].mean()
-    seed_diff = per_seed["cosine_post"] - per_seed["cosine_pre"]
-    assert row["seed_mean_diff"] == pytest.approx(seed_diff.mean())
-    assert row["seed_std_diff"] == pytest.approx(np.std(seed_diff, ddof=1))
-    test = scipy_stats.ttest_rel(per_seed["cosine_post"], per_seed["cosine_pre"])
-    assert (row["seed_t"], row["seed_p"]) == pytest.approx((test.statistic, test.pvalue))
-    summary = results.summary.merge(ids[["trial_id"]], on="trial_id")
-    summary = summary[(summary["set"] == row["set"]) & (summary["eval_layer"] == row["eval_layer"])]
-    for column in ("gap_pre", "gap_post", "centered_gap_pre", "centered_gap_post", "p_at_1_pre", "p_at_1_post"):
-        assert row[column] == pytest.approx(summary[column].mean())
+def test_gap_tests_set_means_and_seed_spread(results, sig, conds):
+    trials = _condition(results, 3, "mean_content")
+    row = _row(sig, 3, "mean_content", "control")
+    pairs = _averaged(results, trials, "control", 3)
+    for prefix, metric in (("gap_", "gap"), ("centered_gap_", "centered_gap")):
+        test = scipy_stats.ttest_rel(pairs[f"{metric}_post"], pairs[f"{metric}_pre"])
+        assert row[f"{prefix}diff"] == pytest.approx((pairs[f"{metric}_post"] - pairs[f"{metric}_pre"]).mean())
+        assert row[f"{prefix}p"] == pytest.approx(test.pvalue)
+    assert (row["p_at_1_pre"], row["p_at_1_post"]) == pytest.approx((pairs["hit_pre"].mean(), pairs["hit_post"].mean()))
+    assert row["p_at_1_chance"] == pytest.approx(pairs["chance"].mean())
+    summary = results.summary[results.summary["trial_id"].isin(trials["trial_id"])]
+    control = summary[(summary["set"] == "control") & (summary["eval_layer"] == 3)]
+    assert row["n_removed"] == control["n_removed"].iloc[0] == 1  # sw_ctl7: en_noun0 is a trained word
+    assert _row(sig, 3, "mean_content", "control_all")["n"] == row["n"] + 1
+    assert row["seed_sd_mean_diff"] == pytest.approx(np.std(control["mean_diff"], ddof=1))  # one trial per seed
+    one_seed = _row(sig, 1, "mean", "control")
+    assert one_seed["n_seeds"] == 1 and np.isnan(one_seed["seed_sd_mean_diff"])
 
 
 def test_corrections_across_all_rows_match_statsmodels(sig):
-    assert sig["p"].notna().all()
-    assert sig["p_holm"].to_numpy() == pytest.approx(multipletests(sig["p"], method="holm")[1])
-    assert sig["p_bh"].to_numpy() == pytest.approx(multipletests(sig["p"], method="fdr_bh")[1])
+    tested = sig["p"].notna()
+    assert tested.sum() > 40 and sig.loc[~tested, "mean_diff"].eq(0).all()  # untestable: no change at all
+    assert sig.loc[tested, "p_holm"].to_numpy() == pytest.approx(multipletests(sig.loc[tested, "p"], method="holm")[1])
+    assert sig.loc[tested, "p_bh"].to_numpy() == pytest.approx(multipletests(sig.loc[tested, "p"], method="fdr_bh")[1])
 
 
-def test_paper_table1_p_values():
-    """The paper's Table 1: t = 54.8842 on 623 pairs and t = 18.4525 on 63, p as the report prints them."""
-    for t, n, printed in ((54.8842, 623, "1.33e-240"), (18.4525, 63, "7.17e-27")):
-        p = stats.t_test_p_from_t(t, n)
-        assert p == pytest.approx(2 * scipy_stats.t.sf(t, n - 1), rel=1e-12)
-        assert report._format(p, "p") == printed
+def test_unknown_by_column_is_an_error(results):
+    with pytest.raises(TliError, match="unknown --by column"):
+        tables.significance_table(results, ["target_layer", "learning_rate"], n_boot=N_BOOT)
 
 
-def test_partial_results_and_errored_trials_are_counted(results, sig):
-    line = report.progress_line(results)
-    assert "14 of 16 planned trials done (13 ok, 1 errored and skipped)" in line and "2 not finished" in line
+# --- selection, the condition fixed in advance, the verdict -------------------------------------
+
+def test_selection_uses_validation_not_control(sig, conds):
+    chosen = tables.selected(conds)
+    assert (chosen["target_layer"], chosen["pooling_eval"]) == (3, "mean_content")
+    control = tables.at_target(sig)[lambda t: (t["set"] == "control") & (t["pooling_eval"] == "mean_content")]
+    best_on_control = control.loc[control["centered_gap_diff"].idxmax()]
+    assert best_on_control["target_layer"] == 1  # what selecting on the control set would have picked
+
+
+def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):
+    fixed = tables.prespecified(conds, BY)
+    assert fixed["target_layer"].tolist() == [2, 2, 2] and fixed["pooling_eval"].nunique() == 3  # every protocol
+    other = tables.load_results(str(rank_margin_dir))
+    by = tables.condition_columns(other.trials)
+    assert tables.prespecified(tables.conditions(other, by), by).empty  # every trial holds a category out
+
+
+def test_verdict_on_known_answers(sig, conds):
+    table = verdict.verdict_table(sig, tables.prespecified(conds, BY), BY)
+    found = table.groupby("protocol")["verdict"].agg(set).to_dict()
+    assert found == {"paper as written": {"not specific"}, "author's code": {"specific"},
+                     "control: last token": {"no rise"}}
+    assert set(table["set"]) == {"trained", "control", "control_all", "unseen"} and (table["target_layer"] == 2).all()
+
+
+@pytest.mark.parametrize("cosine, gap, centred, expected", [
+    (np.nan, 1, 1, "untested"), (0.0, 1, 1, "no rise"), (-0.1, 1, 1, "no rise"), (0.1, 0.1, 0.1, "specific"),
+    (0.1, 0.1, -0.1, "partly specific"), (0.1, -0.1, 0.0, "not specific")])
+def test_verdict_rule(cosine, gap, centred, expected):
+    row = pd.Series({"ci_low": cosine, "gap_ci_low": gap, "centered_gap_ci_low": centred})
+    assert verdict.verdict(row) == expected
+
+
+def test_protocol_names():
+    names = {("mean", "mean", False): "paper as written", ("mean", "mean_content", False): "author's code",
+             ("mean", "mean_content", True): "author's code + false-negative mask",
+             ("mean_skip_first", "mean_skip_first", False): "control: first position dropped",
+             ("last", "last", True): "control: last token", ("mean", "last", False): "train mean / eval last"}
+    assert {key: verdict.protocol_name(*key) for key in names} == names
+
+
+def test_table2_ranks_pair_gains_of_the_selected_condition(results, conds):
+    chosen = tables.selected(conds)
+    table = tables.table2(results, chosen["trial_ids"], k=5)
+    assert table["rank"].tolist() == ["largest"] * 5 + ["smallest"] * 5
+    assert table["gain"].iloc[:5].is_monotonic_decreasing and table["gain"].iloc[5:].is_monotonic_increasing
+    assert table["gain"].to_numpy() == pytest.approx((table["cosine_post"] - table["cosine_pre"]).to_numpy())
+    assert not table["set"].str.endswith("_all").any()
+
+
+# --- progress and bad input ---------------------------------------------------------------------
+
+def test_progress_with_an_unfinished_and_an_errored_trial(results, sig):
+    line = tables.progress_line(results)
+    assert "17 of 18 planned trials done (16 ok, 1 errored)" in line and "1 not finished" in line
     errored = results.errors["trial_id"].iloc[0]
     assert errored not in set(results.pairs["trial_id"])
-    assert sig.groupby(["set", "eval_layer"])["n_trials"].sum().max() <= 13
+    per_condition = sig.drop_duplicates(BY)["n_trials"]
+    assert per_condition.sum() == 16
 
 
-def test_report_files_and_embedded_figures(built):
-    for name in ("significance.csv", "significance.md", "report.md", "report.html"):
-        assert (built / name).stat().st_size > 500, name
-    figures = sorted((built / "figures").glob("*.png"))
-    assert [f.name for f in figures] == ["gain_by_layer.png", "heldout.png", "layer_scan.png"]
-    assert all(f.stat().st_size > 10_000 for f in figures)
-    page = (built / "report.html").read_text()
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3 and "figures/" not in page
-    text = (built / "report.md").read_text()
-    assert "14 of 16 planned trials" in text and "unit of analysis is then the seed" in text
-    assert "Paper protocol" in text and "Controlled protocol" in text and "Figure skipped (t-SNE)" in text
-    assert len(pd.read_csv(built / "significance.csv")) == 7 * 3 * 2  # 7 conditions run x 3 sets x 2 eval layers
+@pytest.mark.parametrize("damage", ["trials.parquet", "summary.parquet", "pairs.parquet", "missing trials.parquet"])
+def test_corrupt_or_missing_merged_table_is_rebuilt(fixture_dir, results, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(fixture_dir, copy)
+    name = damage.split()[-1]
+    if damage.startswith("missing"):
+        (copy / name).unlink()
+    else:
+        (copy / name).write_bytes(b"not a parquet file")
+    again = tables.load_results(str(copy))
+    for kind in ("trials", "summary", "pairs"):
+        assert getattr(again, kind).shape == getattr(results, kind).shape, kind
+    assert len(again.notes) == 1 and name in again.notes[0] and "rebuilt" in again.notes[0]
+    assert pd.read_parquet(copy / name).shape == getattr(results, name.split(".")[0]).shape  # rewritten intact
 
 
-def test_rank_margin_heat_map(tmp_path):
-    root = make_results(tmp_path, space=RANK_MARGIN_SPACE, seeds=(0,), n_errors=0)
-    paths = report.build_report(root, tmp_path / "out", n_boot=100)
-    assert (tmp_path / "out" / "figures" / "rank_margin.png").stat().st_size > 10_000
-    text = paths["report_md"].read_text()
-    assert "paper's protocol (pooling_train = pooling_eval = mean, BOS included) was not run" in text
-    assert "unit of analysis" not in text
+def test_report_says_what_was_rebuilt_or_ignored(fixture_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fixture_dir, copy)
+    (copy / "summary.parquet").write_bytes(b"not a parquet file")
+    (copy / "sweep_config.json").write_text("{not json")
+    built = report.build_report(str(copy), str(tmp_path / "out"), n_boot=100)
+    assert "17 trials done" in built.progress and "the number planned is unknown" in built.progress
+    notes = [line for line in (tmp_path / "out" / "report.md").read_text().splitlines() if line.startswith("Data note")]
+    assert len(notes) == 2 and "summary.parquet is unreadable" in notes[0] and "rebuilt" in notes[0]
+    assert "sweep_config.json is unreadable" in notes[1]
 
 
-def test_tsne_plot_small_n(tmp_path):
-    rng = np.random.default_rng(0)
-    sw, en = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
-    path = report.plot_tsne({"pre": (sw, en), "post": (sw, en + 0.1), "words": list("abcde")}, tmp_path / "t.png")
-    assert path.stat().st_size > 10_000
-
-
-@pytest.mark.parametrize("case", ["missing", "empty", "no_rows"])
-def test_one_line_error_for_missing_or_empty_dir(tmp_path, capsys, case):
+def _bad_input(tmp_path, case):
     target = tmp_path / "experiment"
     if case != "missing":
         target.mkdir()
-    if case == "no_rows":
-        pd.DataFrame({"trial_id": [], "status": []}).to_parquet(target / "trials.parquet")
-    assert load_ablation("aggregate").main([str(target)]) == 2
+    if case == "no_trials":
+        (target / "trials").mkdir()
+        (target / "sweep_config.json").write_text('{"planned": 3}')
+    return target
+
+
+@pytest.mark.parametrize("case, message", [("missing", "does not exist"), ("empty", "no trial in"),
+                                           ("no_trials", "no trial in")])
+def test_one_line_error_for_missing_or_empty_dir(tmp_path, capsys, case, message):
+    assert load_ablation("aggregate").main([str(_bad_input(tmp_path, case))]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("aggregate.py: error: ")
-    assert {"missing": "does not exist", "empty": "no results", "no_rows": "no trials"}[case] in err
+    assert err.count("\n") == 1 and err.startswith("aggregate.py: error: ") and message in err
+
+
+@pytest.mark.parametrize("flags, message", [(["--n-boot", "-1"], "must be >= 100"),
+                                            (["--by", "target_layer,learning_rate"], "unknown --by column")])
+def test_one_line_error_for_bad_flags(fixture_dir, tmp_path, capsys, flags, message):
+    argv = [str(fixture_dir), "--out", str(tmp_path / "out"), "--n-boot", "100", *flags]
+    try:
+        code = load_ablation("aggregate").main(argv)
+    except SystemExit as exit:  # argparse: a usage error
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("aggregate.py: error: ") and message in err
+
+
+# --- the files ----------------------------------------------------------------------------------
+
+def test_report_files_and_embedded_figures(built, sig):
+    for name in ("significance.csv", "significance.md", "report.md", "report.html"):
+        assert (built / name).stat().st_size > 500, name
+    figures = sorted(f.name for f in (built / "figures").glob("*.png"))
+    assert figures == ["gain_by_layer.png", "layer_scan.png", "objective_drift.png"]
+    assert all(f.stat().st_size > 10_000 for f in (built / "figures").glob("*.png"))
+    page = (built / "report.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3 and "figures/" not in page
+    assert len(pd.read_csv(built / "significance.csv")) == len(sig) == 9 * 5 * 2  # conditions x sets x eval layers
+    text = (built / "report.md").read_text()
+    for expected in ("17 of 18 planned trials", "OutOfMemoryError", "Verdict: specific", "Verdict: not specific",
+                     "Verdict: no rise", "Selected: target_layer=3", "*Fixed in advance* (paper as written",
+                     "*Selected by validation*", "0.3211 -> 0.4113", "`hidden_states[31]`", "Figure skipped (t-SNE)",
+                     "p_at_1_chance", "| set "):
+        assert expected in text, expected
+
+
+def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):
+    built = report.build_report(str(rank_margin_dir), str(tmp_path / "out"), n_boot=100)
+    figures = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
+    assert figures == {"layer_scan.png", "rank_margin.png", "heldout.png"}
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "does not contain the condition fixed in advance" in text and not built.verdicts
+    assert "8 of 8 planned trials done" in text
+
+
+def test_tables_render_through_tabulate():
+    table = pd.DataFrame({"set": ["a|b"], "n": [3], "p": [0.0], "mean_diff": [0.12345], "x": [np.nan]})
+    text = render.table_text(table)
+    assert text.splitlines()[0].startswith("| set ") and "a\\|b" in text and "<1e-300" in text and "0.1235" in text
+    assert "<td" in render.table_text(table, "html")
 
 
 def _chromium() -> str | None:
@@ -164,25 +309,33 @@ def test_report_html_images_load_in_headless_chromium(built, tmp_path):
     assert "<title>loaded 3 of 3</title>" in dom, dom[:300]
 
 
-@pytest.mark.slow
-def test_tsne_recomputed_on_a_tiny_model(tmp_path, tiny_llama_dir, small_pairs):
-    """One real trial (no Ray) on the tiny random Llama, then --tsne retrains it and plots its embeddings."""
-    from tli import config as configs
-    from tli import results as result_files
-    from tli import runner
-    from tli.sweep_results import ResultStore
+# --- t-SNE through the sweep side ---------------------------------------------------------------
 
-    pairs_path, _ = small_pairs
-    config = runner.SweepConfig(model=str(tiny_llama_dir), pairs=str(pairs_path), epochs=1, n_boot=50, device="cpu")
-    pairs = runner.load_sweep_pairs(config)
-    defaults = runner.trial_defaults(config, pairs)
-    settings = runner.expand_grid({"target_layer": [2]}, defaults)[0]
-    row, summary, pair_table = runner.execute_trial(settings, pairs, runner.WorkerCache(), device="cpu")
-    store = ResultStore(tmp_path / "tiny")
-    store.write_trial(runner.trial_row(settings, "tiny") | row | {"objective": 0.0}, summary, pair_table)
+@pytest.mark.slow
+@pytest.mark.parametrize("save_adapters, source", [("all", "stored with the results"), ("none", "retrained")])
+def test_tsne_through_trial_embeddings_on_a_tiny_model(tmp_path, tiny_llama_dir, small_pairs, save_adapters, source):
+    """One real trial (no Ray) on the tiny random Llama, committed as the sweep commits it; --tsne embeds it again."""
+    from tli import config as configs
+    from tli.config import ModelConfig, TrainConfig
+    from tli.sweep.flags import SweepConfig
+    from tli.sweep.inputs import load_inputs
+    from tli.sweep.settings import TrialSettings
+    from tli.sweep.store import ExperimentStore, pack
+    from tli.sweep.trial import WorkerCache, run_trial
+
+    sweep = SweepConfig(model=ModelConfig(model=str(tiny_llama_dir), device="cpu"), pairs=str(small_pairs[0]),
+                        n_boot=100, drift=False)
+    inputs = load_inputs(sweep)
+    settings = TrialSettings(model=sweep.model, train=TrainConfig(target_layer=2, epochs=1, warmup_steps=0),
+                             n_boot=100, drift=False, inputs_digest=inputs.digest)
+    record = run_trial(settings, inputs, WorkerCache(), keep_adapter=save_adapters == "all")
+    assert record.row["status"] == "ok", record.row["error"]
+    store = ExperimentStore(str(tmp_path / "tiny"))
+    store.commit(pack(record), save_adapters, experiment="tiny")
     store.merge()
-    result_files.write_json({"sweep": configs.to_dict(config), "param_space": {"target_layer": [2]},
-                             "defaults": defaults}, store.root / "sweep_config.json")
-    paths = report.build_report(store.root, tmp_path / "out", n_boot=50, tsne=True)
-    assert (tmp_path / "out" / "figures" / "tsne.png").stat().st_size > 10_000
-    assert "retrained with the trial's settings" in paths["report_md"].read_text()
+    store.write("sweep_config.json", {"sweep": configs.to_dict(sweep), "planned": 1})
+    out = tmp_path / "out"
+    argv = [store.uri, "--out", str(out), "--n-boot", "100", "--tsne", "--tsne-pairs", "12", "--device", "cpu"]
+    assert load_ablation("aggregate").main(argv) == 0
+    assert (out / "figures" / "tsne.png").stat().st_size > 10_000
+    assert source in (out / "report.md").read_text()

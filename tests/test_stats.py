@@ -9,19 +9,12 @@ from scipy import stats as sps
 from scipy.spatial.distance import cosine as cosine_distance
 from statsmodels.stats.multitest import multipletests
 
-from tli.stats import (
-    adjust_pvalues,
-    alignment_metrics,
-    center_jointly,
-    center_per_language,
-    csls_precision_at_1,
-    l2_normalize,
-    matched_cosines,
-    mismatched_cosine,
-    paired_tests,
-    precision_at_1,
-    t_test_p_from_t,
-)
+from tli.stats import PAIR_METRICS, adjust_pvalues, center_per_language, cosine_matrix, l2_normalize, paired_tests, pair_metrics, set_metrics
+
+
+def t_test_p_from_t(t: float, n: int) -> float:
+    """Two-sided p = 2 * sf(|t|, df=n-1) of a paired t statistic with n pairs (an independent reference)."""
+    return float("nan") if n < 2 else float(min(1.0, 2.0 * sps.t.sf(abs(t), df=n - 1)))
 
 
 @pytest.fixture(autouse=True)
@@ -42,145 +35,129 @@ def _cos(u, v):
 
 # --- cosines -------------------------------------------------------------------------------------
 
-def test_l2_normalize_unit_rows():
+def test_l2_normalize_unit_rows_and_torch_input():
     src, _ = _random()
     assert np.allclose(np.linalg.norm(l2_normalize(src), axis=1), 1.0)
+    assert np.all(l2_normalize(np.zeros((2, 3))) == 0)
+    tensor = torch.tensor(src, dtype=torch.bfloat16, requires_grad=True)
+    assert np.allclose(l2_normalize(tensor), l2_normalize(tensor.detach().float().numpy()))
 
 
-def test_matched_cosines_vs_scipy():
-    src, tgt = _random()
-    assert np.allclose(matched_cosines(src, tgt), [_cos(s, t) for s, t in zip(src, tgt)])
+def test_cosine_matrix_vs_scipy():
+    src, tgt = _random(n=4, seed=1)
+    expected = [[_cos(s, t) for t in tgt] for s in src]
+    assert np.allclose(cosine_matrix(src, tgt), expected)
 
 
-def test_mismatched_cosine_vs_loop():
-    src, tgt = _random(n=6)
-    loop = [_cos(src[i], tgt[j]) for i in range(6) for j in range(6) if i != j]
-    assert mismatched_cosine(src, tgt) == pytest.approx(np.mean(loop))
-    assert np.isnan(mismatched_cosine(src[:1], tgt[:1]))
+# --- per-pair metrics against one fixed pool ------------------------------------------------------
+
+def _pool(p=9, m=11, d=6, seed=0):
+    """A random pool (p Swahili, m English words) and 7 pairs, some Swahili words with two glosses."""
+    rng = np.random.default_rng(seed)
+    src_pool, tgt_pool = rng.normal(size=(p, d)), rng.normal(size=(m, d))
+    src_index = np.array([0, 1, 1, 2, 3, 3, 4])
+    tgt_index = np.array([0, 1, 2, 3, 4, 5, 6])  # Swahili 1 glosses English 1 and 2, Swahili 3 English 4 and 5
+    gold = np.zeros((7, m), dtype=bool)
+    for s, t in zip(src_index, tgt_index):
+        gold[src_index == s, t] = True
+    return src_pool, tgt_pool, src_index, tgt_index, gold
 
 
-def test_torch_input_accepted():
-    src, tgt = _random()
-    expected = matched_cosines(src, tgt)
-    src_t = torch.tensor(src, dtype=torch.float32, requires_grad=True)
-    assert np.allclose(matched_cosines(src_t, torch.tensor(tgt)), expected, atol=1e-6)
-    assert np.allclose(matched_cosines(src_t.bfloat16(), torch.tensor(tgt).bfloat16()), expected, atol=0.05)
+def _by_loop(src_pool, tgt_pool, src_index, tgt_index, gold, k):
+    """Every per-pair metric, one pair at a time, from the definitions."""
+    sw_mean, en_mean = src_pool.mean(axis=0), tgt_pool.mean(axis=0)
+    joint = np.concatenate([src_pool, tgt_pool]).mean(axis=0)
+    r_source = [np.mean(sorted((_cos(s, e) for s in src_pool), reverse=True)[:k]) for e in tgt_pool]
+    out = {name: [] for name in PAIR_METRICS}
+    for i, (s, t) in enumerate(zip(src_index, tgt_index)):
+        x = src_pool[s]
+        raw = np.array([_cos(x, e) for e in tgt_pool])
+        centred = np.array([_cos(x - sw_mean, e - en_mean) for e in tgt_pool])
+        r_target = np.mean(sorted(raw, reverse=True)[:k])
+        csls = 2 * raw - r_target - np.array(r_source)
+        others = ~gold[i]
+        out["cosine"].append(raw[t])
+        out["mismatched"].append(raw[others].mean())
+        out["gap"].append(raw[t] - raw[others].mean())
+        out["cosine_centered"].append(centred[t])
+        out["mismatched_centered"].append(centred[others].mean())
+        out["centered_gap"].append(centred[t] - centred[others].mean())
+        out["cosine_joint_centered"].append(_cos(x - joint, tgt_pool[t] - joint))
+        for name, scores in (("hit", raw), ("hit_csls", csls), ("hit_centered", centred)):
+            out[name].append(float(gold[i, int(np.argmax(scores))]))
+        out["chance"].append(gold[i].sum() / len(tgt_pool))
+    return {name: np.array(values) for name, values in out.items()}
 
 
-def test_shape_mismatch_raises():
-    src, tgt = _random()
-    with pytest.raises(ValueError):
-        matched_cosines(src, tgt[:, :3])
-    with pytest.raises(ValueError):
-        alignment_metrics(src[0], tgt[0])
+@pytest.mark.parametrize("k", [1, 3, 100])
+def test_pair_metrics_match_a_loop_over_the_definitions(k):
+    pool = _pool(seed=k)
+    got, expected = pair_metrics(*pool, k=k), _by_loop(*pool, k)
+    assert list(got) == list(PAIR_METRICS)
+    for name in PAIR_METRICS:
+        np.testing.assert_allclose(got[name], expected[name], err_msg=name, atol=1e-12)
 
 
-# --- retrieval ------------------------------------------------------------------------------------
-
-def test_precision_at_1_identity_and_permutation():
-    src, _ = _random(n=10, d=16)
-    assert precision_at_1(src, src.copy()) == 1.0
-    derangement = np.roll(np.arange(10), 1)  # tgt_i = src_{i-1}: every nearest neighbour is wrong
-    assert precision_at_1(src, src[derangement]) == 0.0
-
-
-def test_precision_at_1_duplicate_english_words():
-    src, _ = _random(n=4, d=6, seed=1)
-    tgt = src.copy()
-    tgt[3] = tgt[2]  # kubwa: big, mkubwa: big -> row 3 retrieves row 2 (ties go to the lowest index)
-    src[3] = src[2] + 1e-3
-    assert precision_at_1(src, tgt) == pytest.approx(0.75)
-    assert precision_at_1(src, tgt, gold=["a", "b", "big", "big"]) == 1.0
-    with pytest.raises(ValueError):
-        precision_at_1(src, tgt, gold=["a"])
+def test_a_perfect_retriever_scores_one_even_for_headwords_with_several_glosses():
+    # three Swahili words; word 1 glosses English 1 and 2, whose vectors differ: the nearest one is always gold
+    tgt_pool = np.eye(4)
+    src_pool = np.array([[1.0, 0, 0, 0], [0, 1.0, 0.9, 0], [0, 0, 0, 1.0]])
+    src_index, tgt_index = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 3])
+    gold = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=bool)
+    metrics = set_metrics(pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold, k=1))
+    assert metrics["p_at_1"] == 1.0  # one gold string per row would cap it at 0.75 here
+    assert metrics["p_at_1_chance"] == pytest.approx(np.mean([1, 2, 2, 1]) / 4)
 
 
-def _csls_loop(src, tgt, k, gold=None):
-    """MUSE CSLS written out with Python loops over rows and sorted lists."""
-    n = len(src)
-    k = min(k, n)
-    sim = [[_cos(src[i], tgt[j]) for j in range(n)] for i in range(n)]
-    r_t = [np.mean(sorted(sim[i], reverse=True)[:k]) for i in range(n)]
-    r_s = [np.mean(sorted((sim[i][j] for i in range(n)), reverse=True)[:k]) for j in range(n)]
-    labels = list(range(n)) if gold is None else list(gold)
-    hits = 0
-    for i in range(n):
-        scores = [2 * sim[i][j] - r_t[i] - r_s[j] for j in range(n)]
-        hits += labels[int(np.argmax(scores))] == labels[i]
-    return hits / n
+def test_a_set_scores_its_rows_as_the_whole_pool_does_whatever_its_size():
+    """One candidate pool: a subset's per-pair numbers are those of the same pairs in a larger set."""
+    src_pool, tgt_pool, src_index, tgt_index, gold = _pool(seed=4)
+    full = pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold)
+    subset = [0, 3, 6]
+    part = pair_metrics(src_pool, tgt_pool, src_index[subset], tgt_index[subset], gold[subset])
+    for name in PAIR_METRICS:
+        np.testing.assert_allclose(part[name], full[name][subset], err_msg=name)
+    assert set_metrics(part)["centered_gap"] == pytest.approx(full["centered_gap"][subset].mean())
 
 
-@pytest.mark.parametrize("k", [1, 3, 10, 100])
-def test_csls_vs_loop(k):
-    rng = np.random.default_rng(k)
-    src = rng.normal(size=(12, 4))
-    tgt = src + rng.normal(scale=0.8, size=(12, 4))
-    tgt[:, 0] += 1.5  # a shared offset creates hubs, so CSLS and plain NN disagree on some rows
-    gold = [str(i % 9) for i in range(12)]
-    assert csls_precision_at_1(src, tgt, k=k) == pytest.approx(_csls_loop(src, tgt, k))
-    assert csls_precision_at_1(src, tgt, k=k, gold=gold) == pytest.approx(_csls_loop(src, tgt, k, gold))
-
-
-def test_csls_identity_is_perfect():
-    src, _ = _random(n=10, d=16)
-    assert csls_precision_at_1(src, src.copy(), k=3) == 1.0
-    with pytest.raises(ValueError):
-        csls_precision_at_1(src, src, k=0)
-
-
-# --- centring -------------------------------------------------------------------------------------
-
-def test_per_language_centring_zero_means():
-    src, tgt = _random()
-    src_c, tgt_c = center_per_language(src, tgt)
-    assert np.allclose(src_c.mean(axis=0), 0) and np.allclose(tgt_c.mean(axis=0), 0)
-    src_j, tgt_j = center_jointly(src, tgt)
-    assert np.allclose(np.concatenate([src_j, tgt_j]).mean(axis=0), 0)
-    assert not np.allclose(src_j.mean(axis=0), 0)
-
-
-def test_english_shift_changes_raw_but_not_per_language_centred():
-    src, tgt = _random(seed=2)
-    shifted = tgt + np.array([3.0, -1.0, 0.5, 2.0, 0.0])
-    before, after = alignment_metrics(src, tgt), alignment_metrics(src, shifted)
-    for key in ("cosine_centered", "cosine_centered_mismatched", "centered_gap", "p_at_1_centered"):
-        assert after[key] == pytest.approx(before[key])
-    assert after["cosine_mean"] != pytest.approx(before["cosine_mean"])
-    assert after["cosine_joint_centered"] != pytest.approx(before["cosine_joint_centered"])
+def test_an_english_shift_changes_raw_cosines_but_not_per_language_centred_ones():
+    pool = _pool(seed=2)
+    shifted = (pool[0], pool[1] + np.array([3.0, -1.0, 0.5, 2.0, 0.0, 1.0])) + pool[2:]
+    before, after = pair_metrics(*pool), pair_metrics(*shifted)
+    for name in ("cosine_centered", "mismatched_centered", "centered_gap", "hit_centered"):
+        np.testing.assert_allclose(after[name], before[name])
+    assert not np.allclose(after["cosine"], before["cosine"])
 
 
 def test_joint_centring_can_rank_matched_below_mismatched():
-    # Swahili mean (1, -0.5), English mean (0.5, 0.5), joint mean (0.75, 0): the language offset
-    # survives joint centring. Per language: a = ±(0, -0.5), b = ±(0.5, -0.5), cos(a_i, b_i) = 1/√2.
-    src = np.array([[1.0, -1.0], [1.0, 0.0]])
-    tgt = np.array([[1.0, 0.0], [0.0, 1.0]])
-    joint_src, joint_tgt = center_jointly(src, tgt)
-    # matched: cos((.25,-1), (.25,0)) and cos((.25,0), (-.75,1)) = -0.6
-    assert matched_cosines(joint_src, joint_tgt).mean() < mismatched_cosine(joint_src, joint_tgt)
-    metrics = alignment_metrics(src, tgt)
-    assert metrics["cosine_centered"] == pytest.approx(1 / np.sqrt(2))
-    assert metrics["cosine_centered_mismatched"] == pytest.approx(-1 / np.sqrt(2))
-    assert metrics["cosine_joint_centered"] == pytest.approx((0.0625 / (np.hypot(0.25, 1) * 0.25) - 0.6) / 2)
+    # Swahili mean (1, -0.5), English mean (0.5, 0.5), joint mean (0.75, 0): the language offset survives
+    # joint centring, so matched pairs score below mismatched ones; per-language centring removes it.
+    src, tgt = np.array([[1.0, -1.0], [1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])
+    metrics = pair_metrics(src, tgt, [0, 1], [0, 1], np.eye(2, dtype=bool))
+    assert metrics["cosine_joint_centered"].mean() < 0  # matched after joint centring: -0.6 and 0.24
+    assert metrics["cosine_centered"] == pytest.approx([1 / np.sqrt(2)] * 2)
+    assert metrics["mismatched_centered"] == pytest.approx([-1 / np.sqrt(2)] * 2)
+    src_c, tgt_c = center_per_language(src, tgt)
+    assert np.allclose(src_c.mean(axis=0), 0) and np.allclose(tgt_c.mean(axis=0), 0)
 
 
-def test_alignment_metrics_keys_and_consistency():
-    src, tgt = _random(n=9, seed=3)
-    gold = [f"w{i % 7}" for i in range(9)]
-    metrics = alignment_metrics(src, tgt, gold=gold, k=4)
-    assert list(metrics) == [
-        "cosine_mean", "cosine_std", "cosine_mismatched", "gap", "cosine_centered",
-        "cosine_centered_mismatched", "centered_gap", "cosine_joint_centered", "p_at_1", "p_at_1_csls",
-        "p_at_1_centered", "n_pairs"]
-    cosines = [_cos(s, t) for s, t in zip(src, tgt)]
-    assert metrics["cosine_mean"] == pytest.approx(np.mean(cosines))
-    assert metrics["cosine_std"] == pytest.approx(np.std(cosines, ddof=1))
+def test_set_metrics_are_means_of_the_pair_metrics():
+    per_pair = pair_metrics(*_pool(seed=5))
+    metrics = set_metrics(per_pair)
+    assert metrics["cosine_mean"] == pytest.approx(per_pair["cosine"].mean())
+    assert metrics["cosine_std"] == pytest.approx(np.std(per_pair["cosine"], ddof=1))
     assert metrics["gap"] == pytest.approx(metrics["cosine_mean"] - metrics["cosine_mismatched"])
-    assert metrics["centered_gap"] == pytest.approx(
-        metrics["cosine_centered"] - metrics["cosine_centered_mismatched"])
-    assert metrics["p_at_1"] == precision_at_1(src, tgt, gold)
-    assert metrics["p_at_1_csls"] == pytest.approx(_csls_loop(src, tgt, 4, gold))
-    assert metrics["p_at_1_centered"] == precision_at_1(*center_per_language(src, tgt), gold)
-    assert metrics["n_pairs"] == 9
+    assert metrics["p_at_1"] == per_pair["hit"].mean() and metrics["n_pairs"] == 7
+
+
+def test_bad_shapes_are_errors():
+    src_pool, tgt_pool, src_index, tgt_index, gold = _pool()
+    with pytest.raises(ValueError, match="gold"):
+        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold[:, :3])
+    with pytest.raises(ValueError, match="own translation"):
+        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, np.zeros_like(gold))
+    with pytest.raises(ValueError, match="pools"):
+        pair_metrics(src_pool, tgt_pool[:, :2], src_index, tgt_index, gold)
 
 
 # --- paired tests ---------------------------------------------------------------------------------

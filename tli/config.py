@@ -1,11 +1,21 @@
-"""Strict dataclass configs: unknown keys and wrong types are errors, never silently ignored."""
+"""Strict dataclass configs and the command lines generated from them.
+
+Every setting is declared once, with `setting(...)`: its default, its help, and its allowed values
+(`choices`, or a numeric range `minimum`/`maximum`). The same declaration checks a config built in
+Python (`check(config)`, called by each config's ``__post_init__``), builds its command-line flag
+(`add_arguments`, checked at parse time) and reads it back from JSON (`from_dict`: unknown keys and
+wrong types are errors, never silently ignored).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from tli.errors import TliError
@@ -13,8 +23,55 @@ from tli.errors import TliError
 C = TypeVar("C")
 
 
+def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None, minimum: float | None = None,
+            maximum: float | None = None, above: float | None = None, below: float | None = None,
+            pattern: str | None = None, flags: Sequence[str] = (), parse: Callable[[str], Any] | None = None) -> Any:
+    """A dataclass field with its help and allowed values.
+
+    minimum/maximum are inclusive bounds, above/below exclusive ones; `choices` lists the allowed values
+    (for a tuple field: of each item); `pattern` is a regular expression a string must match in full,
+    and `help` then starts by naming what it is ("a device: ..."). `flags` are extra option strings (e.g. an older name); `parse`
+    converts one command-line string (default: from the field's type).
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "minimum": minimum,
+                "maximum": maximum, "above": above, "below": below, "pattern": pattern, "flags": tuple(flags),
+                "parse": parse}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_BOUNDS = (("minimum", ">=", lambda x, b: x >= b), ("above", ">", lambda x, b: x > b),
+           ("maximum", "<=", lambda x, b: x <= b), ("below", "<", lambda x, b: x < b))
+
+
+def _range_text(meta: dict) -> str:
+    return " and ".join(f"{sign} {meta[key]:g}" for key, sign, _ in _BOUNDS if meta.get(key) is not None)
+
+
+def value_problem(value: Any, meta: dict) -> str | None:
+    """Why `value` breaks the field's declared choices or range (None when it is allowed)."""
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if meta.get("choices") is not None and item not in meta["choices"]:
+            return f"{item!r} is not one of {', '.join(map(str, meta['choices']))}"
+        if meta.get("pattern") and isinstance(item, str) and not re.fullmatch(meta["pattern"], item):
+            return f"{item!r} is not {meta['help']}"
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            inside = all(meta.get(key) is None or holds(item, meta[key]) for key, _, holds in _BOUNDS)
+            if math.isnan(item) or not inside:
+                return f"must be {_range_text(meta)}, got {item:g}"
+    return None
+
+
+def check(config: Any) -> None:
+    """TliError naming the first field of `config` whose value breaks its declared choices or range."""
+    for f in dataclasses.fields(config):
+        problem = value_problem(getattr(config, f.name), f.metadata)
+        if problem:
+            raise TliError(f"{f.name} {problem}" if problem.startswith("must") else f"{f.name}: {problem}")
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
-    """Return `value` coerced to `annotation` where lossless (int -> float), else raise TliError."""
+    """Return `value` coerced to `annotation` where lossless (int -> float, list -> tuple), else raise TliError."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -40,13 +97,17 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if annotation in (int, float) and isinstance(value, bool):
         raise TliError(f"config field {name!r} must be {annotation.__name__}, got {value!r}")
+    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        return from_dict(annotation, value)
     if isinstance(annotation, type) and not isinstance(value, annotation):
         raise TliError(f"config field {name!r} must be {annotation.__name__}, got {value!r}")
     return value
 
 
 def from_dict(cls: type[C], values: dict[str, Any]) -> C:
-    """Build dataclass `cls` from `values`; unknown keys or wrongly typed values raise TliError."""
+    """Build dataclass `cls` from `values` (nested configs as dicts); unknown keys or wrong types raise TliError."""
+    if not isinstance(values, dict):
+        raise TliError(f"{cls.__name__} must be a JSON object, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -57,42 +118,220 @@ def from_dict(cls: type[C], values: dict[str, Any]) -> C:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """The config as a plain dict (tuples as lists), ready for JSON or a Parquet row."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    """The config as plain JSON-ready values (tuples as lists, nested configs as dicts)."""
+
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+# --- command lines -------------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (and a --help hint) instead of the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def parse_or_exit_code(self, args: Sequence[str] | None) -> argparse.Namespace | int:
+        """The parsed flags, or the exit code of --help, --version or a usage error (already printed)."""
+        try:
+            return self.parse_args(args)
+        except SystemExit as exit_request:
+            return exit_request.code if isinstance(exit_request.code, int) else 2
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
-    """'0-3,7' -> (0, 1, 2, 3, 7); argparse.ArgumentTypeError (a usage error in a CLI) for anything else."""
+    """'0-3,7' -> (0, 1, 2, 3, 7); argparse.ArgumentTypeError for anything else (a reversed range, a repeat)."""
     values: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            low, _, high = part.partition("-")
-            values.extend(range(int(low), int(high) + 1) if high else [int(low)])
-    except ValueError:
-        values = []
-    if not values:
-        raise argparse.ArgumentTypeError(f"cannot read {text!r} as integers (e.g. 0-3,7)")
+    for part in (p.strip() for p in text.split(",")):
+        low, dash, high = part.partition("-") if not part.startswith("-") else (part, "", "")
+        try:
+            start, stop = int(low), int(high) if dash else int(low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r} as integers (e.g. 0-3,7)") from None
+        if stop < start:
+            raise argparse.ArgumentTypeError(f"reversed range {part!r} in {text!r} (write {stop}-{start})")
+        values.extend(range(start, stop + 1))
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} given twice in {text!r}")
     return tuple(values)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One --flag per dataclass field, its help from the field's metadata, its default from the class."""
+def parse_float_list(text: str) -> tuple[float, ...]:
+    """'0.2,0.4' -> (0.2, 0.4); argparse.ArgumentTypeError for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r} as numbers (e.g. 0.2,0.4)") from None
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a value is given twice in {text!r}")
+    return values
+
+
+def parse_str_list(text: str) -> tuple[str, ...]:
+    """'q_proj,v_proj' -> ('q_proj', 'v_proj'); empty items are an error."""
+    values = tuple(part.strip() for part in text.split(","))
+    if not all(values):
+        raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+    return values
+
+
+def _scalar_parser(kind: Any) -> Callable[[str], Any]:
+    """String -> value for an int, float or str field (None for an optional field given as 'none')."""
+    options = [k for k in typing.get_args(kind) if k is not type(None)] if typing.get_origin(kind) in (
+        typing.Union, types.UnionType) else [kind]
+    base = options[0]
+
+    def convert(text: str) -> Any:
+        if base is str:
+            return text
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read {text!r} as {base.__name__}") from None
+
+    return convert
+
+
+def _checked(convert: Callable[[str], Any], meta: dict) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = convert(text)
+        problem = value_problem(value, meta)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _flag_help(f: dataclasses.Field, default: Any) -> str:
+    meta = f.metadata
+    allowed = f"; {_range_text(meta)}" if _range_text(meta) else ""
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"{meta.get('help', '')} (default: {shown}{allowed})".replace("%", "%%")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = (),
+                  defaults: dict[str, Any] | None = None) -> None:
+    """One --flag per field of `cls` (but `exclude`), with its help, default, choices and range checked at parse time."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        kind = hints[f.name]
+        if f.name in exclude or dataclasses.is_dataclass(hints[f.name]):
+            continue
+        default = (defaults or {}).get(f.name, f.default)
+        names = ["--" + f.name.replace("_", "-"), *f.metadata.get("flags", ())]
+        kind, meta = hints[f.name], f.metadata
+        help_text = _flag_help(f, default)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+            continue
+        if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            convert = parse_int_list if item is int else (lambda s: tuple(filter(None, s.split(","))))
-            parser.add_argument(flag, type=convert, default=default, help=help_text)
+            convert = meta.get("parse") or {int: parse_int_list, float: parse_float_list}.get(item, parse_str_list)
+            metavar = None
         else:
-            parser.add_argument(flag, type=kind, default=default, help=help_text)
+            convert = meta.get("parse") or _scalar_parser(kind)
+            metavar = "{" + ",".join(map(str, meta["choices"])) + "}" if meta.get("choices") else None
+        parser.add_argument(*names, dest=f.name, type=_checked(convert, meta), default=default, metavar=metavar,
+                            help=help_text)
 
 
-def from_namespace(cls: type[C], namespace: argparse.Namespace) -> C:
-    """The dataclass `cls` from the parsed flags that add_arguments made for it."""
-    return from_dict(cls, {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+def from_namespace(cls: type[C], namespace: argparse.Namespace, **values: Any) -> C:
+    """The dataclass `cls` from the parsed flags that add_arguments made for it (`values` fill the rest)."""
+    parsed = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
+    return from_dict(cls, parsed | values)
+
+
+
+# --- the configs of each stage (each checked on construction, each reproducible from its JSON) ----
+
+POOLING_MODES = ("mean", "mean_content", "mean_skip_first", "last")  # see tli.pooling
+MAX_LAYER = 1024  # a bound above any real model's depth; the model's own range is checked once it is loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which causal LM to load and how. Frozen: a worker's cache key."""
+
+    model: str = setting("smollm2-135m", "embedded alias (smollm2-135m, gemma3-270m), a local model folder, "
+                         "or an already-cached hub id")
+    device: str = setting("auto", "a device: auto (cuda if available, else cpu), cpu, cuda or cuda:N",
+                          pattern=r"auto|cpu|cuda(:\d+)?")
+    dtype: str = setting("auto", "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    quantization: str = setting("none", "none, or nf4 (4-bit NF4 via bitsandbytes, as in the paper)",
+                                choices=("none", "nf4"))
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanConfig:
+    """`tli scan`: the pre-TLI layer scan."""
+
+    pooling: str = setting("mean", "pooling mode (the paper's scan: mean)", choices=POOLING_MODES)
+    layers: tuple[int, ...] = setting((), "layers to scan, e.g. 0,2,10 (default: all 0..L)", minimum=0,
+                                      maximum=MAX_LAYER)
+    batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
+    csls_k: int = setting(10, "neighbourhood size of CSLS retrieval", minimum=1, maximum=1000)
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`tli train`: LoRA + triplet-margin training at one target layer (defaults: the paper's)."""
+
+    target_layer: int = setting(2, "hidden_states index whose embeddings are trained (1..L; 0, the embedding "
+                                "output, has no block below it)", minimum=1, maximum=MAX_LAYER)
+    epochs: int = setting(5, "passes over the training pairs", minimum=1, maximum=1000)
+    batch_size: int = setting(8, "pairs per step; each pair's negatives are the other pairs of its batch, "
+                              "so at least 2", minimum=2, maximum=4096)
+    lr: float = setting(2e-4, "AdamW learning rate", above=0, below=1)
+    warmup_steps: int = setting(50, "linear warm-up steps, then linear decay to 0", minimum=0, maximum=10**6)
+    lora_rank: int = setting(16, "LoRA rank r", minimum=1, maximum=4096, flags=("--rank",))
+    lora_alpha: int | None = setting(None, "LoRA alpha, scale alpha/r (default: 2 x rank, the paper's 32 for r=16)",
+                                     minimum=1, maximum=10**5, flags=("--alpha",))
+    lora_dropout: float = setting(0.05, "LoRA dropout", minimum=0, below=1, flags=("--dropout",))
+    target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "LoRA target modules of each block")
+    margin: float = setting(0.4, "triplet margin (cosine units)", minimum=0, maximum=2)
+    pooling_train: str = setting("mean", "pooling for training (the paper: mean, BOS included)",
+                                 choices=POOLING_MODES, flags=("--pooling",))
+    seed: int = setting(0, "seeds LoRA initialisation, dropout and shuffling", minimum=0, maximum=2**32 - 1)
+    mask_false_negatives: bool = setting(True, "exclude in-batch negatives that share the Swahili or the "
+                                         "English word (the paper does not)")
+    full_forward: bool = setting(False, "run every block, LoRA on all of them (verification; slower)")
+
+    def __post_init__(self):
+        check(self)
+        if not self.target_modules:
+            raise TliError("no LoRA target modules given")
+        if self.lora_alpha is None:  # resolved here, so a stored config always names its alpha
+            object.__setattr__(self, "lora_alpha", 2 * self.lora_rank)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """`tli evaluate`: how TLI's effect is measured."""
+
+    pooling: str = setting("mean_content", "pooling for evaluation (the author's code: mean_content)",
+                           choices=POOLING_MODES)
+    layers: tuple[int, ...] = setting((), "evaluation layers (default: the target layer and L)", minimum=0,
+                                      maximum=MAX_LAYER)
+    batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
+    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    seed: int = setting(0, "bootstrap seed", minimum=0, maximum=2**32 - 1)
+    csls_k: int = setting(10, "neighbourhood size of CSLS retrieval", minimum=1, maximum=1000)
+
+    def __post_init__(self):
+        check(self)

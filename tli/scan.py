@@ -2,7 +2,7 @@
 
 Per layer k (hidden_states[k]; 0 = embedding output, L = last block after the final norm) the
 table holds the matched cosine beside the mismatched-pair baseline, the per-language-centred
-figures and retrieval P@1 (see `tli.stats.alignment_metrics`). A raw cosine near 1 for matched
+figures and retrieval P@1 (see `tli.stats.pair_metrics`). A raw cosine near 1 for matched
 and mismatched pairs alike is the pooling artifact (BOS / first-position attention sink), not
 alignment: read `gap` and `centered_gap`.
 """
@@ -10,57 +10,16 @@ alignment: read `gap` and `centered_gap`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import PreTrainedTokenizerBase  # noqa: E402
-
-from tli import pooling, stats, surgery  # noqa: E402
-
-
-@dataclass
-class ScanConfig:
-    """`tli scan`: the pre-TLI layer scan."""
-
-    pooling: str = field(default="mean", metadata={"help": f"pooling mode: {', '.join(pooling.POOLING_MODES)}"})
-    layers: tuple[int, ...] = field(default=(), metadata={"help": "layers to scan, e.g. 0,2,10 (default: all 0..L)"})
-    batch_size: int = field(default=64, metadata={"help": "words per forward pass"})
-    csls_k: int = field(default=10, metadata={"help": "neighbourhood size of CSLS retrieval"})
-
-
-def embed_pairs(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: pd.DataFrame,
-    layers: Sequence[int],
-    mode: str,
-    batch_size: int = 64,
-    progress: bool = False,
-) -> dict[int, tuple]:
-    """{layer: (swahili [n, d], english [n, d])} pooled embeddings of the pairs' two columns."""
-    return embed_pairs_modes(model, tokenizer, pairs, layers, (mode,), batch_size, progress)[mode]
-
-
-def embed_pairs_modes(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: pd.DataFrame,
-    layers: Sequence[int],
-    modes: Sequence[str],
-    batch_size: int = 64,
-    progress: bool = False,
-) -> dict[str, dict[int, tuple]]:
-    """{mode: {layer: (swahili [n, d], english [n, d])}} from one forward pass per batch."""
-    n = len(pairs)
-    words = list(pairs["swahili"]) + list(pairs["english"])
-    vectors = pooling.embed_words_modes(model, tokenizer, words, layers, modes, batch_size, progress)
-    return {m: {k: (v[:n], v[n:]) for k, v in by_layer.items()} for m, by_layer in vectors.items()}
+from tli import pooling, stats, surgery
+from tli.config import ScanConfig
+from tli.evaluate import Lexicon
 
 
 def scan_layers(
@@ -71,27 +30,34 @@ def scan_layers(
     progress: bool = True,
     modes: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per pooling mode x layer: `layer`, `layer_name`, `pooling` and `stats.alignment_metrics` columns.
+    """One row per pooling mode x layer: `layer`, `layer_name`, `pooling`, `stats.set_metrics` of every pair
+    against the pool of all the file's words, and `n_candidates` (English words retrieved among).
 
     `modes` (default: `config.pooling` alone) share one forward pass per batch.
     """
     n_layers = surgery.num_layers(model)
     layers = list(config.layers) or list(range(n_layers + 1))
+    for k in layers:
+        surgery.check_layer(k, n_layers)
     modes = tuple(modes or (config.pooling,))
-    embeddings = embed_pairs_modes(model, tokenizer, pairs, layers, modes, config.batch_size, progress)
-    gold = list(pairs["english"])
+    lexicon = Lexicon.from_pairs(pairs)
+    words = list(lexicon.swahili) + list(lexicon.english)
+    vectors = pooling.embed_words(model, tokenizer, words, layers, modes, config.batch_size, progress)
+    located, p = lexicon.locate(pairs), len(lexicon.swahili)
     rows = [
         {"layer": k, "layer_name": surgery.layer_name(k, n_layers), "pooling": mode}
-        | stats.alignment_metrics(src, tgt, gold=gold, k=config.csls_k)
-        for mode, by_layer in embeddings.items()
-        for k, (src, tgt) in by_layer.items()
+        | stats.set_metrics(stats.pair_metrics(v[:p], v[p:], *located, k=config.csls_k))
+        | {"n_candidates": len(lexicon.english)}
+        for mode, by_layer in vectors.items()
+        for k, v in by_layer.items()
     ]
     return pd.DataFrame(rows)
 
 
 def plot_scan(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Matched vs mismatched cosine per layer (raw and per-language centred): the paper's Figure 1 with its control."""
-    fig, (raw, centred) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    fig = Figure(figsize=(11, 4))
+    raw, centred = fig.subplots(1, 2, sharex=True)
     for mode, rows in table.groupby("pooling", sort=False):
         line = raw.plot(rows["layer"], rows["cosine_mean"], marker="o", ms=3, label=f"matched ({mode})")[0]
         raw.plot(rows["layer"], rows["cosine_mismatched"], ls="--", color=line.get_color(), label=f"mismatched ({mode})")
@@ -106,5 +72,4 @@ def plot_scan(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     fig.suptitle(title or "Swahili-English alignment by layer (dashed: mismatched-pair baseline)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -1,11 +1,13 @@
 """Alignment metrics and paired significance tests for Swahili-English word embeddings.
 
-Rows i of `src` (Swahili, [n, d]) and `tgt` (English, [n, d]) are a translation pair.
+Every pair is scored against one fixed retrieval pool: all Swahili and all English words of the
+experiment (see `pair_metrics`), so P@1 can reach 1 when a headword has several glosses (any gloss
+counts), chance is the same for every set, and set means do not depend on the set's size.
 
 Why centre per language: hidden states of a causal LM share a large common component (the
 attention sink / BOS direction dominates mean-pooled states), so raw cosines sit near 1 for
 matched and mismatched pairs alike; a raw cosine near 1 says nothing about lexical alignment.
-Subtracting one joint mean over all 2n vectors removes the shared part but leaves the
+Subtracting one joint mean over both languages removes the shared part but leaves the
 language-identity direction (mean(src) - mean(tgt)) in: every Swahili vector then points away
 from every English vector, and matched pairs can score *below* mismatched ones. Subtracting
 each language's own mean removes both, so matched-vs-mismatched compares word identity only.
@@ -15,8 +17,6 @@ Inputs may be numpy arrays, lists or torch tensors; all are converted to float64
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -32,14 +32,6 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _as_pair(src, tgt) -> tuple[np.ndarray, np.ndarray]:
-    """Both inputs as float64 [n, d]; ValueError unless the shapes are equal and 2-D."""
-    src, tgt = _as_array(src), _as_array(tgt)
-    if src.ndim != 2 or src.shape != tgt.shape:
-        raise ValueError(f"src and tgt must both be [n, d]; got {src.shape} and {tgt.shape}")
-    return src, tgt
-
-
 def l2_normalize(x) -> np.ndarray:
     """x_i / max(||x_i||, eps) for each row of x [n, d]."""
     x = _as_array(x)
@@ -51,112 +43,93 @@ def cosine_matrix(src, tgt) -> np.ndarray:
     return l2_normalize(src) @ l2_normalize(tgt).T
 
 
-def matched_cosines(src, tgt) -> np.ndarray:
-    """[n] vector of cos(src_i, tgt_i)."""
-    src, tgt = _as_pair(src, tgt)
-    return np.sum(l2_normalize(src) * l2_normalize(tgt), axis=1)
-
-
-def _off_diagonal_mean(sim: np.ndarray) -> float:
-    """Mean of sim[i, j] over i != j ([n, n]); NaN for n < 2."""
-    n = len(sim)
-    return float((sim.sum() - np.trace(sim)) / (n * (n - 1))) if n > 1 else float("nan")
-
-
-def mismatched_cosine(src, tgt) -> float:
-    """Mean of cos(src_i, tgt_j) over all n(n-1) pairs i != j; NaN for n < 2."""
-    return _off_diagonal_mean(cosine_matrix(*_as_pair(src, tgt)))
-
-
 def center_per_language(src, tgt) -> tuple[np.ndarray, np.ndarray]:
     """(src - mean(src), tgt - mean(tgt)): each language minus its own mean vector."""
-    src, tgt = _as_pair(src, tgt)
+    src, tgt = _as_array(src), _as_array(tgt)
     return src - src.mean(axis=0), tgt - tgt.mean(axis=0)
 
 
-def center_jointly(src, tgt) -> tuple[np.ndarray, np.ndarray]:
-    """(src - m, tgt - m) with m the one mean over all 2n vectors."""
-    src, tgt = _as_pair(src, tgt)
-    mean = np.concatenate([src, tgt]).mean(axis=0)
-    return src - mean, tgt - mean
+def _mean_top_k(sim: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Mean of the k largest entries of `sim` along `axis` (k clipped to that axis' length)."""
+    k = min(k, sim.shape[axis])
+    return -np.mean(np.partition(-sim, k - 1, axis=axis).take(range(k), axis=axis), axis=axis)
 
 
-def _labels(gold: Sequence[str] | None, n: int) -> np.ndarray:
-    """Gold label per row ([n]); the row index when gold is None."""
-    if gold is None:
-        return np.arange(n)
-    if len(gold) != n:
-        raise ValueError(f"gold has {len(gold)} labels for {n} rows")
-    return np.asarray(gold, dtype=object)
+PAIR_METRICS = ("cosine", "mismatched", "gap", "cosine_centered", "mismatched_centered", "centered_gap",
+                "cosine_joint_centered", "hit", "hit_csls", "hit_centered", "chance")
 
 
-def _retrieval_accuracy(scores: np.ndarray, gold: Sequence[str] | None) -> float:
-    """Fraction of rows i whose argmax_j scores[i, j] has the gold label of i."""
-    labels = _labels(gold, len(scores))
-    return float(np.mean(labels[np.argmax(scores, axis=1)] == labels))
+def pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """Per-pair alignment numbers of n translation pairs, each against one fixed retrieval pool.
 
+    src_pool [p, d] and tgt_pool [m, d] hold every Swahili and every English word of the experiment once;
+    pair i is (src_pool[src_index[i]], tgt_pool[tgt_index[i]]); gold [n, m] (bool) marks every English word
+    that is a correct translation of pair i's Swahili word (all its glosses). With c_ij = cos(s_i, e_j):
 
-def precision_at_1(src, tgt, gold: Sequence[str] | None = None) -> float:
-    """P@1 of Swahili->English nearest-neighbour retrieval by cosine over all rows of tgt.
+      cosine_i      c_i,t(i)                              (the paper's per-pair cosine)
+      mismatched_i  mean of c_ij over the non-gold j      (the same word against non-translations)
+      gap_i         cosine_i - mismatched_i
+      *_centered    the same after subtracting each language's pool mean from its vectors (removes what
+                    every word of a language shares: the attention sink, the language direction)
+      cosine_joint_centered_i  cosine after subtracting one mean of both pools (kept for comparison: it
+                    leaves the language direction in)
+      hit_i         1 if the nearest English word (argmax_j c_ij, lowest j on ties) is gold, else 0;
+                    hit_csls_i by CSLS(s, e) = 2 cos(s, e) - r_T(s) - r_S(e) (MUSE; r_T(s): mean cosine of s
+                    to its k nearest English pool words, r_S(e): of e to its k nearest Swahili pool words);
+                    hit_centered_i after per-language centring
+      chance_i      gold count of row i / m: the hit rate of a random pick
 
-    Correct when the retrieved j has gold[j] == gold[i] (default: j == i); ties go to the lowest j.
+    Because the pool, not the evaluated set, supplies the candidates and the centring means, a set's mean of
+    any of these does not depend on the set's size: sets of 20 and 623 pairs compare.
     """
-    src, tgt = _as_pair(src, tgt)
-    return _retrieval_accuracy(cosine_matrix(src, tgt), gold)
-
-
-def _mean_top_k(sim: np.ndarray, k: int) -> np.ndarray:
-    """[n] mean of the k largest entries of each row of sim [n, m]."""
-    return np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
-
-
-def _csls(sim: np.ndarray, k: int) -> np.ndarray:
-    """CSLS scores [n, n] from the cosine matrix sim [n, n], k clipped to n."""
-    k = min(k, len(sim))
-    return 2 * sim - _mean_top_k(sim, k)[:, None] - _mean_top_k(sim.T, k)[None, :]
-
-
-def csls_precision_at_1(src, tgt, k: int = 10, gold: Sequence[str] | None = None) -> float:
-    """P@1 of retrieval by CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y) (Conneau et al. 2018, MUSE).
-
-    r_T(x): mean cosine of x to its k nearest tgt rows; r_S(y): mean cosine of y to its k nearest
-    src rows; k is clipped to n.
-    """
-    src, tgt = _as_pair(src, tgt)
+    src, tgt = _as_array(src_pool), _as_array(tgt_pool)
+    src_index, tgt_index, gold = np.asarray(src_index), np.asarray(tgt_index), np.asarray(gold, dtype=bool)
+    n, m = len(src_index), len(tgt)
+    if src.ndim != 2 or tgt.ndim != 2 or src.shape[1] != tgt.shape[1]:
+        raise ValueError(f"pools must be [p, d] and [m, d]; got {src.shape} and {tgt.shape}")
+    if gold.shape != (n, m) or len(tgt_index) != n or not gold[np.arange(n), tgt_index].all():
+        raise ValueError("gold must be [n, m] and mark each pair's own translation")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    return _retrieval_accuracy(_csls(cosine_matrix(src, tgt), k), gold)
+    rows = np.arange(n)
+    joint_mean = np.concatenate([src, tgt]).mean(axis=0)
+    raw_all = cosine_matrix(src, tgt)  # [p, m]
+    raw = raw_all[src_index]  # [n, m]
+    centred = cosine_matrix(*center_per_language(src, tgt))[src_index]
+    csls = 2 * raw - _mean_top_k(raw, k, axis=1)[:, None] - _mean_top_k(raw_all, k, axis=0)[None, :]
+    others = (~gold).sum(axis=1)  # [n]; 0 only when every pool word is a gloss: mismatched is then NaN
+
+    def mismatched(sim):
+        total = np.where(gold, 0.0, sim).sum(axis=1)
+        return np.divide(total, others, out=np.full(n, np.nan), where=others > 0)
+
+    def hits(sim):
+        return gold[rows, np.argmax(sim, axis=1)].astype(float)
+
+    out = {"cosine": raw[rows, tgt_index], "mismatched": mismatched(raw),
+           "cosine_centered": centred[rows, tgt_index], "mismatched_centered": mismatched(centred)}
+    out["gap"] = out["cosine"] - out["mismatched"]
+    out["centered_gap"] = out["cosine_centered"] - out["mismatched_centered"]
+    out["cosine_joint_centered"] = np.sum(l2_normalize(src[src_index] - joint_mean)
+                                          * l2_normalize(tgt[tgt_index] - joint_mean), axis=1)
+    out |= {"hit": hits(raw), "hit_csls": hits(csls), "hit_centered": hits(centred), "chance": gold.sum(axis=1) / m}
+    return {name: out[name] for name in PAIR_METRICS}
 
 
-def alignment_metrics(src, tgt, gold: Sequence[str] | None = None, k: int = 10) -> dict[str, float]:
-    """All per-layer alignment numbers for paired rows of src, tgt [n, d] (see module docstring).
+SET_METRICS = {  # set-level column -> the per-pair metric it averages
+    "cosine_mean": "cosine", "cosine_mismatched": "mismatched", "gap": "gap", "cosine_centered": "cosine_centered",
+    "cosine_centered_mismatched": "mismatched_centered", "centered_gap": "centered_gap",
+    "cosine_joint_centered": "cosine_joint_centered", "p_at_1": "hit", "p_at_1_csls": "hit_csls",
+    "p_at_1_centered": "hit_centered", "p_at_1_chance": "chance",
+}
 
-    One raw and one per-language-centred cosine matrix [n, n] serve every number.
-    """
-    src, tgt = _as_pair(src, tgt)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    n = len(src)
-    raw = cosine_matrix(src, tgt)
-    centred = cosine_matrix(*center_per_language(src, tgt))
-    cosines = np.diag(raw)
-    mismatched = _off_diagonal_mean(raw)
-    matched_centred = float(np.diag(centred).mean())
-    centred_mismatched = _off_diagonal_mean(centred)
-    return {
-        "cosine_mean": float(cosines.mean()),
-        "cosine_std": float(np.std(cosines, ddof=1)) if n > 1 else float("nan"),
-        "cosine_mismatched": mismatched,
-        "gap": float(cosines.mean()) - mismatched,
-        "cosine_centered": matched_centred,
-        "cosine_centered_mismatched": centred_mismatched,
-        "centered_gap": matched_centred - centred_mismatched,
-        "cosine_joint_centered": float(matched_cosines(*center_jointly(src, tgt)).mean()),
-        "p_at_1": _retrieval_accuracy(raw, gold),
-        "p_at_1_csls": _retrieval_accuracy(_csls(raw, k), gold),
-        "p_at_1_centered": _retrieval_accuracy(centred, gold),
-        "n_pairs": n,
-    }
+
+def set_metrics(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means over a set's pairs of `pair_metrics` (P@1 = mean hit), with cosine_std and n_pairs."""
+    out = {column: float(np.mean(per_pair[name])) for column, name in SET_METRICS.items()}
+    n = len(per_pair["cosine"])
+    out["cosine_std"] = float(np.std(per_pair["cosine"], ddof=1)) if n > 1 else float("nan")
+    return out | {"n_pairs": n}
 
 
 def _bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
@@ -217,13 +190,3 @@ def adjust_pvalues(p, method: str) -> np.ndarray:
     if ok.any():
         adjusted[ok] = multipletests(flat[ok], method=method)[1]
     return adjusted.reshape(p.shape)
-
-
-def t_test_p_from_t(t: float, n: int) -> float:
-    """Two-sided p = 2 * sf(|t|, df=n-1) of a paired t statistic with n pairs; NaN for n < 2.
-
-    Uses the survival function, so p stays exact far below 1e-16 (t = 54.88, n = 623 -> 1.33e-240).
-    """
-    if n < 2:
-        return float("nan")
-    return float(min(1.0, 2.0 * stats.t.sf(abs(t), df=n - 1)))

@@ -1,0 +1,159 @@
+"""Drift (`tli.drift`) on tiny random Llama and Gemma 3 models with the SmolLM2 tokenizer.
+
+The models are built from configs (random weights, nothing downloaded); a fresh LoRA adapter has
+zero B matrices, so it must not move the model at all, and random B matrices must.
+"""
+
+import io
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+from tli import drift, train
+from tli.config import TrainConfig
+from tli.errors import TliError
+
+FAMILIES = ("llama", "gemma3")
+PROMPTS = {"sw": ("Leo asubuhi nilikwenda", "Watoto wanapenda"), "en": ("This morning I went", "Children like")}
+COLUMNS = ["language", "prompt", "text", "input_ids", "n_prompt_tokens"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+def tiny_model(family: str, vocab_size: int, pad_token_id: int) -> torch.nn.Module:
+    """A random 4-block causal LM of `family` in float32 eval mode (Gemma 3: sliding window 3)."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  pad_token_id=pad_token_id)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            **common, head_dim=8, sliding_window=3,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"]))
+    model.config._attn_implementation = "sdpa"
+    return model.float().eval()
+
+
+@pytest.fixture(params=FAMILIES)
+def model(request, tokenizer):
+    return tiny_model(request.param, len(tokenizer), tokenizer.pad_token_id)
+
+
+def with_adapter(model: torch.nn.Module, random_b: bool):
+    """`model` wrapped with LoRA below layer 2 (dropout on, to check eval mode); B random if asked."""
+    peft_model = train.attach_lora(model, TrainConfig(target_layer=2, lora_rank=4, lora_dropout=0.5))
+    if random_b:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return peft_model.eval()  # new LoRA dropout modules start in training mode
+
+
+def logits(model: torch.nn.Module, input_ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([input_ids]), use_cache=False).logits[0].double()  # [pos, vocab]
+
+
+def test_sampler_draws_from_the_softmax():
+    probs = torch.tensor([0.1, 0.2, 0.0, 0.7])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.tensor([drift._sample(probs.log(), generator) for _ in range(20_000)])
+    frequencies = torch.bincount(draws, minlength=4) / len(draws)
+    assert frequencies[2] == 0
+    torch.testing.assert_close(frequencies, probs, rtol=0, atol=0.01)
+
+
+def test_samples_are_the_seeded_continuations(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer)
+    assert list(samples.columns) == COLUMNS
+    assert list(samples["language"]) == ["sw"] * 8 + ["en"] * 8
+    assert list(samples["prompt"]) == list(drift.DEFAULT_PROMPTS["sw"] + drift.DEFAULT_PROMPTS["en"])
+    eos = drift._eos_ids(model, tokenizer)
+    for row in samples.itertuples():
+        prompt_ids = tokenizer(row.prompt)["input_ids"]
+        assert row.input_ids[:row.n_prompt_tokens] == prompt_ids
+        n_new = len(row.input_ids) - row.n_prompt_tokens
+        assert n_new == 24 or (1 <= n_new < 24 and row.input_ids[-1] in eos)
+        assert row.text.startswith(row.prompt)
+        assert all(type(i) is int for i in row.input_ids)
+
+
+def test_samples_are_reproducible_for_a_seed(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6)
+    pd.testing.assert_frame_equal(drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6), samples)
+    other = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6, seed=1)
+    assert all(a != b for a, b in zip(other["input_ids"], samples["input_ids"]))
+
+
+def test_samples_come_from_the_base_model_and_survive_parquet_and_json(model, tokenizer):
+    base_samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6)
+    peft_model = with_adapter(model, random_b=True)
+    peft_model.train()
+    pd.testing.assert_frame_equal(drift.make_samples(peft_model, tokenizer, PROMPTS, new_tokens=6), base_samples)
+    assert peft_model.training
+    buffer = io.BytesIO()
+    base_samples.to_parquet(buffer)
+    from_parquet = pd.read_parquet(io.BytesIO(buffer.getvalue()))
+    from_json = pd.read_json(io.StringIO(base_samples.to_json(orient="records")), orient="records")
+    expected = drift.drift_kl(peft_model, base_samples)
+    assert drift.drift_kl(peft_model, from_parquet) == expected
+    assert drift.drift_kl(peft_model, from_json) == expected
+
+
+def test_kl_is_zero_for_a_fresh_adapter_and_positive_for_a_trained_one(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6)
+    fresh = drift.drift_kl(with_adapter(model, random_b=False), samples)
+    assert list(fresh) == ["drift_kl_sw", "drift_kl_en"]
+    assert all(abs(value) < 1e-9 for value in fresh.values())
+    moved = drift.drift_kl(with_adapter(tiny_model(model.config.model_type.split("_")[0], len(tokenizer),
+                                                   tokenizer.pad_token_id), random_b=True), samples)
+    assert all(torch.isfinite(torch.tensor(value)) and value > 1e-6 for value in moved.values())
+
+
+def test_kl_matches_torch_distributions(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6)
+    peft_model = with_adapter(model, random_b=True)
+    expected = {}
+    for row in samples.iloc[[0, 3]].itertuples():
+        with peft_model.disable_adapter():
+            base = logits(peft_model, row.input_ids)
+        tli = logits(peft_model, row.input_ids)
+        positions = slice(row.n_prompt_tokens - 1, len(row.input_ids) - 1)
+        kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=base[positions]),
+                                               torch.distributions.Categorical(logits=tli[positions]))
+        expected[f"drift_kl_{row.language}"] = kl.mean().item()
+    assert expected["drift_kl_sw"] > 0
+    measured = drift.drift_kl(peft_model, samples.iloc[[0, 3]])
+    assert measured == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_model_is_left_as_it_was(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=4)
+    peft_model = with_adapter(model, random_b=True)
+    ids = samples["input_ids"].iat[0]
+    with peft_model.disable_adapter():
+        base_before = logits(peft_model, ids)
+    tli_before = logits(peft_model, ids)
+    assert not torch.equal(base_before, tli_before)
+    peft_model.train()
+    dropout = [m for name, m in peft_model.named_modules() if name.endswith("lora_dropout.default")]
+    dropout[0].eval()  # a mixed state is restored module by module
+    drift.drift_kl(peft_model, samples)
+    assert peft_model.training and not dropout[0].training and all(m.training for m in dropout[1:])
+    peft_model.eval()
+    torch.testing.assert_close(logits(peft_model, ids), tli_before, rtol=0, atol=0)  # adapter still on
+
+
+def test_a_model_without_adapter_is_an_error(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=2)
+    with pytest.raises(TliError, match="PeftModel"):
+        drift.drift_kl(model, samples)

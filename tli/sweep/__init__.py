@@ -1,0 +1,11 @@
+"""The ablation sweep: TLI trials as Ray Tune trials, on a laptop CPU or a GPU cluster.
+
+  settings  `TrialSettings` (one trial's frozen settings, its trial_id and row) and grid expansion
+  flags     `SweepConfig`, the command line every ablation script shares, generated from its fields
+  inputs    what every trial of an experiment shares: pairs, evaluation sets, the retrieval pool, drift samples
+  trial     one trial inside a Ray worker: train, evaluate, measure drift, pack its files
+  store     the experiment's files on a local disk or an object store, written by the driver alone
+  tuner     Ray Tune plumbing: the trainable, reporting, callbacks, progress, `run_sweep`
+
+Nothing here imports Ray or torch at import time: every ablation script answers `--help` at once.
+"""

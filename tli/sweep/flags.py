@@ -1,0 +1,109 @@
+"""`SweepConfig`: the settings every ablation script shares, and the command line generated from them.
+
+A script adds its own axis flags as a small frozen dataclass (`script_flags`), through the same
+generator, and calls `main_for`. Parsing imports neither Ray nor torch: `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tli import config as configs
+from tli.config import MAX_LAYER, POOLING_MODES, ModelConfig, setting
+from tli.errors import run_command
+
+CALLBACKS = ("tensorboard", "mlflow", "wandb")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Settings shared by every ablation script (one flag each; the model flags come from ModelConfig)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    pairs: str | None = setting(None, "word pairs file (default: the paper's 623 trained + 63 control pairs)")
+    eval_pairs: str | None = setting(None, "pairs never trained, scored in every trial as the `unseen` set (e.g. "
+                                     "data/freedict-swh-eng.tsv from `make freedict`); rows sharing a word with "
+                                     "the trained pairs are dropped")
+    results: str = setting("results", "results root: a local folder or a URI such as s3://bucket/prefix")
+    experiment: str = setting("sweep", "an experiment name: letters, digits, '.', '_' or '-' (results go to "
+                              "<results>/<experiment>/)", pattern=r"(?!\.\.?$)[A-Za-z0-9._-]+")
+    seeds: tuple[int, ...] = setting((0,), "seeds, a grid axis, e.g. 0,1,2", minimum=0, maximum=2**32 - 1)
+    epochs: int = setting(5, "training epochs per trial (the paper: 5)", minimum=1, maximum=1000)
+    pooling_eval: str = setting("mean_content", "evaluation pooling unless swept (the author's code: mean_content)",
+                                choices=POOLING_MODES)
+    mask_false_negatives: bool = setting(True, "mask in-batch negatives sharing a word, unless swept (the paper "
+                                         "does not mask)")
+    validation_fraction: float = setting(0.1, "share of trained pairs held out as the validation set selection uses",
+                                         minimum=0, maximum=0.5)
+    selection_layer: int | None = setting(None, "layer of the validation objective, the same for every trial "
+                                          "(default: L)", minimum=1, maximum=MAX_LAYER)
+    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions, in every trial")
+    address: str | None = setting(None, "Ray cluster to join: host:port or auto (default: start a private local "
+                                  "Ray and stop it after)")
+    cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)", above=0,
+                                    maximum=1024)
+    gpus_per_trial: float = setting(0.0, "GPUs per trial, fractional to pack small models (0.25: four per GPU)",
+                                    minimum=0, maximum=64)
+    max_concurrent: int = setting(0, "trials at once (0: as many as the resources allow)", minimum=0, maximum=10**5)
+    max_failures: int = setting(2, "retries of a trial that crashed (out of memory, lost node)", minimum=0,
+                                maximum=100)
+    callbacks: tuple[str, ...] = setting((), "Ray Tune loggers, e.g. tensorboard,mlflow,wandb", choices=CALLBACKS)
+    save_adapters: str = setting("none", "store PEFT adapter folders with the results: none, best (highest "
+                                 "validation objective) or all", choices=("none", "best", "all"))
+    smoke_test: bool = setting(False, "a tiny sweep: 16 trained + 6 control pairs, 2 values per axis, one seed, "
+                               "1 epoch, 200 resamples: a minute on a laptop")
+    verbose: bool = setting(False, "log details and show the workers' output", flags=("-v",))
+
+    def __post_init__(self):
+        configs.check(self)
+
+    @property
+    def location(self) -> str:
+        """Where this experiment's files go: <results>/<experiment> (a local path or a URI)."""
+        if "://" in self.results:
+            return f"{self.results.rstrip('/')}/{self.experiment}"
+        return str(Path(self.results).expanduser().resolve() / self.experiment)
+
+
+def sweep_parser(description: str | None, experiment: str, script_flags: type | None = None) -> configs.ArgumentParser:
+    """The shared flags (ModelConfig's, then SweepConfig's), then the script's own."""
+    parser = configs.ArgumentParser(prog=f"{experiment}.py", description=description,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    configs.add_arguments(parser, ModelConfig)
+    configs.add_arguments(parser, SweepConfig, defaults={"experiment": experiment})
+    if script_flags is not None:
+        configs.add_arguments(parser, script_flags)
+    return parser
+
+
+def main_for(argv: list[str] | None, description: str | None, experiment: str,
+             space: Callable[[SweepConfig, Any, Any], dict], script_flags: type | None = None,
+             search: Callable[[SweepConfig, Any], tuple[Any, int]] | None = None) -> int:
+    """Run an ablation script: parse, then `run_sweep` with `space(config, flags, inputs)` as its space.
+
+    `search(config, flags)` gives (a Ray Tune searcher, the number of trials to draw); the space then holds
+    Tune domains. Returns 0, or 2 after one line on stderr for a bad input (and when every trial failed).
+    """
+    parser = sweep_parser(description, experiment, script_flags)
+    args = parser.parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+    def command() -> None:
+        from tli.sweep import tuner
+
+        config = configs.from_namespace(SweepConfig, args, model=configs.from_namespace(ModelConfig, args))
+        flags = configs.from_namespace(script_flags, args) if script_flags is not None else None
+        searcher, num_samples = search(config, flags) if search is not None else (None, 1)
+        tuner.run_sweep(lambda inputs: space(config, flags, inputs), config, searcher, num_samples)
+
+    return run_command(parser.prog, command)
+
