@@ -5,7 +5,8 @@ self-contained report.html (see `tli.report`).
     python ablations/aggregate.py results/rank_sweep --by lora_rank,margin --out paper/rank --tsne
 
 Works on a sweep still running (it says how many of the planned trials are done) and skips errored trials.
-Imports neither Ray nor the sweep's runner; only --tsne loads a model.
+Imports neither Ray nor the sweep's runner (the planned trial count is in sweep_config.json); only --tsne loads a
+model, through `tli.sweep.replay`.
 """
 
 from __future__ import annotations
@@ -16,35 +17,45 @@ import logging
 import sys
 
 from tli import config as configs
-from tli import report
 from tli.config import setting
 from tli.errors import run_command
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregateFlags:
-    by: tuple[str, ...] = setting((), "condition columns, e.g. target_layer,lora_rank (default: every trial "
-                                  "setting that varies across the ok trials, seed excepted)")
-    out: str | None = setting(None, "output folder or URI (default: RESULTS/report)")
+    """The aggregator's flags (the experiment folder is its one positional argument)."""
+
+    by: tuple[str, ...] = setting(
+        (),
+        "condition columns, e.g. target_layer,lora_rank (none given: every trial setting that varies across the ok "
+        "trials, seed excepted)",
+    )
+    out: str | None = setting(None, "output folder or URI (none given: RESULTS/report)")
     n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
     seed: int = setting(0, "bootstrap and t-SNE seed", minimum=0, maximum=2**32 - 1)
-    tsne: bool = setting(False, "t-SNE figure of the selected condition's best trial (loads the model; uses its "
-                         "stored adapter, else retrains it with the trial's settings and seed)")
+    tsne: bool = setting(
+        False,
+        "t-SNE figure of the selected condition's best trial (loads the model; uses its "
+        "stored adapter, else retrains it with the trial's settings and seed)",
+    )
     tsne_pairs: int = setting(40, "evaluation pairs shown in the t-SNE figure", minimum=2, maximum=2_000)
     device: str = setting("auto", "device for --tsne: auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")
 
 
 def parser() -> configs.ArgumentParser:
-    parser = configs.ArgumentParser(prog="aggregate.py", description=__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = configs.ArgumentParser(
+        prog="aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results", help="the experiment folder or URI, e.g. results/layer_sweep")
     configs.add_arguments(parser, AggregateFlags)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """0, or 2 after one line on stderr (a usage error exits 2 through argparse)."""
-    args = parser().parse_args(argv)
+    """0, or 2 after one line on stderr for a bad input or a usage error."""
+    args = parser().parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     flags = configs.from_namespace(AggregateFlags, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -54,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         return trial_embeddings(args.results, trial_id, flags.tsne_pairs, flags.device)
 
     def command() -> None:
-        built = report.build_report(args.results, flags.out, list(flags.by) or None, flags.n_boot, flags.seed,
-                                    tsne if flags.tsne else None)
+        from tli import report  # torch comes with the tables: --help answers at once
+
+        built = report.build_report(
+            args.results, flags.out, list(flags.by) or None, flags.n_boot, flags.seed, tsne if flags.tsne else None
+        )
         print("\n".join([built.progress, *built.verdicts, *(f"wrote {uri}" for uri in built.files.values())]))
 
     return run_command(parser().prog, command)

@@ -22,7 +22,7 @@ class HoldoutFlags:
                                             maximum=MAX_LAYER)
 
 
-def space(config, flags: HoldoutFlags, inputs) -> dict:
+def grid(config, flags: HoldoutFlags, inputs) -> dict:
     trained = inputs.pairs[inputs.pairs["split"] == "trained"]
     counts = trained["category"].value_counts()
     least = min(flags.min_rows, 4) if config.smoke_test else flags.min_rows
@@ -33,7 +33,7 @@ def space(config, flags: HoldoutFlags, inputs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "category_holdout", space, HoldoutFlags)
+    return main_for(argv, __doc__, "category_holdout", grid, HoldoutFlags)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import dataclasses
 import sys
 
 from tli.config import MAX_LAYER, setting
-from tli.models import num_layers
 from tli.sweep.flags import main_for
 
 
@@ -23,12 +22,14 @@ class LayerFlags:
                                       "block below it)", minimum=1, maximum=MAX_LAYER)
 
 
-def space(config, flags: LayerFlags, inputs) -> dict:
+def grid(config, flags: LayerFlags, inputs) -> dict:
+    from tli.models import num_layers
+
     return {"target_layer": list(flags.layers or range(1, num_layers(config.model.model) + 1))}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "layer_sweep", space, LayerFlags)
+    return main_for(argv, __doc__, "layer_sweep", grid, LayerFlags)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ class MarginFlags:
                                             maximum=MAX_LAYER)
 
 
-def space(config, flags: MarginFlags, inputs) -> dict:
+def grid(config, flags: MarginFlags, inputs) -> dict:
     return {"target_layer": list(flags.target_layer), "margin": list(flags.margins)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "margin_sweep", space, MarginFlags)
+    return main_for(argv, __doc__, "margin_sweep", grid, MarginFlags)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import dataclasses
 import sys
 
 from tli.config import setting
-from tli.models import num_layers
 from tli.sweep.flags import main_for
 
 
@@ -22,22 +21,22 @@ class SearchFlags:
     num_samples: int = setting(20, "trials to draw (smoke test: 2)", minimum=1, maximum=10**5)
 
 
-def space(config, flags: SearchFlags, inputs) -> dict:
+def search(config, flags: SearchFlags, inputs):
     from ray import tune
-
-    top = 3 if config.smoke_test else num_layers(config.model.model)
-    return {"target_layer": tune.randint(1, top + 1), "lora_rank": tune.choice([4, 8, 16, 32, 64]),
-            "margin": tune.uniform(0.1, 1.0), "lr": tune.loguniform(5e-5, 1e-3)}
-
-
-def search(config, flags: SearchFlags):
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(seed=config.seeds[0]), min(flags.num_samples, 2) if config.smoke_test else flags.num_samples
+    from tli.models import num_layers
+    from tli.sweep.tuner import Search
+
+    top = 3 if config.smoke_test else num_layers(config.model.model)
+    domains = {"target_layer": tune.randint(1, top + 1), "lora_rank": tune.choice([4, 8, 16, 32, 64]),
+               "margin": tune.uniform(0.1, 1.0), "lr": tune.loguniform(5e-5, 1e-3)}
+    return Search(OptunaSearch(seed=config.seeds[0]), domains,
+                  min(flags.num_samples, 2) if config.smoke_test else flags.num_samples)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "optuna_search", space, SearchFlags, search=search)
+    return main_for(argv, __doc__, "optuna_search", script_flags=SearchFlags, search=search)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ class ProtocolFlags:
                                             maximum=MAX_LAYER)
 
 
-def space(config, flags: ProtocolFlags, inputs) -> dict:
+def grid(config, flags: ProtocolFlags, inputs) -> dict:
     return {"target_layer": list(flags.target_layer), "protocol": PROTOCOLS}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "protocol_sweep", space, ProtocolFlags)
+    return main_for(argv, __doc__, "protocol_sweep", grid, ProtocolFlags)
 
 
 if __name__ == "__main__":

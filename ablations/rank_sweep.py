@@ -16,12 +16,12 @@ class RankFlags:
                                             maximum=MAX_LAYER)
 
 
-def space(config, flags: RankFlags, inputs) -> dict:
+def grid(config, flags: RankFlags, inputs) -> dict:
     return {"target_layer": list(flags.target_layer), "lora_rank": list(flags.ranks)}  # alpha follows: 2 x rank
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "rank_sweep", space, RankFlags)
+    return main_for(argv, __doc__, "rank_sweep", grid, RankFlags)
 
 
 if __name__ == "__main__":

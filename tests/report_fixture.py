@@ -48,8 +48,9 @@ def fixture_inputs() -> ExperimentInputs:
     rows += [(f"sw_ctl{i}", f"en_ctl{i}", "control", "noun", "control") for i in range(7)]
     rows.append(("sw_ctl7", "en_noun0", "control", "noun", "control"))
     pairs = pd.DataFrame(rows, columns=["swahili", "english", "category", "pos", "split"])
-    unseen = pd.DataFrame([(f"sw_new{i}", f"en_new{i}", "unseen", "noun", "unseen") for i in range(6)],
-                          columns=pairs.columns).set_axis(range(len(pairs), len(pairs) + 6))
+    unseen = pd.DataFrame(
+        [(f"sw_new{i}", f"en_new{i}", "unseen", "noun", "unseen") for i in range(6)], columns=pairs.columns
+    ).set_axis(range(len(pairs), len(pairs) + 6))
     return ExperimentInputs(pairs, unseen)
 
 
@@ -89,8 +90,10 @@ def _post(pool, lexicon, sets, settings: TrialSettings, rng) -> dict[int, tuple[
             post[layer] = (sw, en)
         elif kind == "inflate":
             shift = 6 * gains["trained"] * (sw.mean(axis=0) + en.mean(axis=0)) / 2
-            post[layer] = (sw + shift + rng.normal(scale=0.3, size=sw.shape),
-                           en + shift + rng.normal(scale=0.3, size=en.shape))
+            post[layer] = (
+                sw + shift + rng.normal(scale=0.3, size=sw.shape),
+                en + shift + rng.normal(scale=0.3, size=en.shape),
+            )
         else:
             post[layer] = (sw + word_gain * (en[target] - sw), en)
     return post
@@ -103,18 +106,36 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
     layers = sorted({t, N_LAYERS})
     post = _post(pool, inputs.lexicon, sets, settings, rng)
     pairs = evaluate.pair_table(sets, inputs.lexicon, {k: pool[k] for k in layers}, {k: post[k] for k in layers})
-    config = EvalConfig(pooling=settings.pooling_eval, n_boot=settings.n_boot, seed=settings.train.seed,
-                        layers=tuple(layers))
+    config = EvalConfig(
+        pooling=settings.pooling_eval, n_boot=settings.n_boot, seed=settings.train.seed, layers=tuple(layers)
+    )
     summary = evaluate.summary_table(pairs, config, N_LAYERS, len(inputs.lexicon.english), removed)
     kl = 0.001 * t * (2 if settings.pooling_eval == "mean" else 1)
-    row = settings.row() | {
-        "status": "ok", "error": None, "n_train_pairs": len(train_rows), "final_loss": 0.3 / t,
-        "objective": objective(summary, N_LAYERS), "train_seconds": 1.0, "eval_seconds": 0.5, "drift_seconds": 0.2,
-        "drift_kl_sw": kl, "drift_kl_en": kl / 2, "eval_layer_target": t, "eval_layer_final": N_LAYERS,
-        "eval_layer_selection": N_LAYERS, "node": "node-a", "worker": "node-a:1",
-        "finished_at": "2026-01-01T00:00:00+00:00"} | wide_metrics(summary, {"target": t, "final": N_LAYERS})
-    train_log = pd.DataFrame({"step": [1, 2], "epoch": [1, 1], "loss": [0.5, 0.3], "lr": [2e-4, 1e-4],
-                              "seconds": [0.1, 0.2]})
+    row = (
+        settings.row()
+        | {
+            "status": "ok",
+            "error": None,
+            "n_train_pairs": len(train_rows),
+            "final_loss": 0.3 / t,
+            "objective": objective(summary, N_LAYERS),
+            "train_seconds": 1.0,
+            "eval_seconds": 0.5,
+            "drift_seconds": 0.2,
+            "drift_kl_sw": kl,
+            "drift_kl_en": kl / 2,
+            "eval_layer_target": t,
+            "eval_layer_final": N_LAYERS,
+            "eval_layer_selection": N_LAYERS,
+            "node": "node-a",
+            "worker": "node-a:1",
+            "finished_at": "2026-01-01T00:00:00+00:00",
+        }
+        | wide_metrics(summary, {"target": t, "final": N_LAYERS})
+    )
+    train_log = pd.DataFrame(
+        {"step": [1, 2], "epoch": [1, 1], "loss": [0.5, 0.3], "lr": [2e-4, 1e-4], "seconds": [0.1, 0.2]}
+    )
     return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log})
 
 
@@ -125,13 +146,17 @@ def scan_table(inputs: ExperimentInputs, pool) -> pd.DataFrame:
     for mode, shift in (("mean", 3.0), ("mean_content", 0.0)):
         for layer, (sw, en) in pool.items():
             metrics = stats.set_metrics(stats.pair_metrics(sw + shift, en + shift, *located))
-            rows.append({"model": "fixture-model", "layer": layer, "layer_name": f"block {layer}", "pooling": mode}
-                        | metrics | {"n_candidates": len(inputs.lexicon.english)})
+            rows.append(
+                {"model": "fixture-model", "layer": layer, "layer_name": f"block {layer}", "pooling": mode}
+                | metrics
+                | {"n_candidates": len(inputs.lexicon.english)}
+            )
     return pd.DataFrame(rows)
 
 
-def make_results(root: Path, space: dict | None = None, errored: int = 1, unfinished: int = 1,
-                 name: str = "fixture") -> Path:
+def make_results(
+    root: Path, space: dict | None = None, errored: int = 1, unfinished: int = 1, name: str = "fixture"
+) -> Path:
     """Write `root/<name>/` for the grid `space` and return it.
 
     The first `errored` trials of the grid are stored as errors (as the sweep records a trial that failed after
@@ -139,22 +164,42 @@ def make_results(root: Path, space: dict | None = None, errored: int = 1, unfini
     """
     space = MAIN_SPACE if space is None else space
     inputs = fixture_inputs()
-    base = TrialSettings(model=ModelConfig(model="fixture-model"), validation_fraction=0.25, n_boot=200,
-                         drift=False, inputs_digest=inputs.digest)
+    base = TrialSettings(
+        model=ModelConfig(model="fixture-model"),
+        validation_fraction=0.25,
+        n_boot=200,
+        drift=False,
+        inputs_digest=inputs.digest,
+    )
     planned = expand_grid(space, base)
     store, pool, rng = ExperimentStore(str(Path(root) / name)), base_pool(inputs.lexicon), np.random.default_rng(0)
     for index, settings in enumerate(planned[: len(planned) - unfinished]):
         if index < errored:
-            store.write_row(settings.row() | {"experiment": name, "status": "error", "objective": float("nan"),
-                                              "error": "OutOfMemoryError: CUDA out of memory",
-                                              "finished_at": "2026-01-01T00:00:00+00:00"})
+            store.write_row(
+                settings.row()
+                | {
+                    "experiment": name,
+                    "status": "error",
+                    "objective": float("nan"),
+                    "error": "OutOfMemoryError: CUDA out of memory",
+                    "finished_at": "2026-01-01T00:00:00+00:00",
+                }
+            )
         else:
             store.commit(pack(_trial(settings, inputs, pool, rng)), experiment=name)
     store.merge()
     store.write("scan.parquet", scan_table(inputs, pool))
     sweep = SweepConfig(model=ModelConfig(model="fixture-model"), experiment=name, seeds=(0, 1), n_boot=200)
-    store.write("sweep_config.json", {
-        "sweep": configs.to_dict(sweep), "space": {k: [str(v) for v in vs] for k, vs in space.items()},
-        "swept": swept_names(space), "base": base.row(), "planned": len(planned), "n_pairs": len(inputs.pairs),
-        "n_unseen": len(inputs.unseen)})
+    store.write(
+        "sweep_config.json",
+        {
+            "sweep": configs.to_dict(sweep),
+            "space": {k: [str(v) for v in vs] for k, vs in space.items()},
+            "swept": swept_names(space),
+            "base": base.row(),
+            "planned": len(planned),
+            "n_pairs": len(inputs.pairs),
+            "n_unseen": len(inputs.unseen),
+        },
+    )
     return Path(store.uri)

@@ -1,6 +1,7 @@
 """The aggregator on synthetic experiments: statistics against scipy/statsmodels on seed-averaged unique pairs, the
 verdict on known answers, selection by validation, progress, bad input, the files (and their HTML in Chromium),
-and t-SNE through `tli.sweep.replay` on a tiny model."""
+and t-SNE through `tli.sweep.replay` on a tiny model.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
-from conftest import load_ablation
-from report_fixture import RANK_MARGIN_SPACE, make_results
 from tli import report
 from tli.errors import TliError
 from tli.report import render, tables, verdict
+
+from conftest import load_ablation
+from report_fixture import RANK_MARGIN_SPACE, make_results
 
 N_BOOT = 200
 BY = ["target_layer", "pooling_train", "pooling_eval"]
@@ -69,8 +71,12 @@ def _condition(results, target_layer, pooling_eval):
 
 
 def _row(sig, target_layer, pooling_eval, name, eval_layer=None):
-    rows = sig[(sig["target_layer"] == target_layer) & (sig["pooling_eval"] == pooling_eval) & (sig["set"] == name)
-               & (sig["eval_layer"] == (target_layer if eval_layer is None else eval_layer))]
+    rows = sig[
+        (sig["target_layer"] == target_layer)
+        & (sig["pooling_eval"] == pooling_eval)
+        & (sig["set"] == name)
+        & (sig["eval_layer"] == (target_layer if eval_layer is None else eval_layer))
+    ]
     assert len(rows) == 1
     return rows.iloc[0]
 
@@ -83,6 +89,7 @@ def _averaged(results, trials, name, layer) -> pd.DataFrame:
 
 
 # --- statistics ---------------------------------------------------------------------------------
+
 
 def test_default_conditions_are_the_varying_settings(results, rank_margin_dir):
     assert tables.condition_columns(results.trials) == BY
@@ -98,7 +105,9 @@ def test_cosine_tests_use_unique_pairs_averaged_over_seeds(results, sig):
     pre, post = pairs["cosine_pre"].to_numpy(), pairs["cosine_post"].to_numpy()
     diff, test = post - pre, scipy_stats.ttest_rel(post, pre)
     assert row["n"] == len(pairs) == 18 and (row["n_trials"], row["n_seeds"]) == (2, 2)  # not 36 = pairs x seeds
-    assert (row["mean_pre"], row["mean_post"], row["mean_diff"]) == pytest.approx((pre.mean(), post.mean(), diff.mean()))
+    assert (row["mean_pre"], row["mean_post"], row["mean_diff"]) == pytest.approx(
+        (pre.mean(), post.mean(), diff.mean())
+    )
     assert (row["t"], row["p"]) == pytest.approx((test.statistic, test.pvalue))
     assert row["wilcoxon_p"] == pytest.approx(scipy_stats.wilcoxon(post, pre).pvalue)
     assert row["d_z"] == pytest.approx(diff.mean() / np.std(diff, ddof=1))
@@ -139,6 +148,7 @@ def test_unknown_by_column_is_an_error(results):
 
 # --- selection, the condition fixed in advance, the verdict -------------------------------------
 
+
 def test_selection_uses_validation_not_control(sig, conds):
     chosen = tables.selected(conds)
     assert (chosen["target_layer"], chosen["pooling_eval"]) == (3, "mean_content")
@@ -158,24 +168,39 @@ def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):
 def test_verdict_on_known_answers(sig, conds):
     table = verdict.verdict_table(sig, tables.prespecified(conds, BY), BY)
     found = table.groupby("protocol")["verdict"].agg(set).to_dict()
-    assert found == {"paper as written": {"not specific"}, "author's code": {"specific"},
-                     "control: last token": {"no rise"}}
+    assert found == {
+        "paper as written": {"not specific"},
+        "author's code": {"specific"},
+        "control: last token": {"no rise"},
+    }
     assert set(table["set"]) == {"trained", "control", "control_all", "unseen"} and (table["target_layer"] == 2).all()
 
 
-@pytest.mark.parametrize("cosine, gap, centred, expected", [
-    (np.nan, 1, 1, "untested"), (0.0, 1, 1, "no rise"), (-0.1, 1, 1, "no rise"), (0.1, 0.1, 0.1, "specific"),
-    (0.1, 0.1, -0.1, "partly specific"), (0.1, -0.1, 0.0, "not specific")])
+@pytest.mark.parametrize(
+    "cosine, gap, centred, expected",
+    [
+        (np.nan, 1, 1, "untested"),
+        (0.0, 1, 1, "no rise"),
+        (-0.1, 1, 1, "no rise"),
+        (0.1, 0.1, 0.1, "specific"),
+        (0.1, 0.1, -0.1, "partly specific"),
+        (0.1, -0.1, 0.0, "not specific"),
+    ],
+)
 def test_verdict_rule(cosine, gap, centred, expected):
     row = pd.Series({"ci_low": cosine, "gap_ci_low": gap, "centered_gap_ci_low": centred})
     assert verdict.verdict(row) == expected
 
 
 def test_protocol_names():
-    names = {("mean", "mean", False): "paper as written", ("mean", "mean_content", False): "author's code",
-             ("mean", "mean_content", True): "author's code + false-negative mask",
-             ("mean_skip_first", "mean_skip_first", False): "control: first position dropped",
-             ("last", "last", True): "control: last token", ("mean", "last", False): "train mean / eval last"}
+    names = {
+        ("mean", "mean", False): "paper as written",
+        ("mean", "mean_content", False): "author's code",
+        ("mean", "mean_content", True): "author's code + false-negative mask",
+        ("mean_skip_first", "mean_skip_first", False): "control: first position dropped",
+        ("last", "last", True): "control: last token",
+        ("mean", "last", False): "train mean / eval last",
+    }
     assert {key: verdict.protocol_name(*key) for key in names} == names
 
 
@@ -189,6 +214,7 @@ def test_table2_ranks_pair_gains_of_the_selected_condition(results, conds):
 
 
 # --- progress and bad input ---------------------------------------------------------------------
+
 
 def test_progress_with_an_unfinished_and_an_errored_trial(results, sig):
     line = tables.progress_line(results)
@@ -215,6 +241,16 @@ def test_corrupt_or_missing_merged_table_is_rebuilt(fixture_dir, results, tmp_pa
     assert pd.read_parquet(copy / name).shape == getattr(results, name.split(".")[0]).shape  # rewritten intact
 
 
+def test_trials_committed_after_the_last_merge_are_merged(fixture_dir, results, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fixture_dir, copy)
+    trials = pd.read_parquet(copy / "trials.parquet")
+    trials.iloc[1:].to_parquet(copy / "trials.parquet")  # as if the driver died before merging its last commit
+    again = tables.load_results(str(copy))
+    assert again.trials.shape == results.trials.shape and again.pairs.shape == results.pairs.shape
+    assert again.notes == ["the merged tables lacked 1 committed trial(s): rebuilt from trials/"]
+
+
 def test_report_says_what_was_rebuilt_or_ignored(fixture_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(fixture_dir, copy)
@@ -227,6 +263,14 @@ def test_report_says_what_was_rebuilt_or_ignored(fixture_dir, tmp_path):
     assert "sweep_config.json is unreadable" in notes[1]
 
 
+def test_a_sweep_whose_trials_all_failed_reports_them(tmp_path):
+    root = make_results(tmp_path, {"target_layer": [1, 2], "seed": [0]}, errored=2, unfinished=0)
+    built = report.build_report(str(root), str(tmp_path / "out"), n_boot=100)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "2 of 2 planned trials done (0 ok, 2 errored)" in built.progress and built.significance.empty
+    assert "No ok trial yet" in text and text.count("OutOfMemoryError") == 2
+
+
 def _bad_input(tmp_path, case):
     target = tmp_path / "experiment"
     if case != "missing":
@@ -237,27 +281,28 @@ def _bad_input(tmp_path, case):
     return target
 
 
-@pytest.mark.parametrize("case, message", [("missing", "does not exist"), ("empty", "no trial in"),
-                                           ("no_trials", "no trial in")])
+@pytest.mark.parametrize(
+    "case, message", [("missing", "does not exist"), ("empty", "no trial in"), ("no_trials", "no trial in")]
+)
 def test_one_line_error_for_missing_or_empty_dir(tmp_path, capsys, case, message):
     assert load_ablation("aggregate").main([str(_bad_input(tmp_path, case))]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("aggregate.py: error: ") and message in err
 
 
-@pytest.mark.parametrize("flags, message", [(["--n-boot", "-1"], "must be >= 100"),
-                                            (["--by", "target_layer,learning_rate"], "unknown --by column")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--n-boot", "-1"], "must be >= 100"), (["--by", "target_layer,learning_rate"], "unknown --by column")],
+)
 def test_one_line_error_for_bad_flags(fixture_dir, tmp_path, capsys, flags, message):
     argv = [str(fixture_dir), "--out", str(tmp_path / "out"), "--n-boot", "100", *flags]
-    try:
-        code = load_ablation("aggregate").main(argv)
-    except SystemExit as exit:  # argparse: a usage error
-        code = exit.code
+    code = load_ablation("aggregate").main(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("aggregate.py: error: ") and message in err
 
 
 # --- the files ----------------------------------------------------------------------------------
+
 
 def test_report_files_and_embedded_figures(built, sig):
     for name in ("significance.csv", "significance.md", "report.md", "report.html"):
@@ -269,10 +314,21 @@ def test_report_files_and_embedded_figures(built, sig):
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3 and "figures/" not in page
     assert len(pd.read_csv(built / "significance.csv")) == len(sig) == 9 * 5 * 2  # conditions x sets x eval layers
     text = (built / "report.md").read_text()
-    for expected in ("17 of 18 planned trials", "OutOfMemoryError", "Verdict: specific", "Verdict: not specific",
-                     "Verdict: no rise", "Selected: target_layer=3", "*Fixed in advance* (paper as written",
-                     "*Selected by validation*", "0.3211 -> 0.4113", "`hidden_states[31]`", "Figure skipped (t-SNE)",
-                     "p_at_1_chance", "| set "):
+    for expected in (
+        "17 of 18 planned trials",
+        "OutOfMemoryError",
+        "Verdict: specific",
+        "Verdict: not specific",
+        "Verdict: no rise",
+        "Selected: target_layer=3",
+        "*Fixed in advance* (paper as written",
+        "*Selected by validation*",
+        "0.3211 -> 0.4113",
+        "`hidden_states[31]`",
+        "Figure skipped (t-SNE)",
+        "p_at_1_chance",
+        "| set ",
+    ):
         assert expected in text, expected
 
 
@@ -290,6 +346,8 @@ def test_tables_render_through_tabulate():
     text = render.table_text(table)
     assert text.splitlines()[0].startswith("| set ") and "a\\|b" in text and "<1e-300" in text and "0.1235" in text
     assert "<td" in render.table_text(table, "html")
+    page = render.page([("p", "`gap_*` and `*_all` keep *no rise* for x<y")], "t")
+    assert "<code>gap_*</code> and <code>*_all</code> keep <em>no rise</em> for x&lt;y" in page
 
 
 def _chromium() -> str | None:
@@ -299,17 +357,29 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
 def test_report_html_images_load_in_headless_chromium(built, tmp_path):
     page = (built / "report.html").read_text()
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images]; document.title = "
-             "'loaded ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + imgs.length; });</script>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images]; document.title = "
+        "'loaded ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + imgs.length; });</script>"
+    )
     path = tmp_path / "probe.html"
     path.write_text(page.replace("</body>", probe + "</body>"))
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", path.as_uri()]
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        path.as_uri(),
+    ]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
     assert "<title>loaded 3 of 3</title>" in dom, dom[:300]
 
 
 # --- t-SNE through the sweep side ---------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("save_adapters, source", [("all", "stored with the results"), ("none", "retrained")])
@@ -323,11 +393,17 @@ def test_tsne_through_trial_embeddings_on_a_tiny_model(tmp_path, tiny_llama_dir,
     from tli.sweep.store import ExperimentStore, pack
     from tli.sweep.trial import WorkerCache, run_trial
 
-    sweep = SweepConfig(model=ModelConfig(model=str(tiny_llama_dir), device="cpu"), pairs=str(small_pairs[0]),
-                        n_boot=100, drift=False)
+    sweep = SweepConfig(
+        model=ModelConfig(model=str(tiny_llama_dir), device="cpu"), pairs=str(small_pairs[0]), n_boot=100, drift=False
+    )
     inputs = load_inputs(sweep)
-    settings = TrialSettings(model=sweep.model, train=TrainConfig(target_layer=2, epochs=1, warmup_steps=0),
-                             n_boot=100, drift=False, inputs_digest=inputs.digest)
+    settings = TrialSettings(
+        model=sweep.model,
+        train=TrainConfig(target_layer=2, epochs=1, warmup_steps=0),
+        n_boot=100,
+        drift=False,
+        inputs_digest=inputs.digest,
+    )
     record = run_trial(settings, inputs, WorkerCache(), keep_adapter=save_adapters == "all")
     assert record.row["status"] == "ok", record.row["error"]
     store = ExperimentStore(str(tmp_path / "tiny"))

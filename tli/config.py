@@ -43,8 +43,12 @@ _BOUNDS = (("minimum", ">=", lambda x, b: x >= b), ("above", ">", lambda x, b: x
            ("maximum", "<=", lambda x, b: x <= b), ("below", "<", lambda x, b: x < b))
 
 
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def _range_text(meta: dict) -> str:
-    return " and ".join(f"{sign} {meta[key]:g}" for key, sign, _ in _BOUNDS if meta.get(key) is not None)
+    return " and ".join(f"{sign} {_number(meta[key])}" for key, sign, _ in _BOUNDS if meta.get(key) is not None)
 
 
 def value_problem(value: Any, meta: dict) -> str | None:
@@ -58,7 +62,7 @@ def value_problem(value: Any, meta: dict) -> str | None:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             inside = all(meta.get(key) is None or holds(item, meta[key]) for key, _, holds in _BOUNDS)
             if math.isnan(item) or not inside:
-                return f"must be {_range_text(meta)}, got {item:g}"
+                return f"must be {_range_text(meta)}, got {_number(item)}"
     return None
 
 

@@ -156,41 +156,54 @@ def make_samples(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
     return pd.DataFrame(rows, columns=["language", "prompt", "text", "input_ids", "n_prompt_tokens"])
 
 
-def _continuation_log_probs(model: nn.Module, input_ids: torch.Tensor, n_prompt_tokens: int) -> torch.Tensor:
-    """log p(. | x_<t) in float64 for the positions predicting the generated tokens: [n_new, vocab].
+def _continuation_log_probs(model: nn.Module, batch: list[list[int]], n_prompt: list[int]) -> list[torch.Tensor]:
+    """Per sequence, log p(. | x_<t) in float64 at the positions predicting its generated tokens: [n_new, vocab].
 
-    Full causal LM forward of one sequence ([1, pos]); logits at positions n_prompt - 1 .. pos - 2.
+    One full causal LM forward of the batch, right-padded ([b, pos]; padding after a sequence cannot change
+    its tokens' logits under causal attention); logits at positions n_prompt - 1 .. length - 2.
     """
-    logits = model(input_ids=input_ids, use_cache=False).logits[0]  # [pos, vocab]
-    return torch.log_softmax(logits[n_prompt_tokens - 1:-1].double(), dim=-1)
+    longest = max(len(ids) for ids in batch)
+    input_ids = torch.zeros(len(batch), longest, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    device = _device(model)
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
+    return [torch.log_softmax(logits[row, m - 1 : len(ids) - 1].double(), dim=-1)
+            for row, (ids, m) in enumerate(zip(batch, n_prompt))]
 
 
-def drift_kl(model: nn.Module, samples: pd.DataFrame) -> dict[str, float]:
+def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> dict[str, float]:
     """{"drift_kl_<language>": mean per-token KL(base || TLI)} for each language of `samples`.
 
     `model` is a PeftModel (the TLI adapter); the base distribution is computed with its adapter
     disabled. Per sample (`input_ids` of length n, `n_prompt_tokens` = m), both full forward passes
     give log-probabilities [n - m, vocab] at positions m - 1 .. n - 2, and
     KL_t = sum_v p_base,t(v) (log p_base,t(v) - log p_tli,t(v)) in float64; the sample's value is
-    the mean over t, the language's the mean over its samples. One sequence at a time, under
-    inference mode and in eval mode (each module's mode restored after); keys follow the order in
-    which languages first appear (`make_samples` with the default prompts: sw, en).
+    the mean over t, the language's the mean over its samples. `batch_size` sequences per forward pass
+    (the logits of a batch are [batch, pos, vocab]: mind a 262k vocabulary), under inference mode and in
+    eval mode (each module's mode restored after); keys follow the order in which languages first appear
+    (`make_samples` with the default prompts: sw, en).
     """
     if not isinstance(model, PeftModel):
         raise TliError("drift_kl needs the TLI model with its adapter (a PeftModel); "
                        f"got a plain {type(model).__name__}, which has no adapter to disable")
-    device = _device(model)
+    rows = [(language, [int(i) for i in ids], int(n_prompt))
+            for language, ids, n_prompt in zip(samples["language"], samples["input_ids"], samples["n_prompt_tokens"])]
+    for language, ids, n_prompt in rows:
+        if not 1 <= n_prompt < len(ids):
+            raise TliError(f"a {language} sample has {n_prompt} prompt tokens of {len(ids)}: "
+                           "it needs a prompt token and a continuation")
     per_sample: dict[str, list[float]] = {}
     with torch.inference_mode(), _eval_mode(model):
-        for language, ids, n_prompt in zip(samples["language"], samples["input_ids"], samples["n_prompt_tokens"]):
-            input_ids = torch.as_tensor([int(i) for i in ids], device=device)[None]  # [1, pos]
-            n_prompt = int(n_prompt)
-            if not 1 <= n_prompt < input_ids.shape[1]:
-                raise TliError(f"a {language} sample has {n_prompt} prompt tokens of {input_ids.shape[1]}: "
-                               "it needs a prompt token and a continuation")
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch, n_prompt = [ids for _, ids, _ in chunk], [m for _, _, m in chunk]
             with _base(model):
-                log_p = _continuation_log_probs(model, input_ids, n_prompt)
-            log_q = _continuation_log_probs(model, input_ids, n_prompt)
-            kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # [n_new]
-            per_sample.setdefault(language, []).append(kl.mean().item())
+                base = _continuation_log_probs(model, batch, n_prompt)
+            tuned = _continuation_log_probs(model, batch, n_prompt)
+            for (language, _, _), log_p, log_q in zip(chunk, base, tuned):
+                kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # [n_new]
+                per_sample.setdefault(language, []).append(kl.mean().item())
     return {f"drift_kl_{language}": sum(values) / len(values) for language, values in per_sample.items()}

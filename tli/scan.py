@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -54,8 +55,10 @@ def scan_layers(
     return pd.DataFrame(rows)
 
 
-def plot_scan(table: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Matched vs mismatched cosine per layer (raw and per-language centred): the paper's Figure 1 with its control."""
+def plot_scan(table: pd.DataFrame, path: Path | BinaryIO, title: str = "") -> Path | BinaryIO:
+    """Matched vs mismatched cosine per layer (raw and per-language centred): the paper's Figure 1 with its control.
+
+    `path`: a PNG file's path, or a binary stream the PNG is written to."""
     fig = Figure(figsize=(11, 4))
     raw, centred = fig.subplots(1, 2, sharex=True)
     for mode, rows in table.groupby("pooling", sort=False):
@@ -71,5 +74,5 @@ def plot_scan(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     raw.legend(fontsize=7)
     fig.suptitle(title or "Swahili-English alignment by layer (dashed: mismatched-pair baseline)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     return path

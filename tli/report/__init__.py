@@ -22,13 +22,38 @@ import pandas as pd
 from tli.files import Folder
 from tli.report import figures, render, verdict
 from tli.report.render import Plot
-from tli.report.tables import (PROTOCOL, Results, at_target, condition_columns, conditions, load_results,
-                               prespecified, progress_line, rows_of, selected, significance_table, table1, table2,
-                               unlike_defaults)
-from tli.sweep.settings import TrialSettings
+from tli.report.tables import (
+    PROTOCOL,
+    Results,
+    at_target,
+    condition_columns,
+    conditions,
+    defaults_of,
+    load_results,
+    prespecified,
+    progress_line,
+    rows_of,
+    selected,
+    significance_table,
+    table1,
+    table2,
+    unlike_defaults,
+)
 
-__all__ = ["Report", "Results", "build_report", "condition_columns", "conditions", "load_results", "prespecified",
-           "progress_line", "selected", "significance_table", "table1", "table2"]
+__all__ = [
+    "Report",
+    "Results",
+    "build_report",
+    "condition_columns",
+    "conditions",
+    "load_results",
+    "prespecified",
+    "progress_line",
+    "selected",
+    "significance_table",
+    "table1",
+    "table2",
+]
 
 LEGEND = (
     "One row per condition x set x evaluation layer. Each pair is first averaged over the condition's "
@@ -41,13 +66,35 @@ LEGEND = (
     "generalisation to new words). P@1 counts any gloss of a headword as correct among one fixed pool of "
     "candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the candidates and the centring "
     "means, so neither P@1 nor the centred gap depends on the set's size. `n_removed`: rows of the set left out "
-    "for sharing a word with the training pairs (control, held-out, unseen are leak-free; `*_all` keep them).")
-SHORT = ["set", "eval_layer", "n_seeds", "n", "n_removed", "mean_pre", "mean_post", "mean_diff", "ci_low", "ci_high",
-         "p", "p_holm", "seed_sd_mean_diff", "gap_diff", "gap_ci_low", "centered_gap_diff", "centered_gap_ci_low",
-         "p_at_1_pre", "p_at_1_post", "p_at_1_chance"]
-TSNE_HINT = ("pairs.parquet stores cosines, not vectors: `ablations/aggregate.py --tsne` embeds the selected "
-             "condition's best trial again (it loads the model and uses the adapter stored with --save-adapters, "
-             "else retrains it with the trial's settings and seed)")
+    "for sharing a word with the training pairs (control, held-out, unseen are leak-free; `*_all` keep them)."
+)
+SHORT = [
+    "set",
+    "eval_layer",
+    "n_seeds",
+    "n",
+    "n_removed",
+    "mean_pre",
+    "mean_post",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_holm",
+    "seed_sd_mean_diff",
+    "gap_diff",
+    "gap_ci_low",
+    "centered_gap_diff",
+    "centered_gap_ci_low",
+    "p_at_1_pre",
+    "p_at_1_post",
+    "p_at_1_chance",
+]
+TSNE_HINT = (
+    "pairs.parquet stores cosines, not vectors: `ablations/aggregate.py --tsne` embeds the selected "
+    "condition's best trial again (it loads the model and uses the adapter stored with --save-adapters, "
+    "else retrains it with the trial's settings and seed)"
+)
 
 
 @dataclass(frozen=True)
@@ -68,17 +115,30 @@ def _protocol(condition: pd.Series) -> str:
     return verdict.protocol_name(*(condition[c] for c in PROTOCOL))
 
 
+def _fixed_in_advance(conds: pd.DataFrame, by: list[str]) -> list[pd.Series]:
+    """The conditions fixed in advance, in the report's protocol order."""
+    fixed = [condition for _, condition in prespecified(conds, by).iterrows()]
+    return sorted(fixed, key=lambda condition: verdict.protocol_rank(_protocol(condition)))
+
+
 def header(results: Results, by: list[str]) -> list[render.Block]:
     models = ", ".join(map(str, results.ok["model"].unique())) or "-"
-    blocks = [("h1", f"TLI ablation report: {results.name}"),
-              ("p", f"Model: {models}. {progress_line(results)} Conditions (`by`): {', '.join(by) or 'none'}; "
-                    "a condition pools its seeds.")]
+    blocks = [
+        ("h1", f"TLI ablation report: {results.name}"),
+        (
+            "p",
+            f"Model: {models}. {progress_line(results)} Conditions (`by`): {', '.join(by) or 'none'}; "
+            "a condition pools its seeds.",
+        ),
+    ]
     blocks += [("p", f"Data note: {note}.") for note in results.notes]
     if not results.errors.empty:
         shown = [c for c in ("trial_id", *by, "error") if c in results.errors]
         errors = results.errors[shown].assign(error=results.errors["error"].astype(str).str.slice(0, 200))
-        blocks += [("p", "Errored trials (not in the tables; the next run of the sweep runs them again):"),
-                   ("table", errors)]
+        blocks += [
+            ("p", "Errored trials (not in the tables; the next run of the sweep runs them again):"),
+            ("table", errors),
+        ]
     return blocks
 
 
@@ -86,26 +146,46 @@ def replication(results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: li
     """The verdict for the condition fixed in advance, per protocol; (blocks, verdict table)."""
     blocks: list[render.Block] = [("h2", "Replication: the condition fixed in advance")]
     fixed = prespecified(conds, by)
-    checked = [c for c in by if c not in PROTOCOL and c not in ("model", "device", "dtype", "quantization")]
-    defaults = ", ".join(f"{c}={TrialSettings().row()[c]}" for c in checked)
+    defaults = ", ".join(f"{c}={value}" for c, value in defaults_of(by).items())
     table = verdict.verdict_table(sig, fixed, by)
     if fixed.empty:
-        blocks.append(("p", f"This sweep does not contain the condition fixed in advance (the paper's defaults: "
-                            f"{defaults}): no verdict is given. The condition selected by validation follows, "
-                            "labelled as selected."))
+        blocks.append(
+            (
+                "p",
+                f"This sweep does not contain the condition fixed in advance (the paper's defaults: "
+                f"{defaults}): no verdict is given. The condition selected by validation follows, "
+                "labelled as selected.",
+            )
+        )
     else:
-        blocks.append(("p", f"Fixed in advance: the paper's defaults ({defaults or 'the sweep varies no other setting'})"
-                            "; every protocol present is reported, each at its target layer."))
-        blocks += [("p", verdict.sentence(row)) for _, row in table.iterrows() if not row["set"].endswith("_all")]
+        blocks.append(
+            (
+                "p",
+                f"Fixed in advance: the paper's defaults ({defaults or 'the sweep varies no other setting'})"
+                "; every protocol present is reported, each at its target layer.",
+            )
+        )
+        blocks += [("p", line) for line in verdict.sentences(table)]
         blocks += [("table", table), ("p", verdict.RULE)]
-    if not any(_protocol(condition) == "paper as written" for _, condition in fixed.iterrows()):
-        blocks.append(("p", "The paper as written (mean pooling with BOS for training and evaluation, no "
-                            "false-negative mask) is not among the conditions fixed in advance here: "
-                            "`ablations/protocol_sweep.py` runs it beside the author's code and the controls."))
+    if not any(_protocol(condition) == "paper as written" for condition in _fixed_in_advance(conds, by)):
+        blocks.append(
+            (
+                "p",
+                "The paper as written (mean pooling with BOS for training and evaluation, no "
+                "false-negative mask) is not among the conditions fixed in advance here: "
+                "`ablations/protocol_sweep.py` runs it beside the author's code and the controls.",
+            )
+        )
     unlike = unlike_defaults(results, by)
     if unlike:
-        blocks.append(("p", "Fixed in every trial and unlike the paper's defaults: "
-                            + ", ".join(f"{k}={v}" for k, v in unlike.items()) + "."))
+        blocks.append(
+            (
+                "p",
+                "Fixed in every trial and unlike the paper's defaults: "
+                + ", ".join(f"{k}={v}" for k, v in unlike.items())
+                + ".",
+            )
+        )
     return blocks + [("p", verdict.AUTHOR_NOTE)], table
 
 
@@ -113,34 +193,56 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
     ok = results.ok.iloc[0]
     blocks: list[render.Block] = [
         ("h2", "Selection by the validation objective"),
-        ("p", f"The objective is the validation set's centred-gap gain at layer {ok.get('eval_layer_selection')}, the "
-              f"same layer for every trial; the validation set is {ok.get('validation_fraction'):.0%} of the trained "
-              f"pairs (whole headwords, seed {ok.get('validation_seed')}), so the control, held-out and unseen sets "
-              "play no part in the choice.")]
+        (
+            "p",
+            f"The objective is the validation set's centred-gap gain at layer {ok['eval_layer_selection']:.0f}, the "
+            f"same layer for every trial; the validation set is {ok['validation_fraction']:.0%} of the trained "
+            f"pairs (whole headwords, seed {ok['validation_seed']:.0f}), so the control, held-out and unseen sets "
+            "play no part in the choice.",
+        ),
+    ]
     if chosen is None:
         return blocks + [("p", "No trial has a validation objective: nothing is selected.")]
-    blocks.append(("p", f"Selected: {label(chosen, by)} ({_protocol(chosen)}), mean objective "
-                        f"{chosen['objective']:.4f} over {chosen['n_trials']} trial(s)."))
+    also = any(label(c, by) == label(chosen, by) for c in _fixed_in_advance(conds, by))
+    blocks.append(
+        (
+            "p",
+            f"Selected: {label(chosen, by)} ({_protocol(chosen)}), mean objective "
+            f"{chosen['objective']:.4f} over {chosen['n_trials']} trial(s)"
+            + ("; it is also the condition fixed in advance." if also else "."),
+        )
+    )
     shown = [*by, "n_trials", "n_seeds", "objective", "objective_sd", "final_loss", "drift_kl_sw", "drift_kl_en"]
     return blocks + [("table", conds[[c for c in shown if c in conds]])]
 
 
-def paper_tables(results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str],
-                 chosen: pd.Series | None) -> list[render.Block]:
+def paper_tables(
+    results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], chosen: pd.Series | None
+) -> list[render.Block]:
     blocks: list[render.Block] = [
         ("h2", "Table 1 (paper style): cosine before and after TLI at the target layer"),
-        ("p", "N counts unique pairs (each averaged over the condition's seeds); the paper's control set "
-              "corresponds to `control_all`, `control` leaves out rows sharing a word with the training pairs.")]
-    for _, condition in prespecified(conds, by).iterrows():
-        blocks += [("p", f"*Fixed in advance* ({_protocol(condition)}; {label(condition, by)}):"),
-                   ("table", table1(rows_of(sig, condition, by)))]
+        (
+            "p",
+            "N counts unique pairs (each averaged over the condition's seeds); the paper's control set "
+            "corresponds to `control_all`, `control` leaves out rows sharing a word with the training pairs.",
+        ),
+    ]
+    for condition in _fixed_in_advance(conds, by):
+        blocks += [
+            ("p", f"*Fixed in advance* ({_protocol(condition)}; {label(condition, by)}):"),
+            ("table", table1(rows_of(sig, condition, by))),
+        ]
     if chosen is not None:
-        blocks += [("p", f"*Selected by validation* ({_protocol(chosen)}; {label(chosen, by)}):"),
-                   ("table", table1(rows_of(sig, chosen, by))),
-                   ("h2", f"Table 2 (paper style): largest and smallest per-pair gains, selected condition "
-                          f"({label(chosen, by)})"),
-                   ("p", "Cosines at the target layer, each pair averaged over the condition's seeds."),
-                   ("table", table2(results, chosen["trial_ids"]))]
+        blocks += [
+            ("p", f"*Selected by validation* ({_protocol(chosen)}; {label(chosen, by)}):"),
+            ("table", table1(rows_of(sig, chosen, by))),
+            (
+                "h2",
+                f"Table 2 (paper style): largest and smallest per-pair gains, selected condition ({label(chosen, by)})",
+            ),
+            ("p", "Cosines at the target layer, each pair averaged over the condition's seeds."),
+            ("table", table2(results, chosen["trial_ids"])),
+        ]
     return blocks
 
 
@@ -151,27 +253,59 @@ def best_trial(results: Results, chosen: pd.Series | None) -> str:
     return str(trials.loc[scores.idxmax(), "trial_id"] if scores.notna().any() else trials["trial_id"].iloc[0])
 
 
-def plots(results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], embeddings: dict | None,
-          seed: int) -> list[Plot]:
-    tsne = Plot("tsne.png", None, "t-SNE", TSNE_HINT) if embeddings is None else \
-        Plot("tsne.png", figures.tsne(embeddings, seed), embeddings.get("title", "t-SNE").replace("\n", "; "))
+def plots(
+    results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], embeddings: dict | None, seed: int
+) -> list[Plot]:
+    tsne = (
+        Plot("tsne.png", None, "t-SNE", TSNE_HINT)
+        if embeddings is None
+        else Plot("tsne.png", figures.tsne(embeddings, seed), embeddings.get("title", "t-SNE").replace("\n", "; "))
+    )
     return [
-        Plot("layer_scan.png", figures.layer_scan(results.scan), "Pre-TLI alignment by layer, every pooling mode, raw "
-             "and per-language centred (solid: translation pairs, dashed: mismatched-pair baseline)",
-             "no scan.parquet yet (the sweep writes it beside its trials)"),
-        Plot("gain_by_layer.png", figures.gain_by_layer(sig, by), "Gain at the target layer by target layer: raw "
-             "cosine, gap over mismatched pairs, centred gap, with 95% CIs, per set", "target_layer does not vary"),
-        Plot("objective_drift.png", figures.objective_and_drift(conds, by), "Validation objective and drift by "
-             "target layer", "target_layer does not vary"),
-        Plot("rank_margin.png", figures.rank_margin(sig, conds, by), "LoRA rank x margin",
-             "LoRA rank and margin do not both vary"),
-        Plot("heldout.png", figures.heldout(sig, by), "Gains on each held-out category (trained on all the others)",
-             "no held-out category varies"),
-        tsne]
+        Plot(
+            "layer_scan.png",
+            figures.layer_scan(results.scan),
+            "Pre-TLI alignment by layer, every pooling mode, raw "
+            "and per-language centred (solid: translation pairs, dashed: mismatched-pair baseline)",
+            "no scan.parquet yet (the sweep writes it beside its trials)",
+        ),
+        Plot(
+            "gain_by_layer.png",
+            figures.gain_by_layer(sig, by),
+            "Gain at the target layer by target layer: raw "
+            "cosine, gap over mismatched pairs, centred gap, with 95% CIs, per set",
+            "target_layer does not vary",
+        ),
+        Plot(
+            "objective_drift.png",
+            figures.objective_and_drift(conds, by),
+            "Validation objective and drift by target layer",
+            "target_layer does not vary",
+        ),
+        Plot(
+            "rank_margin.png",
+            figures.rank_margin(sig, conds, by),
+            "LoRA rank x margin",
+            "LoRA rank and margin do not both vary",
+        ),
+        Plot(
+            "heldout.png",
+            figures.heldout(sig, by),
+            "Gains on each held-out category (trained on all the others)",
+            "no held-out category varies",
+        ),
+        tsne,
+    ]
 
 
-def build_report(location: str, out: str | None = None, by: list[str] | None = None, n_boot: int = 10_000,
-                 seed: int = 0, tsne: Callable[[str], dict[str, Any]] | None = None) -> Report:
+def build_report(
+    location: str,
+    out: str | None = None,
+    by: list[str] | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    tsne: Callable[[str], dict[str, Any]] | None = None,
+) -> Report:
     """Write significance.csv/.md, report.md, report.html and figures/ to `out` (default: <location>/report).
 
     `tsne(trial_id)` returns that trial's embeddings (`tli.sweep.replay.trial_embeddings`) for the t-SNE figure.
@@ -189,10 +323,12 @@ def build_report(location: str, out: str | None = None, by: list[str] | None = N
         blocks += found + selection(results, conds, by, chosen) + paper_tables(results, sig, conds, by, chosen)
         embeddings = tsne(best_trial(results, chosen)) if tsne is not None else None
         blocks += [("h2", "Figures")] + [("figure", p) for p in plots(results, sig, conds, by, embeddings, seed)]
-        blocks += [("h2", "Significance at the target layer"), ("p", LEGEND),
-                   ("p", "Every evaluation layer and every column: significance.csv / significance.md."),
-                   ("table", at_target(sig)[[*by, *SHORT]])]
+        blocks += [
+            ("h2", "Significance at the target layer"),
+            ("p", LEGEND),
+            ("p", "Every evaluation layer and every column: significance.csv / significance.md."),
+            ("table", at_target(sig)[[*by, *SHORT]]),
+        ]
     folder = Folder(out) if out is not None else Folder(results.uri).child("report")
     files = render.write(folder, blocks, sig, f"TLI report: {results.name}")
-    sentences = [verdict.sentence(row) for _, row in verdicts.iterrows()]
-    return Report(files, sig, progress_line(results), sentences)
+    return Report(files, sig, progress_line(results), verdict.sentences(verdicts))

@@ -15,7 +15,10 @@ from matplotlib.ticker import MaxNLocator
 from tli.report.tables import SETS, at_target
 
 GAINS = {  # significance-table prefix -> label
-    "": "raw cosine gain", "gap_": "gap gain (over mismatched pairs)", "centered_gap_": "centred gap gain"}
+    "": "raw cosine gain",
+    "gap_": "gap gain (over mismatched pairs)",
+    "centered_gap_": "centred gap gain",
+}
 
 
 def png(fig: Figure) -> bytes:
@@ -93,13 +96,17 @@ def objective_and_drift(conds: pd.DataFrame, by: list[str]) -> bytes | None:
     objective, drift = fig.subplots(1, 2, sharex=True)
     for label, part in _lines(conds.sort_values("target_layer"), others):
         x = part["target_layer"].astype(float)
-        objective.errorbar(x, part["objective"], yerr=part["objective_sd"].fillna(0), marker="o", ms=4, capsize=3,
-                           label=label)
+        drawn = objective.errorbar(
+            x, part["objective"], yerr=part["objective_sd"].fillna(0), marker="o", ms=4, capsize=3, label=label
+        )
         for language, style in (("sw", "-"), ("en", "--")):
             if f"drift_kl_{language}" in part:
-                drift.plot(x, part[f"drift_kl_{language}"], style, marker="o", ms=3, label=f"{label}, {language}")
-    objective.set(xlabel="target layer", ylabel="validation centred-gap gain (± SD over seeds)",
-                  title="selection objective (validation set, fixed layer)")
+                drift.plot(x, part[f"drift_kl_{language}"], style, marker="o", ms=3, color=drawn.lines[0].get_color())
+    objective.set(
+        xlabel="target layer",
+        ylabel="validation centred-gap gain (± SD over seeds)",
+        title="selection objective (validation set, fixed layer)",
+    )
     drift.set(xlabel="target layer", ylabel="KL(base || TLI), next-token", title="drift (solid: sw, dashed: en)")
     objective.xaxis.set_major_locator(MaxNLocator(integer=True))
     objective.legend(fontsize=7)
@@ -116,10 +123,18 @@ def rank_margin(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> bytes 
     for ax, (table, value, title) in zip(fig.subplots(1, 2), panels):
         grid = table.pivot_table(index="lora_rank", columns="margin", values=value, aggfunc="mean")
         image = ax.imshow(grid.to_numpy(float), cmap="viridis", aspect="auto")
-        ax.set(xticks=range(grid.shape[1]), xticklabels=grid.columns, yticks=range(grid.shape[0]),
-               yticklabels=grid.index, xlabel="margin", ylabel="LoRA rank", title=title)
+        ax.set(
+            xticks=range(grid.shape[1]),
+            xticklabels=grid.columns,
+            yticks=range(grid.shape[0]),
+            yticklabels=grid.index,
+            xlabel="margin",
+            ylabel="LoRA rank",
+            title=title,
+        )
+        middle = np.nanmean(grid.to_numpy(float))
         for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white", fontsize=9)
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if v > middle else "white", fontsize=9)
         fig.colorbar(image, ax=ax)
     fig.suptitle("LoRA rank x margin at the target layer (mean over the other settings)")
     return png(fig)
@@ -141,8 +156,12 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
             mean = part["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
             err = np.abs(np.vstack([mean - part[f"{prefix}ci_low"], part[f"{prefix}ci_high"] - mean]))
             ax.bar(x, mean, width, yerr=err, capsize=3, label=label)
-        ax.set(xticks=range(len(categories)), xticklabels=categories, xlabel="held-out category",
-               ylabel=f"{GAINS[prefix]} (95% CI)")
+        ax.set(
+            xticks=range(len(categories)),
+            xticklabels=categories,
+            xlabel="held-out category",
+            ylabel=f"{GAINS[prefix]} (95% CI)",
+        )
         ax.axhline(0, color="grey", lw=0.6)
     fig.axes[0].legend(fontsize=7)
     fig.suptitle("held-out categories: does TLI transfer to words of a category never trained on?")
@@ -151,13 +170,16 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
 
 def _tsne(sw: np.ndarray, en: np.ndarray, seed: int) -> np.ndarray:
     """[2n, 2] t-SNE coordinates of the stacked rows (perplexity kept below the sample count; the exact method for
-    up to 1,000 points: Barnes-Hut's OpenMP threads take seconds even on a few dozen points on a busy machine)."""
+    up to 1,000 points: Barnes-Hut's OpenMP threads take seconds even on a few dozen points on a busy machine).
+    """
     from sklearn.manifold import TSNE
 
     points = np.concatenate([sw, en]).astype(np.float64)
     perplexity = float(min(30.0, max(1.0, (len(points) - 1) / 3)))
     method = "exact" if len(points) <= 1000 else "barnes_hut"
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, method=method).fit_transform(points)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, method=method).fit_transform(
+        points
+    )
 
 
 def tsne(embeddings: dict[str, Any], seed: int = 0) -> bytes:

@@ -18,10 +18,12 @@ import pandas as pd
 
 from tli.files import Folder
 
-STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.45;color:#222}"
-         "table{border-collapse:collapse;font-size:12px;margin:1em 0;display:block;overflow-x:auto}"
-         "td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f0f0f0}"
-         "img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#555}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.45;color:#222}"
+    "table{border-collapse:collapse;font-size:12px;margin:1em 0;display:block;overflow-x:auto}"
+    "td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f0f0f0}"
+    "img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#555}"
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,16 @@ def cell(value: Any, column: str) -> str:
 
 def table_text(table: pd.DataFrame, fmt: str = "github") -> str:
     """The table through tabulate: `github` Markdown or `html` (numbers right-aligned)."""
-    cells = pd.DataFrame([[cell(v, c) for c, v in zip(table.columns, row)] for row in table.itertuples(index=False)],
-                         columns=[str(c) for c in table.columns])
+    cells = pd.DataFrame(
+        [[cell(v, c) for c, v in zip(table.columns, row)] for row in table.itertuples(index=False)],
+        columns=[str(c) for c in table.columns],
+    )
     if fmt == "github":
         cells = cells.apply(lambda column: column.str.replace("|", "\\|", regex=False))
-    align = ["right" if pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])
-             else "left" for c in table.columns]
+    align = [
+        "right" if pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c]) else "left"
+        for c in table.columns
+    ]
     return cells.to_markdown(index=False, tablefmt=fmt, disable_numparse=True, colalign=align or None)
 
 
@@ -83,9 +89,14 @@ def markdown(blocks: list[Block]) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escaped text with `code` and *emphasis* as HTML."""
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-    return re.sub(r"\*([^*\s][^*]*)\*", r"<em>\1</em>", text)
+    """Escaped text with `code` and *emphasis* as HTML (no emphasis inside code: `gap_*` stays as written)."""
+    parts = re.split(r"`([^`]+)`", text)  # odd items: code
+    return "".join(
+        f"<code>{html.escape(part)}</code>"
+        if i % 2
+        else re.sub(r"\*([^*\s][^*]*)\*", r"<em>\1</em>", html.escape(part))
+        for i, part in enumerate(parts)
+    )
 
 
 def page(blocks: list[Block], title: str) -> str:
@@ -102,17 +113,23 @@ def page(blocks: list[Block], title: str) -> str:
             out.append(f"<p>{_inline(f'Figure skipped ({content.caption}): {content.reason}.')}</p>")
         else:
             data = base64.b64encode(content.data).decode("ascii")
-            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(content.caption)}">'
-                       f"<figcaption>{html.escape(content.caption)}</figcaption></figure>")
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{''.join(out)}</body></html>\n")
+            out.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(content.caption)}">'
+                f"<figcaption>{html.escape(content.caption)}</figcaption></figure>"
+            )
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(out)}</body></html>\n"
+    )
 
 
 def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: str) -> dict[str, str]:
     """Write significance.csv/.md, figures/*.png, report.md and report.html to `out`; {kind: URI}."""
     out.delete("figures")  # an earlier run's figures that this one does not draw
-    written = {"significance_csv": out.write_table("significance.csv", significance),
-               "significance_md": out.write_bytes("significance.md", (table_text(significance) + "\n").encode())}
+    written = {
+        "significance_csv": out.write_table("significance.csv", significance),
+        "significance_md": out.write_bytes("significance.md", (table_text(significance) + "\n").encode()),
+    }
     for kind, content in blocks:
         if kind == "figure" and content.data is not None:
             written[content.name] = out.write_bytes(f"figures/{content.name}", content.data)

@@ -35,6 +35,7 @@ PAIR_METRICS = [f"{m}_{when}" for m in stats.PAIR_METRICS if m != "chance" for w
 
 # --- loading ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Results:
     """The tables of one experiment folder, and what had to be rebuilt or ignored to read them."""
@@ -83,7 +84,8 @@ def _store_warnings():
 
 def load_results(location: str) -> Results:
     """Read an experiment folder (a local path or a URI); a missing or unreadable merged table is rebuilt from
-    the per-trial folders and noted. TliError when the folder does not exist or holds no trial."""
+    the per-trial folders and noted. TliError when the folder does not exist or holds no trial.
+    """
     store = ExperimentStore(str(location))
     if not store.folder.exists():
         raise TliError(f"results folder {store.uri} does not exist")
@@ -94,17 +96,32 @@ def load_results(location: str) -> Results:
         with _store_warnings() as notes:
             present = {kind: store.folder.exists(f"{kind}.parquet") for kind in kinds}
             tables = {kind: store.read(kind) for kind in kinds}
+            unmerged = _unmerged(store, tables["trials"])
+            if unmerged:  # trials committed after the last merge (a driver killed between merges)
+                store.merge()
+                tables = {kind: store.read(kind) for kind in kinds}
             sweep_config = store.read_json("sweep_config.json")
             scan = store.read("scan")
     except OSError as error:
         raise TliError(f"cannot read {store.uri}: {' '.join(str(error).split())}") from None
     if tables["trials"].empty or "status" not in tables["trials"]:
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
-    notes += [f"{kind}.parquet was missing: rebuilt from trials/" for kind in kinds
-              if not present[kind] and store.folder.exists(f"{kind}.parquet")]
+    notes += [
+        f"{kind}.parquet was missing: rebuilt from trials/"
+        for kind in kinds
+        if not present[kind] and store.folder.exists(f"{kind}.parquet")
+    ]
+    if unmerged:
+        notes.append(f"the merged tables lacked {unmerged} committed trial(s): rebuilt from trials/")
     if sweep_config is None and not store.folder.exists("sweep_config.json"):
         notes.append("no sweep_config.json: the number of planned trials is unknown")
     return Results(store.uri, tables["trials"], tables["summary"], tables["pairs"], scan, sweep_config, notes)
+
+
+def _unmerged(store: ExperimentStore, trials: pd.DataFrame) -> int:
+    """How many committed trials (a row.json under trials/) the merged trials table lacks."""
+    merged = set(trials["trial_id"]) if "trial_id" in trials else set()
+    return sum(store.row(trial_id) is not None for trial_id in store.trial_ids() if trial_id not in merged)
 
 
 def planned_trials(results: Results) -> int | None:
@@ -123,12 +140,15 @@ def progress_line(results: Results) -> str:
         return f"{done} trials done ({counts}); the last run of the sweep planned {planned}."
     line = f"{done} of {planned} planned trials done ({counts})."
     if done < planned:
-        line += (f" {planned - done} not finished (the sweep is still running or was stopped): the tables cover "
-                 "finished trials only.")
+        line += (
+            f" {planned - done} not finished (the sweep is still running or was stopped): the tables cover "
+            "finished trials only."
+        )
     return line
 
 
 # --- conditions ---------------------------------------------------------------------------------
+
 
 def _copies(a: pd.Series, b: pd.Series) -> bool:
     """Whether two columns determine each other (e.g. lora_alpha = 2 x lora_rank in every trial)."""
@@ -140,8 +160,12 @@ def condition_columns(trials: pd.DataFrame) -> list[str]:
     ok = trials[trials["status"] == "ok"].astype(str)
     columns: list[str] = []
     for name in setting_names():
-        if name in ok and name not in NOT_CONDITIONS and ok[name].nunique() > 1 \
-                and not any(_copies(ok[name], ok[other]) for other in columns):
+        if (
+            name in ok
+            and name not in NOT_CONDITIONS
+            and ok[name].nunique() > 1
+            and not any(_copies(ok[name], ok[other]) for other in columns)
+        ):
             columns.append(name)
     return columns
 
@@ -176,12 +200,16 @@ def _constant(values: pd.Series) -> Any:
 
 def conditions(results: Results, by: list[str]) -> pd.DataFrame:
     """One row per condition: its `by` values, protocol and target layer, trials, seeds, mean (and SD over
-    trials) of the validation objective, loss and drift, and its `trial_ids`."""
+    trials) of the validation objective, loss and drift, and its `trial_ids`.
+    """
     rows = []
     for values, trials in _groups(results.ok, by):
         row = values | {c: _constant(trials[c]) for c in ("target_layer", *PROTOCOL) if c not in values}
-        row |= {"n_trials": len(trials), "n_seeds": trials["seed"].nunique(),
-                "objective_sd": float(trials["objective"].std(ddof=1)) if len(trials) > 1 else math.nan}
+        row |= {
+            "n_trials": len(trials),
+            "n_seeds": trials["seed"].nunique(),
+            "objective_sd": float(trials["objective"].std(ddof=1)) if len(trials) > 1 else math.nan,
+        }
         row |= {c: float(trials[c].astype(float).mean()) for c in CONDITION_METRICS if c in trials}
         rows.append(row | {"trial_ids": list(trials["trial_id"])})
     return pd.DataFrame(rows)
@@ -203,51 +231,73 @@ def _same(value: Any, default: Any) -> bool:
     return str(value) == str(default)
 
 
-def prespecified(conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The conditions fixed in advance: `by` values equal to the paper's defaults (`TrialSettings()`), protocol
-    and model columns excepted (one row per protocol and model present; empty when the sweep has none)."""
+def defaults_of(by: list[str]) -> dict[str, Any]:
+    """The paper's defaults (`TrialSettings()`) of the `by` columns that fix a condition in advance: protocol and
+    model columns excepted (every protocol and model present is reported).
+    """
     defaults = TrialSettings().row()
-    checked = [c for c in by if c not in PROTOCOL and c not in MODEL]
-    mask = [all(_same(row[c], defaults[c]) for c in checked) for _, row in conds.iterrows()]
+    return {c: defaults[c] for c in by if c not in PROTOCOL and c not in MODEL}
+
+
+def prespecified(conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The conditions fixed in advance: those at `defaults_of(by)` (one per protocol and model present; empty when
+    the sweep has none).
+    """
+    defaults = defaults_of(by)
+    mask = [all(_same(row[c], value) for c, value in defaults.items()) for _, row in conds.iterrows()]
     return conds[np.array(mask, dtype=bool)] if len(conds) else conds
 
 
 def unlike_defaults(results: Results, by: list[str]) -> dict[str, Any]:
     """Settings fixed across the ok trials whose value differs from the paper's defaults (e.g. a smoke test's
-    single epoch)."""
+    single epoch).
+    """
     defaults, ok = TrialSettings().row(), results.ok
     skip = {*by, *PROTOCOL, *MODEL, *NOT_CONDITIONS, "n_boot", "drift"}
-    fixed = {c: _constant(ok[c]) for c in setting_names() if c in ok and c not in skip and ok[c].astype(str).nunique() == 1}
+    fixed = {
+        c: _constant(ok[c]) for c in setting_names() if c in ok and c not in skip and ok[c].astype(str).nunique() == 1
+    }
     return {c: v for c, v in fixed.items() if not _same(v, defaults[c])}
 
 
 # --- the significance table ---------------------------------------------------------------------
 
+
 def _layer_roles(trials: pd.DataFrame, layer: int) -> str:
     """Which evaluation layer `layer` is for every trial of a condition: target, selection, final (L)."""
     roles = {"target": "eval_layer_target", "selection": "eval_layer_selection", "final": "eval_layer_final"}
-    return ", ".join(name for name, column in roles.items()
-                     if column in trials and (trials[column].astype(float) == layer).all())
+    return ", ".join(
+        name for name, column in roles.items() if column in trials and (trials[column].astype(float) == layer).all()
+    )
 
 
 def _seed_spread(pairs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Per set x layer: SD over seeds of each seed's mean cosine gain and centred-gap gain (NaN for one seed)."""
-    gains = pairs.assign(cosine=pairs["cosine_post"] - pairs["cosine_pre"],
-                         centered=pairs["centered_gap_post"] - pairs["centered_gap_pre"])
+    gains = pairs.assign(
+        cosine=pairs["cosine_post"] - pairs["cosine_pre"],
+        centered=pairs["centered_gap_post"] - pairs["centered_gap_pre"],
+    )
     gains = gains.merge(trials[["trial_id", "seed"]], on="trial_id")
     per_seed = gains.groupby(["set", "eval_layer", "seed"])[["cosine", "centered"]].mean()
     spread = per_seed.groupby(["set", "eval_layer"]).std(ddof=1)
     return spread.rename(columns={"cosine": "seed_sd_mean_diff", "centered": "seed_sd_centered_gap_diff"}).reset_index()
 
 
-def condition_tests(pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, n_boot: int,
-                    seed: int) -> pd.DataFrame:
+def condition_tests(
+    pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, n_boot: int, seed: int
+) -> pd.DataFrame:
     """One condition's rows: each pair averaged over the condition's trials, then `summary_table`'s tests on the
-    unique pairs (n = pairs, not pairs x seeds), with the seed spread beside them."""
+    unique pairs (n = pairs, not pairs x seeds), with the seed spread beside them.
+    """
     averaged = pairs.groupby(["set", "eval_layer", "pair_id"], sort=False)[PAIR_METRICS].mean().reset_index()
     removed = summary.groupby("set")["n_removed"].max().to_dict()
-    table = summary_table(averaged, EvalConfig(n_boot=n_boot, seed=seed), int(trials["eval_layer_final"].max()),
-                          int(summary["n_candidates"].max()), removed)
+    table = summary_table(
+        averaged,
+        EvalConfig(n_boot=n_boot, seed=seed),
+        int(trials["eval_layer_final"].max()),
+        int(summary["n_candidates"].max()),
+        removed,
+    )
     table = table.merge(_seed_spread(pairs, trials), on=["set", "eval_layer"], how="left")
     table.insert(2, "layer_role", [_layer_roles(trials, k) for k in table["eval_layer"]])
     table.insert(3, "n_trials", len(trials))
@@ -255,19 +305,53 @@ def condition_tests(pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataF
     return table
 
 
-FIRST_COLUMNS = ["set", "eval_layer", "layer_name", "layer_role", "n_trials", "n_seeds", "n", "n_removed",
-                 "mean_pre", "mean_post", "mean_diff", "ci_low", "ci_high", "t", "p", "p_holm", "p_bh", "wilcoxon_p",
-                 "d_z", "seed_sd_mean_diff", "gap_diff", "gap_ci_low", "gap_ci_high", "gap_p", "centered_gap_diff",
-                 "centered_gap_ci_low", "centered_gap_ci_high", "centered_gap_p", "seed_sd_centered_gap_diff",
-                 "p_at_1_pre", "p_at_1_post", "p_at_1_chance"]
+FIRST_COLUMNS = [
+    "set",
+    "eval_layer",
+    "layer_name",
+    "layer_role",
+    "n_trials",
+    "n_seeds",
+    "n",
+    "n_removed",
+    "mean_pre",
+    "mean_post",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "t",
+    "p",
+    "p_holm",
+    "p_bh",
+    "wilcoxon_p",
+    "d_z",
+    "seed_sd_mean_diff",
+    "gap_diff",
+    "gap_ci_low",
+    "gap_ci_high",
+    "gap_p",
+    "centered_gap_diff",
+    "centered_gap_ci_low",
+    "centered_gap_ci_high",
+    "centered_gap_p",
+    "seed_sd_centered_gap_diff",
+    "p_at_1_pre",
+    "p_at_1_post",
+    "p_at_1_chance",
+]
 
 
-def significance_table(results: Results, by: list[str] | None = None, n_boot: int = 10_000,
-                       seed: int = 0) -> pd.DataFrame:
+def significance_table(
+    results: Results, by: list[str] | None = None, n_boot: int = 10_000, seed: int = 0
+) -> pd.DataFrame:
     """One row per condition x set x evaluation layer (columns: FIRST_COLUMNS, then every set mean before and
-    after); `p_holm`/`p_bh` correct the raw-cosine `p` across every row of the table."""
+    after); `p_holm`/`p_bh` correct the raw-cosine `p` across every row of the table.
+    """
     by = condition_columns(results.trials) if by is None else list(by)
     check_by(by, results.trials)
+    empty = pd.DataFrame(columns=[*by, *FIRST_COLUMNS])
+    if results.ok.empty or results.pairs.empty or results.summary.empty:
+        return empty
     frames = []
     for values, trials in _groups(results.ok, by):
         ids = set(trials["trial_id"])
@@ -275,7 +359,7 @@ def significance_table(results: Results, by: list[str] | None = None, n_boot: in
         if len(pairs) and len(summary):
             frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
     if not frames:
-        return pd.DataFrame(columns=[*by, *FIRST_COLUMNS])
+        return empty
     table = pd.concat(frames, ignore_index=True)
     table["p_holm"] = stats.adjust_pvalues(table["p"].to_numpy(float), "holm")
     table["p_bh"] = stats.adjust_pvalues(table["p"].to_numpy(float), "fdr_bh")
@@ -300,17 +384,23 @@ def at_target(sig: pd.DataFrame) -> pd.DataFrame:
 
 # --- the paper's Tables 1 and 2 -----------------------------------------------------------------
 
+
 def table1(rows: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 1 for some significance rows (at the target layer): n pairs, mean cosine before and
-    after, the improvement with its CI, t and p (seed-averaged pairs)."""
+    after, the improvement with its CI, t and p (seed-averaged pairs).
+    """
     columns = ["set", "n", "n_seeds", "mean_pre", "mean_post", "mean_diff", "ci_low", "ci_high", "t", "p", "p_holm"]
-    return at_target(rows)[columns].rename(columns={"n": "N", "mean_pre": "pre-TLI", "mean_post": "post-TLI",
-                                                    "mean_diff": "improvement"}).reset_index(drop=True)
+    return (
+        at_target(rows)[columns]
+        .rename(columns={"n": "N", "mean_pre": "pre-TLI", "mean_post": "post-TLI", "mean_diff": "improvement"})
+        .reset_index(drop=True)
+    )
 
 
 def table2(results: Results, trial_ids: list[str], k: int = 10) -> pd.DataFrame:
     """The paper's Table 2: the k largest and k smallest per-pair cosine gains at the target layer, each pair
-    averaged over `trial_ids` (a condition's seeds); sets ending in _all are left out (their pairs repeat)."""
+    averaged over `trial_ids` (a condition's seeds); sets ending in _all are left out (their pairs repeat).
+    """
     trials = results.ok[results.ok["trial_id"].isin(trial_ids)][["trial_id", "target_layer"]]
     pairs = results.pairs.merge(trials, on="trial_id")
     pairs = pairs[(pairs["eval_layer"] == pairs["target_layer"]) & ~pairs["set"].str.endswith("_all")]
@@ -321,4 +411,5 @@ def table2(results: Results, trial_ids: list[str], k: int = 10) -> pd.DataFrame:
     top, bottom = means.head(k), means.tail(k).iloc[::-1]
     bottom = bottom[~bottom.index.isin(top.index)]
     return pd.concat([top.assign(rank="largest"), bottom.assign(rank="smallest")], ignore_index=True)[
-        ["rank", "set", "swahili", "english", "category", "cosine_pre", "cosine_post", "gain"]]
+        ["rank", "set", "swahili", "english", "category", "cosine_pre", "cosine_post", "gain"]
+    ]

@@ -25,20 +25,23 @@ NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> na
     ("mean", "mean_content", True): "author's code + false-negative mask",
 }
 CONTROLS = {"mean_skip_first": "control: first position dropped", "last": "control: last token"}
-RULE = ("Verdict rule (seed-averaged unique pairs, 95% bootstrap CIs, at the target layer): *no rise* when the raw "
-        "cosine's CI includes 0 or lies below it; otherwise *specific* when the CIs of both the gap over mismatched "
-        "pairs (each pair's cosine minus its mean cosine to every non-translation in the pool) and the "
-        "per-language-centred gap lie above 0, *partly specific* when one does, *not specific* when neither does "
-        "(non-translations rose as much).")
+RULE = (
+    "Verdict rule (seed-averaged unique pairs, 95% bootstrap CIs, at the target layer): *no rise* when the raw "
+    "cosine's CI includes 0 or lies below it; otherwise *specific* when the CIs of both the gap over mismatched "
+    "pairs (each pair's cosine minus its mean cosine to every non-translation in the pool) and the "
+    "per-language-centred gap lie above 0, *partly specific* when one does, *not specific* when neither does "
+    "(non-translations rose as much)."
+)
 AUTHOR_NOTE = (
     "What the author's code shows and the paper does not say. The paper's Table 1 is measured at layer 2, the "
     "training layer: the per-pair cosines of the author's `quantitative_results.csv` reproduce it (trained "
     "0.3211 -> 0.4113 over 623 pairs, paired t = 54.88; control 0.3143 -> 0.4033 over 63 pairs, t = 18.45). At "
     "the same layer the author's `layer_alignment_results.csv` gives 0.99998, the BOS-dominated mean pooling of "
     "the paper's Figure 1: Table 1's cosines near 0.3 come from another pooling, the author's evaluation leaving "
-    "special tokens out (`mean_content`). The author's \"layer 31\" (the last row of that file, layers 0-31) is "
+    'special tokens out (`mean_content`). The author\'s "layer 31" (the last row of that file, layers 0-31) is '
     "`hidden_states[31]`, one block before the final norm: a 32-block model's last hidden state, after the norm, "
-    "is `hidden_states[32]`.")
+    "is `hidden_states[32]`."
+)
 
 
 def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: bool | None) -> str:
@@ -49,6 +52,12 @@ def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: b
     if pooling_train == pooling_eval and pooling_train in CONTROLS:
         return CONTROLS[pooling_train]
     return f"train {pooling_train} / eval {pooling_eval}" + (", false negatives masked" if mask else "")
+
+
+def protocol_rank(name: str) -> int:
+    """The report's order: the paper as written, the author's code, the controls, any other."""
+    order = [*NAMED_PROTOCOLS.values(), *CONTROLS.values()]
+    return order.index(name) if name in order else len(order)
 
 
 def _above_zero(low: float) -> bool:
@@ -65,9 +74,26 @@ def verdict(row: pd.Series) -> str:
     return "specific" if gap and centred else "partly specific" if gap or centred else "not specific"
 
 
-VERDICT_COLUMNS = ["protocol", "target_layer", "set", "n", "n_seeds", "mean_diff", "ci_low", "ci_high", "gap_diff",
-                   "gap_ci_low", "gap_ci_high", "centered_gap_diff", "centered_gap_ci_low", "centered_gap_ci_high",
-                   "p_at_1_pre", "p_at_1_post", "p_at_1_chance", "verdict"]
+VERDICT_COLUMNS = [
+    "protocol",
+    "target_layer",
+    "set",
+    "n",
+    "n_seeds",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "gap_diff",
+    "gap_ci_low",
+    "gap_ci_high",
+    "centered_gap_diff",
+    "centered_gap_ci_low",
+    "centered_gap_ci_high",
+    "p_at_1_pre",
+    "p_at_1_post",
+    "p_at_1_chance",
+    "verdict",
+]
 
 
 def verdict_table(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -77,13 +103,15 @@ def verdict_table(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.D
         rows = at_target(rows_of(sig, condition, by))
         rows = rows[rows["set"] != "validation"]
         name = protocol_name(condition["pooling_train"], condition["pooling_eval"], condition["mask_false_negatives"])
-        frames.append(rows.assign(protocol=name, target_layer=condition["target_layer"],
-                                  verdict=[verdict(r) for _, r in rows.iterrows()]))
+        frames.append(
+            rows.assign(
+                protocol=name, target_layer=condition["target_layer"], verdict=[verdict(r) for _, r in rows.iterrows()]
+            )
+        )
     if not frames:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
-    order = [*NAMED_PROTOCOLS.values(), *CONTROLS.values()]
     table = pd.concat(frames, ignore_index=True)
-    rank = table["protocol"].map(lambda name: order.index(name) if name in order else len(order))
+    rank = table["protocol"].map(protocol_rank)
     return table.assign(_rank=rank).sort_values("_rank", kind="stable")[VERDICT_COLUMNS].reset_index(drop=True)
 
 
@@ -94,9 +122,16 @@ def _ci(row: pd.Series, prefix: str) -> str:
 def sentence(row: pd.Series) -> str:
     """One verdict row in plain words, every number beside its control."""
     seeds = f", each averaged over {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
-    return (f"{row['protocol'][0].upper()}{row['protocol'][1:]}, target layer {row['target_layer']}, "
-            f"{row['set']} set ({int(row['n'])} pairs{seeds}): the raw cosine moves by {row['mean_diff']:+.4f} "
-            f"({_ci(row, '')}), the gap over mismatched pairs by {row['gap_diff']:+.4f} ({_ci(row, 'gap_')}) and the "
-            f"per-language-centred gap by {row['centered_gap_diff']:+.4f} ({_ci(row, 'centered_gap_')}); P@1 "
-            f"{row['p_at_1_pre']:.2f} -> {row['p_at_1_post']:.2f} (chance {row['p_at_1_chance']:.2f}). "
-            f"Verdict: {row['verdict']}.")
+    return (
+        f"{row['protocol'][0].upper()}{row['protocol'][1:]}, target layer {row['target_layer']}, "
+        f"{row['set']} set ({int(row['n'])} pairs{seeds}): the raw cosine moves by {row['mean_diff']:+.4f} "
+        f"({_ci(row, '')}), the gap over mismatched pairs by {row['gap_diff']:+.4f} ({_ci(row, 'gap_')}) and the "
+        f"per-language-centred gap by {row['centered_gap_diff']:+.4f} ({_ci(row, 'centered_gap_')}); P@1 "
+        f"{row['p_at_1_pre']:.2f} -> {row['p_at_1_post']:.2f} (chance {row['p_at_1_chance']:.2f}). "
+        f"Verdict: {row['verdict']}."
+    )
+
+
+def sentences(table: pd.DataFrame) -> list[str]:
+    """The verdict table in plain words (the `*_all` sets, which keep leaky rows, only in the table)."""
+    return [sentence(row) for _, row in table.iterrows() if not row["set"].endswith("_all")]

@@ -83,12 +83,12 @@ def sweep_parser(description: str | None, experiment: str, script_flags: type | 
 
 
 def main_for(argv: list[str] | None, description: str | None, experiment: str,
-             space: Callable[[SweepConfig, Any, Any], dict], script_flags: type | None = None,
-             search: Callable[[SweepConfig, Any], tuple[Any, int]] | None = None) -> int:
-    """Run an ablation script: parse, then `run_sweep` with `space(config, flags, inputs)` as its space.
+             grid: Callable[[SweepConfig, Any, Any], dict] | None = None, script_flags: type | None = None,
+             search: Callable[[SweepConfig, Any, Any], Any] | None = None) -> int:
+    """Run an ablation script: parse, then `run_sweep` with `grid(config, flags, inputs)` (flat setting ->
+    values) or `search(config, flags, inputs)` (a `tuner.Search`).
 
-    `search(config, flags)` gives (a Ray Tune searcher, the number of trials to draw); the space then holds
-    Tune domains. Returns 0, or 2 after one line on stderr for a bad input (and when every trial failed).
+    Returns 0, or 2 after one line on stderr for a bad input (and when every trial failed).
     """
     parser = sweep_parser(description, experiment, script_flags)
     args = parser.parse_or_exit_code(argv)
@@ -102,8 +102,8 @@ def main_for(argv: list[str] | None, description: str | None, experiment: str,
 
         config = configs.from_namespace(SweepConfig, args, model=configs.from_namespace(ModelConfig, args))
         flags = configs.from_namespace(script_flags, args) if script_flags is not None else None
-        searcher, num_samples = search(config, flags) if search is not None else (None, 1)
-        tuner.run_sweep(lambda inputs: space(config, flags, inputs), config, searcher, num_samples)
+        tuner.run_sweep(grid and (lambda inputs: grid(config, flags, inputs)), config,
+                        search and (lambda inputs: search(config, flags, inputs)))
 
     return run_command(parser.prog, command)
 

@@ -112,9 +112,9 @@ def _digest(flat: dict[str, Any]) -> str:
 Axis = list[Any]  # values of one setting, or dicts that set several settings at once (e.g. a protocol)
 
 
-def expand_grid(space: dict[str, Axis], base: TrialSettings) -> list[TrialSettings]:
+def expand_grid(grid: dict[str, Axis], base: TrialSettings) -> list[TrialSettings]:
     """The cross product of the axes applied to `base`, duplicates removed, in grid order."""
-    axes = [[value if isinstance(value, dict) else {name: value} for value in values] for name, values in space.items()]
+    axes = [[value if isinstance(value, dict) else {name: value} for value in values] for name, values in grid.items()]
     trials: dict[str, TrialSettings] = {}
     for combination in itertools.product(*axes):
         settings = base.replace(**{k: v for part in combination for k, v in part.items()})
@@ -122,24 +122,24 @@ def expand_grid(space: dict[str, Axis], base: TrialSettings) -> list[TrialSettin
     return list(trials.values())
 
 
-def swept_names(space: dict[str, Axis]) -> list[str]:
-    """The flat settings an axis of `space` sets (a dict-valued axis sets each of its keys)."""
+def swept_names(grid: dict[str, Axis]) -> list[str]:
+    """The flat settings an axis of `grid` sets (a dict-valued axis sets each of its keys)."""
     names: list[str] = []
-    for name, values in space.items():
+    for name, values in grid.items():
         first = values[0] if isinstance(values, list) and values else None
         names.extend(first.keys() if isinstance(first, dict) else [name])
     return list(dict.fromkeys(names))
 
 
-def cut_for_smoke_test(space: dict[str, Axis], values_per_axis: int = 2) -> dict[str, Axis]:
+def cut_for_smoke_test(grid: dict[str, Axis], values_per_axis: int = 2) -> dict[str, Axis]:
     """The first `values_per_axis` values of each axis (one seed)."""
-    return {name: list(values)[: 1 if name == "seed" else values_per_axis] for name, values in space.items()}
+    return {name: list(values)[: 1 if name == "seed" else values_per_axis] for name, values in grid.items()}
 
 
-def check_axes(space: dict[str, Axis]) -> None:
+def check_axes(grid: dict[str, Axis]) -> None:
     """TliError for an axis that names no setting or has no value (before Ray starts)."""
     known = set(setting_names())
-    for name, values in space.items():
+    for name, values in grid.items():
         if not isinstance(values, Iterable) or not list(values):
             raise TliError(f"axis {name!r} has no values")
         keys = set().union(*(v.keys() if isinstance(v, dict) else {name} for v in values))

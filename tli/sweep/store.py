@@ -22,6 +22,7 @@ missing ones, and never duplicates a trial_id.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -33,13 +34,21 @@ import numpy as np
 import pandas as pd
 
 from tli.files import Folder
-from tli.sweep.trial import TrialRecord
 
 log = logging.getLogger(__name__)
 
 TABLES = ("summary", "pairs", "train_log")
 _MEMBER = re.compile(r"row\.json|(summary|pairs|train_log)\.parquet|adapter/[\w.-]+")
 _TRIAL_ID = re.compile(r"[0-9a-f]{12}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrialRecord:
+    """What a trial sends back: its row, its tables and (optionally) its adapter's files."""
+
+    row: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # summary, pairs, train_log
+    adapter: dict[str, bytes] = dataclasses.field(default_factory=dict)  # PEFT file name -> content
 
 
 def pack(record: TrialRecord) -> bytes:
@@ -188,13 +197,15 @@ class ExperimentStore:
         try:
             if self.folder.exists(name):
                 return self.folder.read_table(name)
+            problem = "missing"
         except (OSError, ValueError) as error:
-            if kind not in ("trials", *TABLES):
-                log.warning("%s/%s is unreadable (%s): ignored", self.uri, name, error)
-                return pd.DataFrame()
-            log.warning("%s/%s is unreadable (%s): rebuilt from %s/trials/", self.uri, name, error, self.uri)
+            problem = f"unreadable ({error})"
         if kind not in ("trials", *TABLES):
+            if problem != "missing":
+                log.warning("%s/%s is %s: ignored", self.uri, name, problem)
             return pd.DataFrame()
+        if problem != "missing":
+            log.warning("%s/%s is %s: rebuilt from %s/trials/", self.uri, name, problem, self.uri)
         trials = self.merge()
         return trials if kind == "trials" else (self.folder.read_table(name) if self.folder.exists(name)
                                                  else pd.DataFrame())

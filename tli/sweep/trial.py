@@ -22,6 +22,7 @@ from tli.config import EvalConfig, ModelConfig
 from tli.errors import TliError
 from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings
+from tli.sweep.store import TrialRecord
 
 PLACES = ("target", "final")  # evaluation layers named in trial rows: the target layer and the last layer L
 WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
@@ -32,15 +33,6 @@ WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "p_at_1_post": "p_at_1_post", "p_at_1_centered_pre": "p_at_1_centered_pre",
     "p_at_1_centered_post": "p_at_1_centered_post", "p_at_1_chance": "p_at_1_chance",
 }
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TrialRecord:
-    """What a trial sends back: its row, its tables and (optionally) its adapter's files."""
-
-    row: dict[str, Any]
-    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # summary, pairs, train_log
-    adapter: dict[str, bytes] = dataclasses.field(default_factory=dict)  # PEFT file name -> content
 
 
 class WorkerCache:

@@ -41,9 +41,18 @@ MERGE_SECONDS = 30  # the merged tables are refreshed at most this often while t
 SMOKE = {"epochs": 1, "warmup_steps": 0, "n_boot": 200, "drift_prompts": 2, "drift_tokens": 8}
 
 
-def report(metrics: dict[str, Any]) -> None:
+def report_to_tune(metrics: dict[str, Any]) -> None:
     """The one call into Ray's reporting API (`ray.tune.report` in Ray 2.60; it moved between versions)."""
     tune.report(metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """A sampled sweep: a Ray Tune searcher, the Tune domain of each flat setting it draws, the trials to draw."""
+
+    searcher: Any  # e.g. ray.tune.search.optuna.OptunaSearch
+    domains: dict[str, Any]  # flat setting -> Tune domain (tune.randint, tune.choice, ...)
+    num_samples: int
 
 
 def tune_metrics(row: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +97,12 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
     settings = context.settings(config)
     stored = context.done.get(settings.trial_id)
     if stored is not None:
-        report(tune_metrics(stored))
+        report_to_tune(tune_metrics(stored))
         return
-    record = run_trial(settings, context.inputs, _CACHE, lambda train_log: report(
+    record = run_trial(settings, context.inputs, _CACHE, lambda train_log: report_to_tune(
         epoch_metrics(settings.trial_id, train_log)), keep_adapter=context.save_adapters != "none")
     record.row["node"] = ray.get_runtime_context().get_node_id()
-    report(tune_metrics(record.row) | {ARCHIVE_KEY: pack(record)})
+    report_to_tune(tune_metrics(record.row) | {ARCHIVE_KEY: pack(record)})
 
 
 # --- the driver's callbacks ----------------------------------------------------------------------
@@ -291,57 +300,57 @@ def _start_scan(config: SweepConfig, inputs: ExperimentInputs, store: Experiment
                        else inputs.pairs, inputs.digest)
 
 
-def _grid(space: dict[str, list], config: SweepConfig) -> dict[str, list]:
-    grid = {name: list(values) for name, values in space.items()}
+def _grid(grid: dict[str, list], config: SweepConfig) -> dict[str, list]:
+    """The grid run: seeds as an axis unless swept already; a smoke test's cut."""
+    grid = {name: list(values) for name, values in grid.items()}
     if "seed" not in swept_names(grid):
         grid["seed"] = list(config.seeds)
     return cut_for_smoke_test(grid) if config.smoke_test else grid
 
 
-def run_sweep(space: dict[str, Any] | Callable[[ExperimentInputs], dict[str, Any]], config: SweepConfig,
-              search_alg=None, num_samples: int = 1) -> pd.DataFrame:
-    """Run the trials of `space` and return the merged trials table.
+def run_sweep(grid: dict[str, list] | Callable[[ExperimentInputs], dict[str, list]] | None, config: SweepConfig,
+              search: Search | Callable[[ExperimentInputs], Search] | None = None) -> pd.DataFrame:
+    """Run a sweep's trials and return the merged trials table.
 
-    Without `search_alg`, `space` maps each flat setting to its values (a grid; a dict value sets several
-    settings at once); trials already stored as ok are skipped. With a Tune searcher it maps settings to
-    Tune domains, and `num_samples` trials are drawn. `space` may be a function of the experiment's inputs.
-    Everything a user can get wrong is checked before Ray starts; a sweep in which every trial failed is a
-    TliError.
+    `grid` maps each flat setting to its values (a dict value sets several settings at once); trials already
+    stored as ok are skipped. Or `search` draws `num_samples` trials from Tune domains. Either may be a
+    function of the experiment's inputs. Everything a user can get wrong is checked before Ray starts; a
+    sweep in which every trial failed is a TliError.
     """
     callbacks = logger_callbacks(config)
     store = ExperimentStore(config.location)
     store.folder.check_writable()
     n_layers = models.num_layers(config.model.model)
     inputs = load_inputs(config)
-    space = space(inputs) if callable(space) else space
+    grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
     base = base_settings(config)
-    if search_alg is None:
-        check_axes(space)
-        _check_trials(expand_grid(_grid(space, config), base), inputs, n_layers, config.model.model)
+    if search is None:
+        check_axes(grid)
+        _check_trials(expand_grid(_grid(grid, config), base), inputs, n_layers, config.model.model)
     elif len(config.seeds) > 1:
         raise TliError("a search draws one seed per trial: pass one --seeds value (or sweep seeds with a grid)")
     with ray_session(config):
         inputs = with_drift_samples(inputs, config, store)
         base = base.replace(inputs_digest=inputs.digest)
         done = {row["trial_id"]: row for row in store.rows() if row.get("status") == "ok"}
-        if search_alg is None:
-            planned = expand_grid(_grid(space, config), base)
+        if search is None:
+            planned = expand_grid(_grid(grid, config), base)
             todo = [settings.row() for settings in planned if settings.trial_id not in done]
             log.warning("%s: %d trials, %d already done, %d to run", config.experiment, len(planned),
                         len(planned) - len(todo), len(todo))
-            tune_space, total, axes = {"settings": tune.grid_search(todo)}, len(todo), swept_names(_grid(space, config))
+            space, total, axes = {"settings": tune.grid_search(todo)}, len(todo), swept_names(_grid(grid, config))
+            swept = {name: [str(v) for v in values] for name, values in grid.items()}
         else:
-            tune_space, total, axes = {"settings": space}, num_samples, list(space)
+            space, total, axes = {"settings": search.domains}, search.num_samples, list(search.domains)
+            swept = {name: str(domain) for name, domain in search.domains.items()}
         store.write("sweep_config.json", {
-            "sweep": dataclasses.asdict(config), "space": {k: [str(v) for v in vs] if isinstance(vs, list) else str(vs)
-                                                        for k, vs in space.items()},
-            "swept": axes, "base": base.row(), "planned": len(planned) if search_alg is None else num_samples,
-            "n_pairs": len(inputs.pairs), "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen)}
-            | files.provenance())
+            "sweep": dataclasses.asdict(config), "space": swept, "swept": axes, "base": base.row(),
+            "planned": len(planned) if search is None else search.num_samples, "n_pairs": len(inputs.pairs),
+            "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen)} | files.provenance())
         scan = _start_scan(config, inputs, store)
         if total:
             context = TrialContext(inputs, base.row(), done, max(1, int(config.cpus_per_trial)), config.save_adapters)
-            _fit(tune_space, total, config, context, search_alg, axes, callbacks, store)
+            _fit(space, total, config, context, search.searcher if search else None, axes, callbacks, store)
         if scan is not None:
             store.write("scan.parquet", ray.get(scan))
     trials = store.merge()
