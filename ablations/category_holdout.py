@@ -16,10 +16,12 @@ from tli.sweep.flags import main_for
 
 @dataclasses.dataclass(frozen=True)
 class HoldoutFlags:
-    min_rows: int = setting(20, "least trained pairs a held-out category needs (smoke test: 4)", minimum=1,
-                            maximum=10**6)
-    target_layer: tuple[int, ...] = setting((2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1,
-                                            maximum=MAX_LAYER)
+    min_rows: int = setting(
+        20, "least trained pairs a held-out category needs (smoke test: 4)", minimum=1, maximum=10**6
+    )
+    target_layer: tuple[int, ...] = setting(
+        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
+    )
 
 
 def grid(config, flags: HoldoutFlags, inputs) -> dict:

@@ -18,8 +18,12 @@ from tli.sweep.flags import main_for
 
 @dataclasses.dataclass(frozen=True)
 class LayerFlags:
-    layers: tuple[int, ...] = setting((), "target layers, e.g. 1-30 or 2,10,30 (default: 1..L, every layer with a "
-                                      "block below it)", minimum=1, maximum=MAX_LAYER)
+    layers: tuple[int, ...] = setting(
+        (),
+        "target layers, e.g. 1-30 or 2,10,30 (default: 1..L, every layer with a block below it)",
+        minimum=1,
+        maximum=MAX_LAYER,
+    )
 
 
 def grid(config, flags: LayerFlags, inputs) -> dict:

@@ -29,10 +29,17 @@ def search(config, flags: SearchFlags, inputs):
     from tli.sweep.tuner import Search
 
     top = 3 if config.smoke_test else num_layers(config.model.model)
-    domains = {"target_layer": tune.randint(1, top + 1), "lora_rank": tune.choice([4, 8, 16, 32, 64]),
-               "margin": tune.uniform(0.1, 1.0), "lr": tune.loguniform(5e-5, 1e-3)}
-    return Search(OptunaSearch(seed=config.seeds[0]), domains,
-                  min(flags.num_samples, 2) if config.smoke_test else flags.num_samples)
+    domains = {
+        "target_layer": tune.randint(1, top + 1),
+        "lora_rank": tune.choice([4, 8, 16, 32, 64]),
+        "margin": tune.uniform(0.1, 1.0),
+        "lr": tune.loguniform(5e-5, 1e-3),
+    }
+    return Search(
+        OptunaSearch(seed=config.seeds[0]),
+        domains,
+        min(flags.num_samples, 2) if config.smoke_test else flags.num_samples,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,10 @@
 """Pooling protocol sweep (pooling for training x for evaluation, false-negative mask) at the target layer(s):
 
-  paper as written   mean / mean                 BOS included in training and evaluation, no mask
-  author's code      mean / mean_content         BOS excluded at evaluation, no mask
-  author's code + mask                           the same, in-batch false negatives masked (tli's default)
-  control: skip first  mean_skip_first / same    position 0, the attention sink, excluded everywhere
-  control: last token  last / last               the last content token
+paper as written   mean / mean                 BOS included in training and evaluation, no mask
+author's code      mean / mean_content         BOS excluded at evaluation, no mask
+author's code + mask                           the same, in-batch false negatives masked (tli's default)
+control: skip first  mean_skip_first / same    position 0, the attention sink, excluded everywhere
+control: last token  last / last               the last content token
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ PROTOCOLS = [
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolFlags:
-    target_layer: tuple[int, ...] = setting((2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1,
-                                            maximum=MAX_LAYER)
+    target_layer: tuple[int, ...] = setting(
+        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
+    )
 
 
 def grid(config, flags: ProtocolFlags, inputs) -> dict:

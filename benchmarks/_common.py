@@ -24,8 +24,10 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, torch {torch.__version__}"
-            f"{gpu}, {time.strftime('%Y-%m-%d')}")
+    return (
+        f"{cpu}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, torch {torch.__version__}"
+        f"{gpu}, {time.strftime('%Y-%m-%d')}"
+    )
 
 
 def command(module: str, argv: Sequence[str] | None) -> str:
@@ -34,8 +36,9 @@ def command(module: str, argv: Sequence[str] | None) -> str:
     return " ".join([".venv/bin/python", "-m", module, *map(shlex.quote, args)])
 
 
-def interleaved(sides: dict[str, Callable[[], object]], repeats: int
-                ) -> tuple[dict[str, list[float]], dict[str, object]]:
+def interleaved(
+    sides: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Run the sides alternately (A, B, A, B, ...) `repeats` times each: ({side: [seconds]}, {side: last result}).
 
     Alternating in one process exposes both sides to the same background load; compare medians.

@@ -32,8 +32,14 @@ import torch
 from benchmarks._common import print_table
 
 MODULE = "benchmarks.bench_gpu"
-LLAMA3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=128256)
+LLAMA3_8B_SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+)
 
 
 def build_random_llama(folder: Path) -> Path:
@@ -43,8 +49,13 @@ def build_random_llama(folder: Path) -> Path:
     from tli import models
 
     tokenizer = AutoTokenizer.from_pretrained(models.embedded_model_dir("smollm2-135m"))
-    config = LlamaConfig(**LLAMA3_8B_SHAPE, max_position_embeddings=8192, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False, dtype="bfloat16")
+    config = LlamaConfig(
+        **LLAMA3_8B_SHAPE,
+        max_position_embeddings=8192,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -85,11 +96,19 @@ def time_trials(folder: Path, dtype: str, quantization: str, layers: Sequence[in
         torch.cuda.synchronize()
         if row["status"] != "ok":
             raise RuntimeError(f"trial at layer {layer} failed: {row['error']}")
-        rows.append({"precision": quantization if quantization != "none" else dtype, "target_layer": layer,
-                     "trial_s": time.perf_counter() - started, "train_s": row["train_seconds"],
-                     "eval_s": row["eval_seconds"], "drift_s": row["drift_seconds"], "model_load_s": load_s,
-                     "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9,
-                     "gpu_gb_after": torch.cuda.memory_allocated() / 1e9})
+        rows.append(
+            {
+                "precision": quantization if quantization != "none" else dtype,
+                "target_layer": layer,
+                "trial_s": time.perf_counter() - started,
+                "train_s": row["train_seconds"],
+                "eval_s": row["eval_seconds"],
+                "drift_s": row["drift_seconds"],
+                "model_load_s": load_s,
+                "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9,
+                "gpu_gb_after": torch.cuda.memory_allocated() / 1e9,
+            }
+        )
         load_s = 0.0  # loaded once per worker
     del cache
     torch.cuda.empty_cache()
@@ -112,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--workdir", default=None, help="where the random weights are saved (default: a temp dir)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        message = ("bench_gpu: CUDA is not available on this machine: nothing measured. Run it on a GPU machine "
-                   "(see benchmarks/README.md, 'GPU path').")
+        message = (
+            "bench_gpu: CUDA is not available on this machine: nothing measured. Run it on a GPU machine "
+            "(see benchmarks/README.md, 'GPU path')."
+        )
         print(message, file=sys.stderr)
         return {"skipped": message}
     rows = []
@@ -122,12 +143,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         for precision in args.precisions.split(","):
             dtype, quantization = ("bfloat16", "none") if precision == "bfloat16" else ("bfloat16", precision)
             rows += time_trials(folder, dtype, quantization, args.layers, args.epochs)
-    projections = {p: projected_sweep_minutes([r for r in rows if r["precision"] == p])
-                   for p in dict.fromkeys(r["precision"] for r in rows)}
+    projections = {
+        p: projected_sweep_minutes([r for r in rows if r["precision"] == p])
+        for p in dict.fromkeys(r["precision"] for r in rows)
+    }
     print_table(f"GPU trials, Llama-3-8B shape, {args.epochs} epochs", rows, MODULE, argv)
     for precision, minutes in projections.items():
-        print(f"projected 32-layer x 3-seed sweep, {precision}, one GPU, trials in sequence: {minutes:.1f} min "
-              f"(target <= 15 min on one H100)")
+        print(
+            f"projected 32-layer x 3-seed sweep, {precision}, one GPU, trials in sequence: {minutes:.1f} min "
+            f"(target <= 15 min on one H100)"
+        )
     return {"rows": rows, "projected_minutes": projections}
 
 

@@ -83,9 +83,14 @@ def run(n_trials: int, tolerance_mb: float, model_name: str = "smollm2-135m") ->
         *({"measure": f"RSS after trial {i + 1}", "MB": value / MB} for i, value in enumerate(rss)),
         {"measure": f"growth, trial {warm + 1} -> trial {n_trials} (tolerance {tolerance_mb:g})", "MB": growth_mb},
     ]
-    return {"rows": rows, "rss_mb": [value / MB for value in rss], "growth_mb": growth_mb,
-            "peak_trial_mb": peak_after_first / MB, "ok": growth_mb < tolerance_mb,
-            "lora_left": has_lora(cache.models[config.model][0])}
+    return {
+        "rows": rows,
+        "rss_mb": [value / MB for value in rss],
+        "growth_mb": growth_mb,
+        "peak_trial_mb": peak_after_first / MB,
+        "ok": growth_mb < tolerance_mb,
+        "lora_left": has_lora(cache.models[config.model][0]),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
@@ -96,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     if args.smoke_test:
         args.trials = 5
     result = run(args.trials, args.tolerance_mb)
-    print_table(f"memory: {args.trials} consecutive trials in one process (layer 2, smoke pairs)", result["rows"],
-                MODULE, argv)
+    print_table(
+        f"memory: {args.trials} consecutive trials in one process (layer 2, smoke pairs)", result["rows"], MODULE, argv
+    )
     verdict = "no growth beyond tolerance" if result["ok"] else "GROWTH beyond tolerance"
     print(f"{verdict}: {result['growth_mb']:.1f} MB; LoRA left in the cached model: {result['lora_left']}")
     return result

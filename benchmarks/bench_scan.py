@@ -38,6 +38,7 @@ MODULE = "benchmarks.bench_scan"
 
 # --- BASELINE: the author's loop (one word, one full forward pass, per layer) ----------------------
 
+
 def author_word_vector(model, tokenizer, word: str, layer: int) -> torch.Tensor:
     """BASELINE: one full forward pass of the causal LM for one word; mean over all its tokens at `layer`."""
     inputs = tokenizer(word, return_tensors="pt")
@@ -51,8 +52,9 @@ def author_scan(model, tokenizer, pairs: pd.DataFrame, layers: Sequence[int]) ->
     means = {}
     for layer in layers:
         cosines = [
-            F.cosine_similarity(author_word_vector(model, tokenizer, sw, layer),
-                                author_word_vector(model, tokenizer, en, layer), dim=0).item()
+            F.cosine_similarity(
+                author_word_vector(model, tokenizer, sw, layer), author_word_vector(model, tokenizer, en, layer), dim=0
+            ).item()
             for sw, en in zip(pairs["swahili"], pairs["english"])
         ]
         means[layer] = float(np.mean(cosines))
@@ -61,35 +63,61 @@ def author_scan(model, tokenizer, pairs: pd.DataFrame, layers: Sequence[int]) ->
 
 # --- the benchmark ----------------------------------------------------------------------------------
 
+
 def tli_scan(model, tokenizer, pairs: pd.DataFrame, layers: Sequence[int]) -> dict[int, float]:
     """{layer: cosine_mean} from `tli.scan.scan_layers` (mean pooling, BOS included: the paper's scan)."""
     table = scan.scan_layers(model, tokenizer, pairs, ScanConfig(pooling="mean", layers=tuple(layers)), progress=False)
     return dict(zip(table["layer"], table["cosine_mean"]))
 
 
-def run(n_pairs: int, repeats: int, full: bool, layers: Sequence[int] = (),
-        model_name: str = "smollm2-135m") -> dict[str, object]:
+def run(
+    n_pairs: int, repeats: int, full: bool, layers: Sequence[int] = (), model_name: str = "smollm2-135m"
+) -> dict[str, object]:
     """Time both sides on `n_pairs` pairs (interleaved), check the numbers, optionally time tli on all pairs."""
     model, tokenizer = models.load_model(ModelConfig(model=model_name, device="cpu"))
     pairs = data.load_pairs()
     subset = pairs.head(n_pairs)
     layers = list(layers) or list(range(surgery.num_layers(model) + 1))
-    seconds, last = interleaved({"author": lambda: author_scan(model, tokenizer, subset, layers),
-                                 "tli": lambda: tli_scan(model, tokenizer, subset, layers)}, repeats)
+    seconds, last = interleaved(
+        {
+            "author": lambda: author_scan(model, tokenizer, subset, layers),
+            "tli": lambda: tli_scan(model, tokenizer, subset, layers),
+        },
+        repeats,
+    )
     max_diff = max(abs(last["author"][k] - last["tli"][k]) for k in layers)
     author_s, tli_s = median(seconds["author"]), median(seconds["tli"])
     passes = 2 * n_pairs * len(layers)
-    rows = [{"what": f"scan, {n_pairs} pairs x {len(layers)} layers", "author_s": author_s, "tli_s": tli_s,
-             "ratio": author_s / tli_s, "max_abs_diff_cosine_mean": max_diff, "measured": "both, interleaved"}]
-    result = {"ratio_subset": author_s / tli_s, "max_diff": max_diff, "author_s_per_pass": author_s / passes,
-              "seconds": seconds}
+    rows = [
+        {
+            "what": f"scan, {n_pairs} pairs x {len(layers)} layers",
+            "author_s": author_s,
+            "tli_s": tli_s,
+            "ratio": author_s / tli_s,
+            "max_abs_diff_cosine_mean": max_diff,
+            "measured": "both, interleaved",
+        }
+    ]
+    result = {
+        "ratio_subset": author_s / tli_s,
+        "max_diff": max_diff,
+        "author_s_per_pass": author_s / passes,
+        "seconds": seconds,
+    }
     if full:
         full_seconds, _ = interleaved({"tli": lambda: tli_scan(model, tokenizer, pairs, layers)}, repeats)
         tli_full = median(full_seconds["tli"])
         author_full = author_s / passes * 2 * len(pairs) * len(layers)
-        rows.append({"what": f"scan, all {len(pairs)} pairs x {len(layers)} layers", "author_s": author_full,
-                     "tli_s": tli_full, "ratio": author_full / tli_full, "max_abs_diff_cosine_mean": float("nan"),
-                     "measured": "tli; author projected from its s/pass"})
+        rows.append(
+            {
+                "what": f"scan, all {len(pairs)} pairs x {len(layers)} layers",
+                "author_s": author_full,
+                "tli_s": tli_full,
+                "ratio": author_full / tli_full,
+                "max_abs_diff_cosine_mean": float("nan"),
+                "measured": "tli; author projected from its s/pass",
+            }
+        )
         result["ratio_full_projected"] = author_full / tli_full
     result["rows"] = rows
     return result

@@ -70,8 +70,16 @@ def driver_costs(config: SweepConfig, inputs: ExperimentInputs) -> dict[str, flo
 def run(smoke: bool, epochs: int, results_root: Path) -> dict[str, object]:
     results_root.mkdir(parents=True, exist_ok=True)
     pairs = data.write_pairs(smoke_subset(data.load_pairs()), results_root / "smoke_pairs.tsv") if smoke else None
-    config = SweepConfig(model=ModelConfig(device="cpu"), pairs=pairs and str(pairs), experiment="bench_sweep",
-                         results=str(results_root), epochs=epochs, n_boot=200, drift=not smoke, cpus_per_trial=1.0)
+    config = SweepConfig(
+        model=ModelConfig(device="cpu"),
+        pairs=pairs and str(pairs),
+        experiment="bench_sweep",
+        results=str(results_root),
+        epochs=epochs,
+        n_boot=200,
+        drift=not smoke,
+        cpus_per_trial=1.0,
+    )
     costs = driver_costs(config, load_inputs(config))
     started = time.perf_counter()
     trials = tuner.run_sweep(PARAM_SPACE, config)
@@ -88,24 +96,46 @@ def run(smoke: bool, epochs: int, results_root: Path) -> dict[str, object]:
         {"part": f"training, sum over {len(ok)} trials", "seconds": parts["train"]},
         {"part": f"evaluation, sum over {len(ok)} trials", "seconds": parts["eval"]},
         {"part": f"drift, sum over {len(ok)} trials", "seconds": parts["drift"]},
-        {"part": f"model load, once per worker ({workers} workers; driver-measured {costs['model_load_s']:.1f} s)",
-         "seconds": workers * costs["model_load_s"]},
-        {"part": f"base embeddings, once per worker (driver-measured {costs['base_embeddings_s']:.1f} s)",
-         "seconds": workers * costs["base_embeddings_s"]},
+        {
+            "part": f"model load, once per worker ({workers} workers; driver-measured {costs['model_load_s']:.1f} s)",
+            "seconds": workers * costs["model_load_s"],
+        },
+        {
+            "part": f"base embeddings, once per worker (driver-measured {costs['base_embeddings_s']:.1f} s)",
+            "seconds": workers * costs["base_embeddings_s"],
+        },
         {"part": "Ray scheduling, start-up and the rest", "seconds": capacity - useful - workers * per_worker},
         {"part": "overhead fraction = 1 - (train + eval + drift) / capacity", "seconds": 1 - useful / capacity},
     ]
     fixed = capacity - useful  # start-up, model loads, base embeddings: paid once per worker or sweep
     scaled = useful + parts["train"] * (5 / epochs - 1)  # the paper's 5 epochs: training scales, the rest does not
-    rows.append({"part": f"overhead fraction projected to 5 epochs (training x {5 / epochs:g})",
-                 "seconds": fixed / (fixed + scaled)})
-    rows += [{"part": "drift samples (a model load + sampling; once per sweep, before it)",
-              "seconds": costs.get("drift_samples_s", float("nan"))},
-             {"part": "layer scan, all poolings (a model load + scan; once per sweep, before it)",
-              "seconds": costs["scan_s"]}]
-    return {"rows": rows, "overhead": 1 - useful / capacity, "workers": workers, "trials": len(trials),
-            "ok": len(ok), "wall_s": wall, "useful_s": useful, "costs": costs,
-            "trials_per_worker": ok.groupby("worker").size().tolist()}
+    rows.append(
+        {
+            "part": f"overhead fraction projected to 5 epochs (training x {5 / epochs:g})",
+            "seconds": fixed / (fixed + scaled),
+        }
+    )
+    rows += [
+        {
+            "part": "drift samples (a model load + sampling; once per sweep, before it)",
+            "seconds": costs.get("drift_samples_s", float("nan")),
+        },
+        {
+            "part": "layer scan, all poolings (a model load + scan; once per sweep, before it)",
+            "seconds": costs["scan_s"],
+        },
+    ]
+    return {
+        "rows": rows,
+        "overhead": 1 - useful / capacity,
+        "workers": workers,
+        "trials": len(trials),
+        "ok": len(ok),
+        "wall_s": wall,
+        "useful_s": useful,
+        "costs": costs,
+        "trials_per_worker": ok.groupby("worker").size().tolist(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
@@ -116,8 +146,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     logging.getLogger("tli").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench_sweep-") as scratch:
         result = run(args.smoke_test, args.epochs, Path(args.results or scratch))
-    print_table(f"sweep: {result['trials']} trials ({result['ok']} ok), model loads = {result['workers']} workers, "
-                f"trials per worker {result['trials_per_worker']}", result["rows"], MODULE, argv)
+    print_table(
+        f"sweep: {result['trials']} trials ({result['ok']} ok), model loads = {result['workers']} workers, "
+        f"trials per worker {result['trials_per_worker']}",
+        result["rows"],
+        MODULE,
+        argv,
+    )
     return result
 
 

@@ -50,8 +50,10 @@ def run(layers: Sequence[int], n_pairs: int, repeats: int, model_name: str = "sm
     base = TrainConfig(epochs=1, warmup_steps=0, lora_dropout=0.0, seed=0)
     rows, ratios, diffs = [], {}, {}
     for layer in layers:
-        sides = {"truncated": dataclasses.replace(base, target_layer=layer),
-                 "full_forward": dataclasses.replace(base, target_layer=layer, full_forward=True)}
+        sides = {
+            "truncated": dataclasses.replace(base, target_layer=layer),
+            "full_forward": dataclasses.replace(base, target_layer=layer, full_forward=True),
+        }
         epoch = {name: [] for name in sides}  # seconds of the epoch's steps (train_tli's log)
         call = {name: [] for name in sides}  # seconds of the whole call (LoRA attach + steps)
         losses = {}
@@ -64,25 +66,41 @@ def run(layers: Sequence[int], n_pairs: int, repeats: int, model_name: str = "sm
         truncated_s, full_s = median(epoch["truncated"]), median(epoch["full_forward"])
         diff = float(np.max(np.abs(losses["truncated"] - losses["full_forward"])))
         ratios[layer], diffs[layer] = full_s / truncated_s, diff
-        rows.append({"target_layer": f"{layer} of {n_layers}", "steps": len(losses["truncated"]),
-                     "truncated_epoch_s": truncated_s, "full_epoch_s": full_s, "ratio_epoch": full_s / truncated_s,
-                     "ratio_whole_call": median(call["full_forward"]) / median(call["truncated"]),
-                     "max_abs_loss_diff": diff, "final_loss": float(losses["truncated"][-1])})
+        rows.append(
+            {
+                "target_layer": f"{layer} of {n_layers}",
+                "steps": len(losses["truncated"]),
+                "truncated_epoch_s": truncated_s,
+                "full_epoch_s": full_s,
+                "ratio_epoch": full_s / truncated_s,
+                "ratio_whole_call": median(call["full_forward"]) / median(call["truncated"]),
+                "max_abs_loss_diff": diff,
+                "final_loss": float(losses["truncated"][-1]),
+            }
+        )
     return {"rows": rows, "ratios": ratios, "max_loss_diff": diffs, "n_layers": n_layers}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = _common.parser(__doc__, "layer 2 only, 2 steps, 1 repeat")
-    parser.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[],
-                        help="target layers, e.g. 2,15,30 (default: 2, L/2, L)")
+    parser.add_argument(
+        "--layers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[],
+        help="target layers, e.g. 2,15,30 (default: 2, L/2, L)",
+    )
     parser.add_argument("--pairs", type=int, default=64, help="trained pairs = 8 x steps (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per side (default: %(default)s)")
     args = _common.parse(parser, argv)
     if args.smoke_test:
         args.layers, args.pairs, args.repeats = [2], 16, 1
     result = run(args.layers, args.pairs, args.repeats)
-    print_table("training: full_forward vs truncated (median seconds of one epoch of N steps; "
-                "ratio = full / truncated)", result["rows"], MODULE, argv)
+    print_table(
+        "training: full_forward vs truncated (median seconds of one epoch of N steps; ratio = full / truncated)",
+        result["rows"],
+        MODULE,
+        argv,
+    )
     return result
 
 

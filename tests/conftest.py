@@ -37,9 +37,15 @@ def tiny_llama_dir(tmp_path_factory, embedded_dir):
     """A 4-block random Llama (hidden 32) with the SmolLM2 tokenizer, saved as safetensors."""
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")

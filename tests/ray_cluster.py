@@ -21,8 +21,10 @@ from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
 FAST_FAILURE_DETECTION = {  # a dead node is noticed in seconds, not the default half minute
-    "RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_initial_delay_ms": "0",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
 }
 
 
@@ -91,8 +93,10 @@ def _stop(node: subprocess.Popen) -> None:
 
 
 def _wait_for_nodes(address: str, env: dict, count: int, deadline: float) -> None:
-    probe = (f"import ray; ray.init(address={address!r}, log_to_driver=False); "
-             "print(sum(node['Alive'] for node in ray.nodes()))")
+    probe = (
+        f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+        "print(sum(node['Alive'] for node in ray.nodes()))"
+    )
     while True:
         answer = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
         if answer.returncode == 0 and answer.stdout.strip().splitlines()[-1:] == [str(count)]:
@@ -116,10 +120,20 @@ def local_cluster(nodes: int = 2, extra_env: dict[str, str] | None = None) -> It
     try:
         deadline = time.monotonic() + 180
         for index in range(nodes):
-            flags = ["--head", f"--port={port}", "--include-dashboard=false"] if index == 0 else [
-                f"--address={address}", f'--resources={{"node{index + 1}": 1}}']
-            started.append(subprocess.Popen([RAY, "start", *flags, *common], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True))
+            flags = (
+                ["--head", f"--port={port}", "--include-dashboard=false"]
+                if index == 0
+                else [f"--address={address}", f'--resources={{"node{index + 1}": 1}}']
+            )
+            started.append(
+                subprocess.Popen(
+                    [RAY, "start", *flags, *common],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             _wait_for_nodes(address, env, len(started), deadline)
         yield Cluster(address, env, started, temp)
     finally:

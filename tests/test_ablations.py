@@ -1,5 +1,6 @@
 """Every other ablation script's --smoke-test runs (in process, on one local Ray shared by the module) and writes
-sound results. The layer sweep's contract is tested in test_sweep.py."""
+sound results. The layer sweep's contract is tested in test_sweep.py.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def _check_holdout(trials):
 
 def _check_protocol(trials):
     assert set(zip(trials["pooling_train"], trials["pooling_eval"], trials["mask_false_negatives"])) == {
-        ("mean", "mean", False), ("mean", "mean_content", False)}  # the paper as written, the author's code
+        ("mean", "mean", False),
+        ("mean", "mean_content", False),
+    }  # the paper as written, the author's code
 
 
 def _check_optuna(trials):
@@ -47,8 +50,13 @@ def _check_optuna(trials):
     np.testing.assert_allclose(trials["objective"], trials["final_validation_centered_gap_diff"])  # selection: L
 
 
-CHECKS = {"rank_sweep": _check_rank, "margin_sweep": _check_margin, "category_holdout": _check_holdout,
-          "protocol_sweep": _check_protocol, "optuna_search": _check_optuna}
+CHECKS = {
+    "rank_sweep": _check_rank,
+    "margin_sweep": _check_margin,
+    "category_holdout": _check_holdout,
+    "protocol_sweep": _check_protocol,
+    "optuna_search": _check_optuna,
+}
 
 
 @pytest.mark.slow
@@ -61,8 +69,12 @@ def test_smoke_test_runs_and_writes_sound_results(script, local_ray, tmp_path):
     trials = pd.read_parquet(folder / "trials.parquet")
     assert len(trials) == 2 and set(trials["status"]) == {"ok"} and trials["trial_id"].is_unique
     assert (trials["experiment"] == script).all() and (trials["epochs"] == 1).all()
-    metrics = [f"{place}_{name}_{m}" for place in ("target", "final") for name in ("trained", "control_all")
-               for m in ("cosine_pre", "cosine_post", "gap_pre", "centered_gap_post", "p_at_1_chance")]
+    metrics = [
+        f"{place}_{name}_{m}"
+        for place in ("target", "final")
+        for name in ("trained", "control_all")
+        for m in ("cosine_pre", "cosine_post", "gap_pre", "centered_gap_post", "p_at_1_chance")
+    ]
     assert np.isfinite(trials[metrics + ["final_loss", "objective"]].to_numpy(float)).all()
     CHECKS[script](trials)
     pairs = pd.read_parquet(folder / "pairs.parquet")

@@ -1,5 +1,6 @@
 """The `tli` command line end to end, in-process, on a tiny random Llama, writing to a temp dir; and every class
-of bad input to scan/train/evaluate/pairs: one line on stderr, exit code 2, nothing written or lost."""
+of bad input to scan/train/evaluate/pairs: one line on stderr, exit code 2, nothing written or lost.
+"""
 
 import json
 import os
@@ -17,17 +18,44 @@ from tli.cli import main
 from tli.config import TrainConfig
 from tli.errors import TliError
 
-SCAN_COLUMNS = {"layer", "cosine_mean", "cosine_std", "cosine_mismatched", "gap", "cosine_centered",
-                "cosine_centered_mismatched", "centered_gap", "p_at_1", "p_at_1_csls", "p_at_1_centered",
-                "p_at_1_chance", "n_pairs", "n_candidates"}
+SCAN_COLUMNS = {
+    "layer",
+    "cosine_mean",
+    "cosine_std",
+    "cosine_mismatched",
+    "gap",
+    "cosine_centered",
+    "cosine_centered_mismatched",
+    "centered_gap",
+    "p_at_1",
+    "p_at_1_csls",
+    "p_at_1_centered",
+    "p_at_1_chance",
+    "n_pairs",
+    "n_candidates",
+}
 
 
 def test_scan_writes_one_row_per_layer_and_a_plot(tiny_llama_dir, small_pairs, tmp_path):
     pairs_path, pairs = small_pairs
     for suffix in ("csv", "parquet"):
         out = tmp_path / f"scan.{suffix}"
-        assert main(["scan", "--model", str(tiny_llama_dir), "--pairs", str(pairs_path), "--pooling", "mean_content",
-                     "--output", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "scan",
+                    "--model",
+                    str(tiny_llama_dir),
+                    "--pairs",
+                    str(pairs_path),
+                    "--pooling",
+                    "mean_content",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         table = pd.read_csv(out) if suffix == "csv" else pd.read_parquet(out)
         assert SCAN_COLUMNS <= set(table.columns)
         assert table["layer"].tolist() == [0, 1, 2, 3, 4] and (table["n_pairs"] == len(pairs)).all()
@@ -39,8 +67,28 @@ def test_scan_writes_one_row_per_layer_and_a_plot(tiny_llama_dir, small_pairs, t
 def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
     pairs_path, pairs = small_pairs
     adapter = tmp_path / "adapter"
-    assert main(["train", "--model", str(tiny_llama_dir), "--pairs", str(pairs_path), "--target-layer", "2",
-                 "--epochs", "2", "--seed", "1", "--rank", "4", "--output", str(adapter)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_llama_dir),
+                "--pairs",
+                str(pairs_path),
+                "--target-layer",
+                "2",
+                "--epochs",
+                "2",
+                "--seed",
+                "1",
+                "--rank",
+                "4",
+                "--output",
+                str(adapter),
+            ]
+        )
+        == 0
+    )
     log = pd.read_csv(adapter / "train_log.csv")
     assert list(log.columns[:4]) == ["step", "epoch", "loss", "lr"] and len(log) == 2 * 2  # 16 pairs, batch 8
     stored = json.loads((adapter / "tli_config.json").read_text())
@@ -51,8 +99,12 @@ def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
     assert isinstance(PeftModel.from_pretrained(base, adapter), PeftModel)
 
     out = tmp_path / "eval"
-    assert main(["evaluate", "--adapter", str(adapter), "--pairs", str(pairs_path), "--n-boot", "200",
-                 "--output", str(out)]) == 0  # --model: the adapter's own
+    assert (
+        main(
+            ["evaluate", "--adapter", str(adapter), "--pairs", str(pairs_path), "--n-boot", "200", "--output", str(out)]
+        )
+        == 0
+    )  # --model: the adapter's own
     summary = pd.read_csv(out / "summary.csv")
     per_pair = pd.read_csv(out / "pairs.csv")
     assert {"trained", "control_all"} <= set(summary["set"]) and set(summary["eval_layer"]) == {2, 4}
@@ -67,6 +119,7 @@ def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
 
 
 # --- bad input: one line on stderr, exit code 2, nothing written -------------------------------
+
 
 def _one_error_line(capsys, command: str) -> str:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -110,8 +163,11 @@ USAGE_ERRORS = [  # (command line, message): refused by the parser, before anyth
 
 @pytest.mark.parametrize("arguments, message", USAGE_ERRORS)
 def test_usage_errors_are_one_line_with_a_help_hint(arguments, message, tmp_path, capsys):
-    needs = {"scan": ["--output", str(tmp_path / "o.csv")], "train": ["--output", str(tmp_path / "a")],
-             "evaluate": ["--adapter", str(tmp_path), "--output", str(tmp_path / "e")]}
+    needs = {
+        "scan": ["--output", str(tmp_path / "o.csv")],
+        "train": ["--output", str(tmp_path / "a")],
+        "evaluate": ["--adapter", str(tmp_path), "--output", str(tmp_path / "e")],
+    }
     rest = [] if arguments == ["scan"] else needs.get(arguments[0], [])
     assert main([*arguments, *rest]) == 2
     line = _one_error_line(capsys, arguments[0])
@@ -139,8 +195,10 @@ def _pairs_cases(tmp_path, tiny_llama_dir):
         (["train", *model, "--output", "/proc/tli-adapter"], "cannot write to /proc"),
         (["train", *model, "--target-layer", "9", "--output", str(tmp_path / "a")], "layer 9 is out of range"),
         (["train", *model, "--target-modules", "c_attn", "--output", str(tmp_path / "a")], "not in this model"),
-        (["pairs", "import-freedict", "--dict-dir", str(tmp_path), "--output", str(tmp_path / "f.tsv")],
-         "no swh-eng dictd files"),
+        (
+            ["pairs", "import-freedict", "--dict-dir", str(tmp_path), "--output", str(tmp_path / "f.tsv")],
+            "no swh-eng dictd files",
+        ),
         (["pairs", "import-freedict", "--output", str(tmp_path / "f.json")], "must end in .tsv or .csv"),
     ]
 
@@ -158,7 +216,9 @@ def test_train_refuses_an_existing_adapter_folder_without_overwrite(tiny_llama_d
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "keep.txt").write_text("a previous adapter")
-    assert main(["train", "--model", str(tiny_llama_dir), "--pairs", str(small_pairs[0]), "--output", str(adapter)]) == 2
+    assert (
+        main(["train", "--model", str(tiny_llama_dir), "--pairs", str(small_pairs[0]), "--output", str(adapter)]) == 2
+    )
     assert "exists and is not empty: pass --overwrite" in _one_error_line(capsys, "train")
     assert (adapter / "keep.txt").read_text() == "a previous adapter"
 
@@ -179,13 +239,20 @@ def test_unknown_config_keys_are_errors():
 
 
 def test_help_and_version_answer_at_once_without_heavy_imports():
-    probe = ("import sys, tli.cli\n"
-             "for argv in (['--help'], ['train', '--help'], ['--version']):\n"
-             "    assert tli.cli.main(argv) == 0\n"
-             "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'peft', 'ray') if m in sys.modules))")
+    probe = (
+        "import sys, tli.cli\n"
+        "for argv in (['--help'], ['train', '--help'], ['--version']):\n"
+        "    assert tli.cli.main(argv) == 0\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'peft', 'ray') if m in sys.modules))"
+    )
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                         env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"PYTHONWARNINGS": "ignore"},
+    )
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout and "tli scan" in out.stdout and "--lora-rank" in out.stdout
     assert time.perf_counter() - started < 5

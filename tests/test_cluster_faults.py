@@ -1,6 +1,7 @@
 """A lost node: on a real two-node Ray cluster (this machine, loopback), the second node's raylet is SIGKILLed
 while one of its trials runs; the trial is retried on the surviving node and the sweep ends with every trial
-exactly once, all ok."""
+exactly once, all ok.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +33,28 @@ def _raylet(node: subprocess.Popen) -> int:
 @pytest.mark.timeout(600)
 def test_a_trial_on_a_lost_node_is_retried_on_the_survivor(tmp_path):
     with local_cluster(2, FAST_FAILURE_DETECTION) as cluster:
-        command = [sys.executable, "ablations/layer_sweep.py", "--smoke-test", "--layers", "20,30", "--results",
-                   str(tmp_path), "--address", cluster.address, "--max-failures", "2"]
-        driver = subprocess.Popen(command, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        command = [
+            sys.executable,
+            "ablations/layer_sweep.py",
+            "--smoke-test",
+            "--layers",
+            "20,30",
+            "--results",
+            str(tmp_path),
+            "--address",
+            cluster.address,
+            "--max-failures",
+            "2",
+        ]
+        driver = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=cluster.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 300
             while _running_trial(cluster.nodes[1]) is None:

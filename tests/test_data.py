@@ -31,8 +31,18 @@ from tli.errors import TliError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tli_paper"
 REAL_DICTD = Path("/usr/share/dictd")
-POS = {"noun", "verb", "adjective", "adverb", "pronoun", "numeral", "preposition",
-       "conjunction", "phrase", "interjection"}
+POS = {
+    "noun",
+    "verb",
+    "adjective",
+    "adverb",
+    "pronoun",
+    "numeral",
+    "preposition",
+    "conjunction",
+    "phrase",
+    "interjection",
+}
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +168,10 @@ GOOD_FILES = {  # name: (file name, bytes): each reads as mbwa/dog, paka/cat
     "blank_optional_cells": ("p.tsv", b"swahili\tenglish\tsplit\tpos\nmbwa\tdog\t\t\npaka\tcat\t \t \n"),
     "unnamed_extra_columns": ("p.csv", b"swahili,english,,\nmbwa,dog,,\npaka,cat,x,\n"),
     "json_bom_nulls_extras": (
-        "p.json", b'\xef\xbb\xbf[{"swahili": "mbwa", "english": "dog", "pos": null, "x": [1, {"y": 2}]},'
-                  b' {"english": "cat", "swahili": "paka", "split": null}]'),
+        "p.json",
+        b'\xef\xbb\xbf[{"swahili": "mbwa", "english": "dog", "pos": null, "x": [1, {"y": 2}]},'
+        b' {"english": "cat", "swahili": "paka", "split": null}]',
+    ),
     "longest_word": ("p.tsv", f"swahili\tenglish\nmbwa\t{'d' * MAX_WORD_CHARS}\npaka\tcat\n".encode()),
 }
 
@@ -182,9 +194,11 @@ def test_leak_free_against_a_loop():
     rows = frame("mbwa:dog", "paka:cat", "bahari:ocean", "kisima:well", "ziwa:lake", index=[10, 11, 12, 13, 14])
     reference = frame("paka:kitty", "bahari:sea", "vizuri:well")
     kept, removed = leak_free(rows, reference)
-    expected = [label for label, row in rows.iterrows()
-                if all(row["swahili"] != r["swahili"] and row["english"] != r["english"]
-                       for _, r in reference.iterrows())]
+    expected = [
+        label
+        for label, row in rows.iterrows()
+        if all(row["swahili"] != r["swahili"] and row["english"] != r["english"] for _, r in reference.iterrows())
+    ]
     assert list(kept.index) == expected == [10, 14] and removed == 3
     assert leak_free(rows, reference.iloc[:0])[1] == 0
 
@@ -245,8 +259,10 @@ def test_validation_split_bad_fraction(paper, fraction):
 
 def test_load_eval_pairs(tmp_path, caplog):
     path = tmp_path / "eval.tsv"
-    path.write_text("swahili\tenglish\tsplit\nmbwa\tdog\ttrained\npaka\tcat\tcontrol\n"
-                    "ziwa\tlake\tanything\nnyota\tstar\t\n", encoding="utf-8")
+    path.write_text(
+        "swahili\tenglish\tsplit\nmbwa\tdog\ttrained\npaka\tcat\tcontrol\nziwa\tlake\tanything\nnyota\tstar\t\n",
+        encoding="utf-8",
+    )
     trained = frame("mbwa:hound", "simba:cat", "jua:sun")
     with caplog.at_level(logging.WARNING, logger="tli.data"):
         unseen = load_eval_pairs(path, trained)
@@ -290,16 +306,49 @@ GOOD_ROW = {"swahili": "mbwa", "english": "dog", "category": "animal", "pos": "n
 FORMATS = ("tsv", "csv", "json")
 COLUMNS = ("swahili", "english", "category", "pos", "split")
 INVISIBLE = [  # every kind of control or invisible character, and where in a cell it sits
-    "\x00", "\x01", "\x07", "\x08", "\t", "\n", "\x0b", "\x0c", "\r", "\x1b", "\x1c", "\x1f", "\x7f",
-    "\x85", "\x9b", "\u00a0", "\u00ad", "\u061c", "\u180e", "\u200b", "\u200d", "\u200e", "\u202e",
-    "\u2028", "\u2029", "\u2060", "\u2066", "\u3000", "\ufeff", "\ufff9", "\ue000", "\U000e0001",
-    "\u0378", "\u2007",
+    "\x00",
+    "\x01",
+    "\x07",
+    "\x08",
+    "\t",
+    "\n",
+    "\x0b",
+    "\x0c",
+    "\r",
+    "\x1b",
+    "\x1c",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u00a0",
+    "\u00ad",
+    "\u061c",
+    "\u180e",
+    "\u200b",
+    "\u200d",
+    "\u200e",
+    "\u202e",
+    "\u2028",
+    "\u2029",
+    "\u2060",
+    "\u2066",
+    "\u3000",
+    "\ufeff",
+    "\ufff9",
+    "\ue000",
+    "\U000e0001",
+    "\u0378",
+    "\u2007",
 ]
 INVISIBLE_CASES = [(fmt, char, COLUMNS[i % 5], i % 3) for i, char in enumerate(INVISIBLE) for fmt in FORMATS]
 
 
-@pytest.mark.parametrize("fmt, char, column, place", INVISIBLE_CASES,
-                         ids=[f"{f}-U+{ord(c):04X}-{col}-{p}" for f, c, col, p in INVISIBLE_CASES])
+@pytest.mark.parametrize(
+    "fmt, char, column, place",
+    INVISIBLE_CASES,
+    ids=[f"{f}-U+{ord(c):04X}-{col}-{p}" for f, c, col, p in INVISIBLE_CASES],
+)
 def test_invisible_characters(tmp_path, fmt, char, column, place):
     word = ["{}trained", "tra{}ined", "trained{}"][place].format(char)
     path = pairs_file(tmp_path, fmt, [GOOD_ROW, GOOD_ROW | {column: word}])
@@ -343,17 +392,27 @@ HUGE_LINES = {  # name: (file name, bytes, words the message must contain)
     "one_huge_field": ("p.tsv", b"x" * 5_000_000, ["line 1", "more than 131072"]),
     "huge_header_of_fields": ("p.csv", b"x," * 2_000_000, ["line 1", "header lacks", "..."]),
     "huge_header_of_long_fields": ("p.tsv", (("y" * 5000 + "\t") * 1000).encode(), ["line 1", "header lacks"]),
-    "huge_ignored_cell": ("p.csv", b"swahili,english,note\nmbwa,dog,n\npaka,cat," + b"n" * 200_000,
-                          ["line 3", "more than 131072"]),
-    "huge_quoted_newlines": ("p.csv", b'swahili,english\nmbwa,dog\n"' + b"a\n" * 100_000 + b'",cat\n',
-                             ["line 3", "more than 131072"]),
-    "unterminated_quote": ("p.csv", b'swahili,english\nmbwa,dog\n"paka,cat\nsimba,lion\n',
-                           ["line 3", "1 fields"]),
-    "huge_json_line": ("p.json", b"[" + b'{"swahili": "mbwa", "english": "dog"}, ' * 30_000 + b"{}]",
-                       ["item 30001", "no key 'swahili'"]),
-    "huge_json_string": ("p.json", b'[{"swahili": "' + b"s" * 5_000_000 + b'", "english": "dog"}, ' + PAIR.encode()
-                         + b"]",
-                         ["item 1", "5000000 characters"]),
+    "huge_ignored_cell": (
+        "p.csv",
+        b"swahili,english,note\nmbwa,dog,n\npaka,cat," + b"n" * 200_000,
+        ["line 3", "more than 131072"],
+    ),
+    "huge_quoted_newlines": (
+        "p.csv",
+        b'swahili,english\nmbwa,dog\n"' + b"a\n" * 100_000 + b'",cat\n',
+        ["line 3", "more than 131072"],
+    ),
+    "unterminated_quote": ("p.csv", b'swahili,english\nmbwa,dog\n"paka,cat\nsimba,lion\n', ["line 3", "1 fields"]),
+    "huge_json_line": (
+        "p.json",
+        b"[" + b'{"swahili": "mbwa", "english": "dog"}, ' * 30_000 + b"{}]",
+        ["item 30001", "no key 'swahili'"],
+    ),
+    "huge_json_string": (
+        "p.json",
+        b'[{"swahili": "' + b"s" * 5_000_000 + b'", "english": "dog"}, ' + PAIR.encode() + b"]",
+        ["item 1", "5000000 characters"],
+    ),
 }
 
 
@@ -380,11 +439,17 @@ HEADERS = {  # name: (file name, text, words the message must contain)
     "commas_in_tsv": ("p.tsv", "swahili,english\nmbwa,dog\npaka,cat\n", ["comma-separated"]),
     "after_blank_lines": ("p.tsv", "\n\nsw\ten\nmbwa\tdog\n", ["line 3", "lacks"]),
     "control_in_name": ("p.csv", '"swa\nhili",english\nmbwa,dog\n', ["lacks column(s) swahili", "'swa\\nhili'"]),
-    "duplicate_source": ("p.tsv", "swahili\tenglish\tswahili\nmbwa\tdog\tm\npaka\tcat\tp\n",
-                         ["'swahili'", "more than once"]),
+    "duplicate_source": (
+        "p.tsv",
+        "swahili\tenglish\tswahili\nmbwa\tdog\tm\npaka\tcat\tp\n",
+        ["'swahili'", "more than once"],
+    ),
     "duplicate_target": ("p.csv", "english,swahili,english\ndog,mbwa,d\ncat,paka,c\n", ["'english'", "more than once"]),
-    "duplicate_split": ("p.csv", "swahili,english,split,split\nmbwa,dog,trained,control\n",
-                        ["'split'", "more than once"]),
+    "duplicate_split": (
+        "p.csv",
+        "swahili,english,split,split\nmbwa,dog,trained,control\n",
+        ["'split'", "more than once"],
+    ),
     "duplicate_other": ("p.csv", "swahili,english,note, note\nmbwa,dog,a,b\npaka,cat,c,d\n", ["'note'"]),
     "ragged_long": ("p.tsv", "swahili\tenglish\nmbwa\tdog\npaka\tcat\textra\n", ["line 3", "3 fields"]),
     "ragged_short": ("p.csv", "swahili,english,pos\nmbwa,dog,noun\npaka,cat\n", ["line 3", "2 fields"]),
@@ -442,15 +507,28 @@ JSON_FILES = {  # name: (text, words the message must contain)
     "item_number": (f"[{PAIR}, 7]", ["item 2 is a number"]),
     "nested_list": (f"[[{PAIR}, {PAIR}]]", ["item 1 is a list"]),
     "missing_key": (f'[{PAIR}, {{"swahili": "paka"}}]', ["item 2 has no key 'english'"]),
-    "duplicate_key": (f'[{PAIR}, {{"swahili": "paka", "english": "cat", "swahili": "simba"}}]',
-                      ["item 2", "'swahili' twice"]),
-    "duplicate_split": (f'[{PAIR}, {{"swahili": "paka", "english": "cat", "split": "trained", "split": "control"}}]',
-                        ["item 2", "'split' twice"]),
-    **{f"{key}_{type(value).__name__}": (f'[{PAIR}, {json.dumps({"swahili": "paka", "english": "cat", key: value})}]',
-                         ["item 2", f"key '{key}'", f"{kind}, not a string"])
-       for key in COLUMNS
-       for kind, value in (("a list", ["x"]), ("an object", {"x": ["y"]}), ("a number", 1), ("a number", 2.5),
-                           ("a boolean", False))},
+    "duplicate_key": (
+        f'[{PAIR}, {{"swahili": "paka", "english": "cat", "swahili": "simba"}}]',
+        ["item 2", "'swahili' twice"],
+    ),
+    "duplicate_split": (
+        f'[{PAIR}, {{"swahili": "paka", "english": "cat", "split": "trained", "split": "control"}}]',
+        ["item 2", "'split' twice"],
+    ),
+    **{
+        f"{key}_{type(value).__name__}": (
+            f"[{PAIR}, {json.dumps({'swahili': 'paka', 'english': 'cat', key: value})}]",
+            ["item 2", f"key '{key}'", f"{kind}, not a string"],
+        )
+        for key in COLUMNS
+        for kind, value in (
+            ("a list", ["x"]),
+            ("an object", {"x": ["y"]}),
+            ("a number", 1),
+            ("a number", 2.5),
+            ("a boolean", False),
+        )
+    },
 }
 
 
@@ -505,10 +583,16 @@ def _special(tmp_path: Path, kind: str) -> Path:
 
 
 SPECIAL_PATHS = {  # kind: words the message must contain
-    "missing": ["no such file"], "folder": ["a folder"], "char_device": ["not a regular file"],
-    "fifo": ["not a regular file"], "unreadable_proc_file": ["cannot read", "Input/output error"],
-    "broken_link": ["no such file"], "link_loop": ["cannot read"], "below_a_file": ["cannot read"],
-    "name_too_long": ["cannot read", "too long"], "nul_in_name": ["cannot read", "null"],
+    "missing": ["no such file"],
+    "folder": ["a folder"],
+    "char_device": ["not a regular file"],
+    "fifo": ["not a regular file"],
+    "unreadable_proc_file": ["cannot read", "Input/output error"],
+    "broken_link": ["no such file"],
+    "link_loop": ["cannot read"],
+    "below_a_file": ["cannot read"],
+    "name_too_long": ["cannot read", "too long"],
+    "nul_in_name": ["cannot read", "null"],
 }
 
 
@@ -555,9 +639,33 @@ def test_eval_pairs_are_validated_too(tmp_path):
     assert set(load_eval_pairs(path, frame("a:b"))["split"]) == {"unseen"}  # any split is overridden
 
 
-MUTATION_PIECES = [b"\x00", b"\t", b",", b'"', b"\n", b"\r", b"\xff", b"\xc3", b"\xef\xbb\xbf", b"{", b"}", b"[",
-                   b"]", b":", b"\\", b"\\u0000", b"\\ud800", b" ", b"null", b"1e999", "\u200b".encode(), b"\x1b",
-                   b"trained", b"swahili", b"english"]
+MUTATION_PIECES = [
+    b"\x00",
+    b"\t",
+    b",",
+    b'"',
+    b"\n",
+    b"\r",
+    b"\xff",
+    b"\xc3",
+    b"\xef\xbb\xbf",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b"\\",
+    b"\\u0000",
+    b"\\ud800",
+    b" ",
+    b"null",
+    b"1e999",
+    "\u200b".encode(),
+    b"\x1b",
+    b"trained",
+    b"swahili",
+    b"english",
+]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -598,13 +706,26 @@ def _unwritable(tmp_path: Path, kind: str) -> Path:
     if kind == "folder_there":
         (tmp_path / "out.tsv").mkdir()
         return tmp_path / "out.tsv"
-    return {"proc": Path("/proc/out.tsv"), "proc_below_file": Path("/proc/self/status/out.tsv"),
-            "sys": Path("/sys/out.csv"), "below_dev_null": Path("/dev/null/out.tsv"),
-            "name_too_long": tmp_path / ("x" * 300 + ".tsv"), "nul_in_name": tmp_path / "o\x00ut.tsv"}[kind]
+    return {
+        "proc": Path("/proc/out.tsv"),
+        "proc_below_file": Path("/proc/self/status/out.tsv"),
+        "sys": Path("/sys/out.csv"),
+        "below_dev_null": Path("/dev/null/out.tsv"),
+        "name_too_long": tmp_path / ("x" * 300 + ".tsv"),
+        "nul_in_name": tmp_path / "o\x00ut.tsv",
+    }[kind]
 
 
-UNWRITABLE = ["parent_is_file", "folder_there", "proc", "proc_below_file", "sys", "below_dev_null",
-              "name_too_long", "nul_in_name"]
+UNWRITABLE = [
+    "parent_is_file",
+    "folder_there",
+    "proc",
+    "proc_below_file",
+    "sys",
+    "below_dev_null",
+    "name_too_long",
+    "nul_in_name",
+]
 
 
 @pytest.mark.parametrize("kind", UNWRITABLE)
@@ -618,6 +739,7 @@ def test_write_to_unwritable_paths(tmp_path, paper, kind):
 @pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(28, "No space left on device")])
 def test_write_errors(tmp_path, monkeypatch, paper, error):
     """A read-only folder (root writes anyway) or a full disk: the error is raised in their place."""
+
     def fail(*args):
         raise error
 
@@ -772,13 +894,19 @@ def _break_dictd(folder: Path, kind: str) -> Path:
 
 BROKEN_DICTD = {  # kind: words the message must contain
     "no_usable_entries": ["0 usable entries", "3 index lines", "nothing written"],
-    "one_usable_entry": ["1 usable entries", "at least 2"], "empty_index": ["0 usable entries"],
-    "entry_not_utf8": ["index line 4", "not UTF-8"], "index_not_utf8": ["not UTF-8", f"line {len(ENTRIES) + 1}"],
-    "index_utf16": ["not UTF-8"], "body_not_gzip": ["not a gzip"], "body_corrupt_deflate": ["not a gzip"],
-    "body_truncated": ["not a gzip"], "body_empty": ["points past the end"],
+    "one_usable_entry": ["1 usable entries", "at least 2"],
+    "empty_index": ["0 usable entries"],
+    "entry_not_utf8": ["index line 4", "not UTF-8"],
+    "index_not_utf8": ["not UTF-8", f"line {len(ENTRIES) + 1}"],
+    "index_utf16": ["not UTF-8"],
+    "body_not_gzip": ["not a gzip"],
+    "body_corrupt_deflate": ["not a gzip"],
+    "body_truncated": ["not a gzip"],
+    "body_empty": ["points past the end"],
     "offset_past_end": [f"line {len(ENTRIES) + 1}", "past the end"],
-    **{kind: [f"line {len(ENTRIES) + 1} is not"]
-       for kind in ("two_fields", "four_fields", "empty_offset", "bad_digit")},
+    **{
+        kind: [f"line {len(ENTRIES) + 1} is not"] for kind in ("two_fields", "four_fields", "empty_offset", "bad_digit")
+    },
 }
 
 
@@ -793,8 +921,14 @@ def test_import_freedict_broken_files(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "a_file", "index_is_folder", "nul_in_name", "name_too_long"])
 def test_import_freedict_no_dictionary(tmp_path, kind):
-    folder = {"missing": tmp_path / "absent", "empty": tmp_path, "a_file": tmp_path / "f", "index_is_folder": tmp_path,
-              "nul_in_name": tmp_path / "d\x00", "name_too_long": tmp_path / ("d" * 300)}[kind]
+    folder = {
+        "missing": tmp_path / "absent",
+        "empty": tmp_path,
+        "a_file": tmp_path / "f",
+        "index_is_folder": tmp_path,
+        "nul_in_name": tmp_path / "d\x00",
+        "name_too_long": tmp_path / ("d" * 300),
+    }[kind]
     if kind == "a_file":
         folder.write_text("x")
     if kind == "index_is_folder":

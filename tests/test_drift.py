@@ -28,15 +28,27 @@ def tokenizer(embedded_dir):
 def tiny_model(family: str, vocab_size: int, pad_token_id: int) -> torch.nn.Module:
     """A random 4-block causal LM of `family` in float32 eval mode (Gemma 3: sliding window 3)."""
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                  pad_token_id=pad_token_id)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=pad_token_id,
+    )
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig(
-            **common, head_dim=8, sliding_window=3,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"]))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                **common,
+                head_dim=8,
+                sliding_window=3,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            )
+        )
     model.config._attn_implementation = "sdpa"
     return model.float().eval()
 
@@ -80,7 +92,7 @@ def test_samples_are_the_seeded_continuations(model, tokenizer):
     eos = drift._eos_ids(model, tokenizer)
     for row in samples.itertuples():
         prompt_ids = tokenizer(row.prompt)["input_ids"]
-        assert row.input_ids[:row.n_prompt_tokens] == prompt_ids
+        assert row.input_ids[: row.n_prompt_tokens] == prompt_ids
         n_new = len(row.input_ids) - row.n_prompt_tokens
         assert n_new == 24 or (1 <= n_new < 24 and row.input_ids[-1] in eos)
         assert row.text.startswith(row.prompt)
@@ -114,8 +126,12 @@ def test_kl_is_zero_for_a_fresh_adapter_and_positive_for_a_trained_one(model, to
     fresh = drift.drift_kl(with_adapter(model, random_b=False), samples)
     assert list(fresh) == ["drift_kl_sw", "drift_kl_en"]
     assert all(abs(value) < 1e-9 for value in fresh.values())
-    moved = drift.drift_kl(with_adapter(tiny_model(model.config.model_type.split("_")[0], len(tokenizer),
-                                                   tokenizer.pad_token_id), random_b=True), samples)
+    moved = drift.drift_kl(
+        with_adapter(
+            tiny_model(model.config.model_type.split("_")[0], len(tokenizer), tokenizer.pad_token_id), random_b=True
+        ),
+        samples,
+    )
     assert all(torch.isfinite(torch.tensor(value)) and value > 1e-6 for value in moved.values())
 
 
@@ -128,8 +144,10 @@ def test_kl_matches_torch_distributions(model, tokenizer):
             base = logits(peft_model, row.input_ids)
         tli = logits(peft_model, row.input_ids)
         positions = slice(row.n_prompt_tokens - 1, len(row.input_ids) - 1)
-        kl = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=base[positions]),
-                                               torch.distributions.Categorical(logits=tli[positions]))
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Categorical(logits=base[positions]),
+            torch.distributions.Categorical(logits=tli[positions]),
+        )
         expected[f"drift_kl_{row.language}"] = kl.mean().item()
     assert expected["drift_kl_sw"] > 0
     measured = drift.drift_kl(peft_model, samples.iloc[[0, 3]])

@@ -1,5 +1,6 @@
 """The real embedded Gemma 3 270M: its shape and BOS, batched extraction, the scan contract shared with SmolLM2.
-(Surgery on tiny random Gemma 3 and Llama models is in test_surgery.py.)"""
+(Surgery on tiny random Gemma 3 and Llama models is in test_surgery.py.)
+"""
 
 import numpy as np
 import pandas as pd
@@ -61,8 +62,22 @@ def test_scan_contract_gemma_like_smollm2(some_pairs, tmp_path):
     tables = {}
     for alias in ("gemma3-270m", "smollm2-135m"):
         out = tmp_path / f"{alias}.csv"
-        assert cli.main(["scan", "--model", alias, "--pairs", str(pairs_file), "--pooling", "mean_content",
-                         "--output", str(out)]) == 0
+        assert (
+            cli.main(
+                [
+                    "scan",
+                    "--model",
+                    alias,
+                    "--pairs",
+                    str(pairs_file),
+                    "--pooling",
+                    "mean_content",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         tables[alias] = pd.read_csv(out)
     gemma_table, smol_table = tables["gemma3-270m"], tables["smollm2-135m"]
     assert list(gemma_table["layer"]) == list(range(19))

@@ -31,13 +31,15 @@ def test_matches_double_loop(seed):
     mask = torch.rand(7, 7, generator=torch.Generator().manual_seed(seed)) < 0.4
     for margin in (0.0, 0.2, 1.5):
         assert triplet_margin_hardest_negative(anchor, positive, margin).item() == pytest.approx(
-            _loop_loss(anchor, positive, margin))
+            _loop_loss(anchor, positive, margin)
+        )
         assert triplet_margin_hardest_negative(anchor, positive, margin, mask).item() == pytest.approx(
-            _loop_loss(anchor, positive, margin, mask.tolist()))
+            _loop_loss(anchor, positive, margin, mask.tolist())
+        )
 
 
 def _hand_example():
-    """anchor = identity, so sim[i, j] = positive[j][i] = [[.8, .6, 0], [.6, .8, 0], [0, 0, 1]]."""
+    """Anchor = identity, so sim[i, j] = positive[j][i] = [[.8, .6, 0], [.6, .8, 0], [0, 0, 1]]."""
     anchor = torch.eye(3, dtype=torch.float64)
     positive = torch.tensor([[0.8, 0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     return anchor, positive

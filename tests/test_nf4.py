@@ -23,7 +23,7 @@ MODELS = ("smollm2-135m", "gemma3-270m")
 
 
 def _trained_pairs(n: int):
-    """n trained pairs spread over the default dataset."""
+    """N trained pairs spread over the default dataset."""
     trained = data.split_sets(data.load_pairs())["trained"]
     return trained.iloc[:: len(trained) // n].head(n).reset_index(drop=True)
 
@@ -38,8 +38,15 @@ def test_bitsandbytes_cpu_kernel_notice_is_silenced():
     stderr = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     assert "kernels-community" not in stderr
     ops_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    record = ops_logger.makeRecord(ops_logger.name, logging.WARNING, __file__, 0,
-                                   "Failed to load CPU gemm_4bit_forward from kernels-community: %s", ("x",), None)
+    record = ops_logger.makeRecord(
+        ops_logger.name,
+        logging.WARNING,
+        __file__,
+        0,
+        "Failed to load CPU gemm_4bit_forward from kernels-community: %s",
+        ("x",),
+        None,
+    )
     assert not ops_logger.filter(record)
     other = ops_logger.makeRecord(ops_logger.name, logging.WARNING, __file__, 0, "something else", (), None)
     assert ops_logger.filter(other)  # only that one notice is dropped

@@ -18,7 +18,9 @@ def test_pooling_weights_select_the_documented_positions():
         "last": [[0, 0, 1, 0], [1, 0, 0, 0]],
     }
     for mode, weights in expected.items():
-        torch.testing.assert_close(pooling.pooling_weights(attention, special, mode), torch.tensor(weights, dtype=torch.float32))
+        torch.testing.assert_close(
+            pooling.pooling_weights(attention, special, mode), torch.tensor(weights, dtype=torch.float32)
+        )
     with pytest.raises(TliError, match="unknown pooling"):
         pooling.pooling_weights(attention, special, "max")
 
@@ -35,7 +37,9 @@ def test_batched_embeddings_equal_one_word_at_a_time(tiny_llama, mode):
     words = ["bahari", "thin", "kitabu cha mwalimu", "a", "-refu", "habari za asubuhi"]
     batched = pooling.embed_words(model, tokenizer, words, [0, 2, 4], [mode], batch_size=4)[mode]
     for layer, vectors in batched.items():
-        single = np.concatenate([pooling.embed_words(model, tokenizer, [w], [layer], [mode])[mode][layer] for w in words])
+        single = np.concatenate(
+            [pooling.embed_words(model, tokenizer, [w], [layer], [mode])[mode][layer] for w in words]
+        )
         np.testing.assert_allclose(vectors, single, rtol=1e-4, atol=1e-5)
 
 
@@ -53,8 +57,9 @@ def test_real_model_batched_scan_matches_and_shows_the_mean_pooling_artifact(emb
     assert abs(middle["gap"]) < 0.01
     words = list(pairs["swahili"])
     batched = pooling.embed_words(model, tokenizer, words, [15], ["mean_content"], batch_size=8)["mean_content"][15]
-    single = np.concatenate([pooling.embed_words(model, tokenizer, [w], [15], ["mean_content"])["mean_content"][15]
-                             for w in words])
+    single = np.concatenate(
+        [pooling.embed_words(model, tokenizer, [w], [15], ["mean_content"])["mean_content"][15] for w in words]
+    )
     cosine = (batched * single).sum(1) / np.linalg.norm(batched, axis=1) / np.linalg.norm(single, axis=1)
     assert np.all(np.abs(cosine - 1) < 1e-4)
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-2)  # activations reach ~3e4 here

@@ -1,6 +1,7 @@
 """Results on an object store: a smoke sweep into s3:// on a real S3-compatible server (`moto_server` on
 127.0.0.1) through pyarrow's S3 client; the driver killed after its first trial, a rerun, and the
-aggregator reading from s3://."""
+aggregator reading from s3://.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MOTO = Path(sys.executable).with_name("moto_server")
 BUCKET = "tli-results"
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MOTO.exists(), reason="moto_server missing: pip install -e '.[test]'")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MOTO.exists(), reason="moto_server missing: pip install -e '.[test]'"),
+]
 
 
 def _free_port() -> int:
@@ -55,17 +59,30 @@ def s3_env(tmp_path_factory):
 
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    env = os.environ | {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_EC2_METADATA_DISABLED": "true"}
+    server = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    env = os.environ | {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                             aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+                boto3.client(
+                    "s3",
+                    endpoint_url=env["AWS_ENDPOINT_URL"],
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                    region_name="us-east-1",
+                ).create_bucket(Bucket=BUCKET)
                 break
             except Exception:  # noqa: BLE001 - the server is still starting
                 assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
@@ -78,16 +95,35 @@ def s3_env(tmp_path_factory):
 def _objects(env: dict, prefix: str) -> list[str]:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
 
 
 def _sweep(env: dict, ray_dir: str) -> subprocess.Popen:
-    command = [sys.executable, "ablations/layer_sweep.py", "--smoke-test", "--max-concurrent", "1",
-               "--results", f"s3://{BUCKET}/runs"]
-    return subprocess.Popen(command, cwd=ROOT, env=env | {"RAY_TMPDIR": ray_dir}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    command = [
+        sys.executable,
+        "ablations/layer_sweep.py",
+        "--smoke-test",
+        "--max-concurrent",
+        "1",
+        "--results",
+        f"s3://{BUCKET}/runs",
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env | {"RAY_TMPDIR": ray_dir},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.timeout(900)
@@ -126,8 +162,15 @@ def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path)
     assert row["finished_at"] == trials.set_index("trial_id").loc[committed[0], "finished_at"]  # not re-run
 
     report = tmp_path / "report"
-    command = [sys.executable, "ablations/aggregate.py", f"s3://{BUCKET}/runs/layer_sweep", "--out", str(report),
-               "--n-boot", "200"]
+    command = [
+        sys.executable,
+        "ablations/aggregate.py",
+        f"s3://{BUCKET}/runs/layer_sweep",
+        "--out",
+        str(report),
+        "--n-boot",
+        "200",
+    ]
     aggregated = subprocess.run(command, cwd=ROOT, env=s3_env, capture_output=True, text=True, timeout=300)
     assert aggregated.returncode == 0, aggregated.stderr[-3000:]
     assert "2 of 2 planned trials" in (report / "report.md").read_text()

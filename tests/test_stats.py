@@ -9,7 +9,16 @@ from scipy import stats as sps
 from scipy.spatial.distance import cosine as cosine_distance
 from statsmodels.stats.multitest import multipletests
 
-from tli.stats import PAIR_METRICS, adjust_pvalues, center_per_language, cosine_matrix, l2_normalize, paired_tests, pair_metrics, set_metrics
+from tli.stats import (
+    PAIR_METRICS,
+    adjust_pvalues,
+    center_per_language,
+    cosine_matrix,
+    l2_normalize,
+    pair_metrics,
+    paired_tests,
+    set_metrics,
+)
 
 
 def t_test_p_from_t(t: float, n: int) -> float:
@@ -35,6 +44,7 @@ def _cos(u, v):
 
 # --- cosines -------------------------------------------------------------------------------------
 
+
 def test_l2_normalize_unit_rows_and_torch_input():
     src, _ = _random()
     assert np.allclose(np.linalg.norm(l2_normalize(src), axis=1), 1.0)
@@ -50,6 +60,7 @@ def test_cosine_matrix_vs_scipy():
 
 
 # --- per-pair metrics against one fixed pool ------------------------------------------------------
+
 
 def _pool(p=9, m=11, d=6, seed=0):
     """A random pool (p Swahili, m English words) and 7 pairs, some Swahili words with two glosses."""
@@ -162,6 +173,7 @@ def test_bad_shapes_are_errors():
 
 # --- paired tests ---------------------------------------------------------------------------------
 
+
 def _pre_post(n=40, seed=0):
     rng = np.random.default_rng(seed)
     pre = rng.normal(0.3, 0.1, size=n)
@@ -213,6 +225,7 @@ def test_paired_tests_degenerate_inputs_give_nan_quietly():
 
 
 # --- multiple comparisons and p from t ------------------------------------------------------------
+
 
 def _holm_by_hand(p):
     m = len(p)

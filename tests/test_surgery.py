@@ -1,6 +1,7 @@
 """Model surgery on tiny random models of both families (Llama; Gemma 3 with sliding-window and full-attention
 blocks and a window shorter than the test sequences, so a truncated pass is exact only if it keeps each block's
-mask and rotary embedding): layer numbering, truncation exactness, identical losses and LoRA gradients."""
+mask and rotary embedding): layer numbering, truncation exactness, identical losses and LoRA gradients.
+"""
 
 import math
 
@@ -23,7 +24,9 @@ def test_truncated_hidden_states_equal_the_full_forward(tiny_llama):
         for layer in range(surgery.num_layers(model) + 1):
             got = surgery.hidden_states(model, encoded["input_ids"], encoded["attention_mask"], [layer])[layer]
             torch.testing.assert_close(got, reference[layer], rtol=0, atol=0)
-        several = surgery.hidden_states(model, encoded["input_ids"], encoded["attention_mask"], [0, 2, 4], truncate=False)
+        several = surgery.hidden_states(
+            model, encoded["input_ids"], encoded["attention_mask"], [0, 2, 4], truncate=False
+        )
     for layer in (0, 2, 4):
         torch.testing.assert_close(several[layer], reference[layer], rtol=0, atol=0)
 
@@ -64,13 +67,23 @@ N_BLOCKS = 4
 def tiny_model(family: str) -> torch.nn.Module:
     """A random 4-block causal LM of `family`, in float32 eval mode, with sdpa attention."""
     torch.manual_seed(0)
-    common = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=N_BLOCKS,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
+    common = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=N_BLOCKS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     if family == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
         config = Gemma3TextConfig(
-            **common, head_dim=8, sliding_window=3,
+            **common,
+            head_dim=8,
+            sliding_window=3,
             layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
         )
         model = Gemma3ForCausalLM(config)
@@ -109,14 +122,16 @@ def test_truncated_hidden_states_equal_full_forward(family_model):
     _, model = family_model
     batch = tiny_batch()
     with torch.no_grad():
-        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     output_hidden_states=True).hidden_states
+        full = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        ).hidden_states
         assert len(full) == N_BLOCKS + 1
         for k in range(N_BLOCKS + 1):
             cut = surgery.hidden_states(model, batch["input_ids"], batch["attention_mask"], [k], truncate=True)[k]
             torch.testing.assert_close(cut, full[k], msg=f"layer {k}")
-        every = surgery.hidden_states(model, batch["input_ids"], batch["attention_mask"], range(N_BLOCKS + 1),
-                                      truncate=False)
+        every = surgery.hidden_states(
+            model, batch["input_ids"], batch["attention_mask"], range(N_BLOCKS + 1), truncate=False
+        )
     for k in range(N_BLOCKS + 1):
         torch.testing.assert_close(every[k], full[k], msg=f"layer {k}, untruncated")
     assert len(surgery.decoder(model).layers) == N_BLOCKS  # restored after each call
@@ -149,8 +164,11 @@ def test_truncated_training_loss_and_gradients_equal_full_forward(family_model, 
         anchor, positive = torch.nn.functional.normalize(vectors, dim=-1).split(3)
         value = loss.triplet_margin_hardest_negative(anchor, positive, margin=0.4)
         value.backward()
-        grads = {name: torch.zeros_like(p) if p.grad is None else p.grad.clone()
-                 for name, p in peft_model.named_parameters() if p.requires_grad}
+        grads = {
+            name: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            for name, p in peft_model.named_parameters()
+            if p.requires_grad
+        }
         return value.detach(), grads
 
     truncated_loss, truncated_grads = loss_and_gradients(True)
@@ -162,4 +180,3 @@ def test_truncated_training_loss_and_gradients_equal_full_forward(family_model, 
         torch.testing.assert_close(truncated_grads[name], grad, msg=name)
         nonzero += bool(grad.abs().sum() > 0)
     assert nonzero >= 2 * target_layer  # q_proj and v_proj LoRA of every block below the target learn
-

@@ -1,9 +1,9 @@
 """The sweep: typed trial settings and grids, the store, one worker's trials (no LoRA leak, failures recorded),
-and `python ablations/layer_sweep.py --smoke-test --results DIR` end to end on a local Ray, as Ray Tune sees it."""
+and `python ablations/layer_sweep.py --smoke-test --results DIR` end to end on a local Ray, as Ray Tune sees it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import load_ablation
 from tli import loss, models
 from tli.config import ModelConfig
 from tli.errors import TliError
@@ -25,6 +24,8 @@ from tli.sweep import trial as sweep_trial
 from tli.sweep.flags import SweepConfig
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, setting_names
 from tli.sweep.tuner import base_settings
+
+from conftest import load_ablation
 
 # --- trial settings (no model, no Ray) ---------------------------------------------------------
 
@@ -50,26 +51,38 @@ def test_expand_grid_crosses_axes_merges_dict_values_and_dedups():
     trials = expand_grid({"target_layer": [1, 2], "protocol": protocols, "seed": [0, 0]}, TrialSettings())
     assert len(trials) == 4 and len({t.trial_id for t in trials}) == 4
     assert {(t.train.target_layer, t.train.pooling_train, t.pooling_eval) for t in trials} == {
-        (1, "mean", "mean"), (1, "last", "last"), (2, "mean", "mean"), (2, "last", "last")}
+        (1, "mean", "mean"),
+        (1, "last", "last"),
+        (2, "mean", "mean"),
+        (2, "last", "last"),
+    }
     ranks = expand_grid({"lora_rank": [4, 8]}, TrialSettings())
     assert [(t.train.lora_rank, t.train.lora_alpha) for t in ranks] == [(4, 8), (8, 16)]  # alpha = 2 x rank
     assert TrialSettings().replace(lora_rank=8, lora_alpha=8).train.lora_alpha == 8
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"layer": [1]}, "unknown trial setting"),
-    ({"target_layer": []}, "has no values"),
-    ({"protocol": [{"pooling_train": "mean", "pool": "x"}]}, "unknown trial setting"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"layer": [1]}, "unknown trial setting"),
+        ({"target_layer": []}, "has no values"),
+        ({"protocol": [{"pooling_train": "mean", "pool": "x"}]}, "unknown trial setting"),
+    ],
+)
 def test_bad_axes_are_errors(space, message):
     with pytest.raises(TliError, match=message):
         check_axes(space)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"target_layer": 0}, "target_layer must be >= 1"), ({"batch_size": 1}, "batch_size must be >= 2"),
-    ({"pooling_eval": "max"}, "not one of"), ({"validation_fraction": 0.9}, "must be >= 0 and <= 0.5"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"target_layer": 0}, "target_layer must be >= 1"),
+        ({"batch_size": 1}, "batch_size must be >= 2"),
+        ({"pooling_eval": "max"}, "not one of"),
+        ({"validation_fraction": 0.9}, "must be >= 0 and <= 0.5"),
+    ],
+)
 def test_impossible_trial_settings_are_errors(change, message):
     with pytest.raises(TliError, match=message):
         TrialSettings().replace(**change)
@@ -77,7 +90,9 @@ def test_impossible_trial_settings_are_errors(change, message):
 
 def test_smoke_grid_keeps_two_values_per_axis_and_one_seed():
     assert cut_for_smoke_test({"target_layer": list(range(1, 31)), "seed": [3, 4, 5]}) == {
-        "target_layer": [1, 2], "seed": [3]}
+        "target_layer": [1, 2],
+        "seed": [3],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +111,9 @@ def test_trial_sets_hold_out_a_category_carve_validation_and_stay_leak_free(smok
     assert category not in set(train_rows["category"]) and len(train_rows) + len(sets["validation"]) <= 12
     for name in ("validation", "control", "heldout"):
         if name in sets:
-            shared = sets[name]["swahili"].isin(train_rows["swahili"]) | sets[name]["english"].isin(train_rows["english"])
+            shared = sets[name]["swahili"].isin(train_rows["swahili"]) | sets[name]["english"].isin(
+                train_rows["english"]
+            )
             assert not shared.any(), name
     assert removed["control"] + len(sets.get("control", [])) == len(sets["control_all"])
     with pytest.raises(TliError, match="no trained pairs of category"):
@@ -105,15 +122,31 @@ def test_trial_sets_hold_out_a_category_carve_validation_and_stay_leak_free(smok
 
 # --- the store ----------------------------------------------------------------------------------
 
+
 def _record(trial_id: str, status: str = "ok", objective: float = 0.0, adapter: bool = False):
-    row = {"trial_id": trial_id, "status": status, "error": None if status == "ok" else "boom", "target_layer": 2,
-           "objective": objective, "finished_at": f"2026-01-01T00:00:0{int(objective * 10) % 10}"}
+    row = {
+        "trial_id": trial_id,
+        "status": status,
+        "error": None if status == "ok" else "boom",
+        "target_layer": 2,
+        "objective": objective,
+        "finished_at": f"2026-01-01T00:00:0{int(objective * 10) % 10}",
+    }
     if status != "ok":
         return sweep_trial.TrialRecord(row)
-    tables = {"summary": pd.DataFrame({"set": ["trained"], "eval_layer": [2], "mean_pre": [0.5]}),
-              "pairs": pd.DataFrame({"set": ["trained"] * 3, "eval_layer": [2] * 3, "pair_id": [0, 1, 2],
-                                     "cosine_pre": [0.1] * 3, "cosine_post": [0.2] * 3}),
-              "train_log": pd.DataFrame({"step": [1], "loss": [0.3]})}
+    tables = {
+        "summary": pd.DataFrame({"set": ["trained"], "eval_layer": [2], "mean_pre": [0.5]}),
+        "pairs": pd.DataFrame(
+            {
+                "set": ["trained"] * 3,
+                "eval_layer": [2] * 3,
+                "pair_id": [0, 1, 2],
+                "cosine_pre": [0.1] * 3,
+                "cosine_post": [0.2] * 3,
+            }
+        ),
+        "train_log": pd.DataFrame({"step": [1], "loss": [0.3]}),
+    }
     files = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"x"} if adapter else {}
     return sweep_trial.TrialRecord(row, tables, files)
 
@@ -129,7 +162,11 @@ def test_store_commits_merges_and_survives_a_crash(tmp_path):
     (tmp_path / "trials" / "cccccccccccc" / "pairs.parquet").write_bytes(b"half")
     trials = store.merge()
     assert list(trials["trial_id"]) == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"] and trials.columns[:4].tolist() == [
-        "trial_id", "experiment", "status", "error"]
+        "trial_id",
+        "experiment",
+        "status",
+        "error",
+    ]
     fresh = sweep_store.ExperimentStore(str(tmp_path))
     assert fresh.statuses() == {"aaaaaaaaaaaa": "ok", "bbbbbbbbbbbb": "error"}
     (tmp_path / "trials.parquet").unlink()
@@ -162,11 +199,17 @@ def test_a_foreign_archive_member_is_refused(tmp_path):
 
 # --- one worker's trials, in process (tiny random Llama) ----------------------------------------
 
+
 @pytest.fixture()
 def tiny_trials(tiny_llama_dir, small_pairs):
     """(two trials' settings, the experiment inputs, a fresh worker cache) on the tiny model."""
-    config = SweepConfig(model=ModelConfig(model=str(tiny_llama_dir), device="cpu"), pairs=str(small_pairs[0]),
-                         epochs=2, n_boot=100, drift=False)
+    config = SweepConfig(
+        model=ModelConfig(model=str(tiny_llama_dir), device="cpu"),
+        pairs=str(small_pairs[0]),
+        epochs=2,
+        n_boot=100,
+        drift=False,
+    )
     inputs = sweep_inputs.load_inputs(config)
     base = base_settings(config).replace(lr=1e-2, warmup_steps=0, target_layer=2, inputs_digest=inputs.digest)
     return [base.replace(seed=seed) for seed in (0, 1)], inputs, sweep_trial.WorkerCache()
@@ -182,22 +225,30 @@ def test_lora_does_not_leak_between_trials_of_one_worker(tiny_trials, tiny_llama
     fresh, _ = models.load_model(trials[0].model)
     reference = _state(fresh)
     epochs = []
-    first = sweep_trial.run_trial(trials[0], inputs, cache, on_epoch_end=lambda log: epochs.append(int(log["epoch"].iloc[-1])))
+    first = sweep_trial.run_trial(
+        trials[0], inputs, cache, on_epoch_end=lambda log: epochs.append(int(log["epoch"].iloc[-1]))
+    )
     model = cache.models[trials[0].model][0]
     second = sweep_trial.run_trial(trials[1], inputs, cache)
     assert first.row["status"] == second.row["status"] == "ok" and epochs == [1, 2]  # one report per epoch
     assert first.row["target_trained_mean_diff"] != 0  # the adapter did change the embeddings
-    assert cache.models[trials[0].model][0] is model and (first.row["worker_trial"], second.row["worker_trial"]) == (1, 2)
+    assert cache.models[trials[0].model][0] is model and (first.row["worker_trial"], second.row["worker_trial"]) == (
+        1,
+        2,
+    )
     assert not sweep_trial.has_lora(model) and not any("lora" in name for name in model.state_dict())
     state = _state(model)
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in reference)
-    before = {n: t.tables["pairs"].set_index(["set", "eval_layer", "pair_id"])["cosine_pre"] for n, t in
-              (("first", first), ("second", second))}
+    before = {
+        n: t.tables["pairs"].set_index(["set", "eval_layer", "pair_id"])["cosine_pre"]
+        for n, t in (("first", first), ("second", second))
+    }
     pd.testing.assert_series_equal(before["first"], before["second"])  # both saw the same base model
     summary = first.tables["summary"]
     assert set(summary["eval_layer"]) == {2, 4} and (summary["n_candidates"] == len(inputs.lexicon.english)).all()
-    assert first.row["objective"] == pytest.approx(summary.set_index(["set", "eval_layer"]).loc[
-        ("validation", 4), "centered_gap_diff"])
+    assert first.row["objective"] == pytest.approx(
+        summary.set_index(["set", "eval_layer"]).loc[("validation", 4), "centered_gap_diff"]
+    )
 
 
 @pytest.mark.slow
@@ -207,8 +258,9 @@ def test_failures_become_error_records_and_leave_a_clean_cache(tiny_trials, monk
     assert too_deep.row["status"] == "error" and "layer 9 is out of range" in too_deep.row["error"]
     assert math.isnan(too_deep.row["objective"]) and not too_deep.tables
 
-    monkeypatch.setattr(loss, "triplet_margin_hardest_negative",
-                        lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        loss, "triplet_margin_hardest_negative", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True)
+    )
     diverged = sweep_trial.run_trial(trials[0], inputs, cache)
     assert diverged.row["status"] == "error" and diverged.row["error"].startswith("TrainingDiverged")
     assert not cache.models  # the model had LoRA attached when training failed: dropped, reloaded next time
@@ -221,12 +273,15 @@ def test_failures_become_error_records_and_leave_a_clean_cache(tiny_trials, monk
 
 # --- the layer-sweep contract, end to end on a local Ray ----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def layer_smoke(tmp_path_factory):
     """`ablations/layer_sweep.py --smoke-test --results DIR --save-adapters best`, run once for the checks below."""
     results = tmp_path_factory.mktemp("results")
     started = time.perf_counter()
-    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), "--save-adapters", "best"]) == 0
+    assert (
+        load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), "--save-adapters", "best"]) == 0
+    )
     print(f"layer_sweep --smoke-test: {time.perf_counter() - started:.1f} s")
     return results, results / "layer_sweep"
 
@@ -244,10 +299,16 @@ def test_layer_smoke_writes_the_contracted_tables(layer_smoke):
     assert trials["trial_id"].is_unique and (trials["experiment"] == "layer_sweep").all()
     for _, row in trials.iterrows():  # the stored settings rebuild the trial and its id
         assert TrialSettings.from_row(row.to_dict()).trial_id == row["trial_id"]
-    metrics = [f"{place}_{name}_{m}" for place in ("target", "final") for name in ("trained", "validation", "control")
-               for m in ("cosine_pre", "cosine_post", "centered_gap_pre", "centered_gap_post", "p_at_1_chance")]
+    metrics = [
+        f"{place}_{name}_{m}"
+        for place in ("target", "final")
+        for name in ("trained", "validation", "control")
+        for m in ("cosine_pre", "cosine_post", "centered_gap_pre", "centered_gap_post", "p_at_1_chance")
+    ]
     numbers = metrics + ["final_loss", "objective", "train_seconds", "eval_seconds", "drift_kl_sw", "drift_kl_en"]
-    assert np.isfinite(trials[numbers].to_numpy(float)).all() and (trials[["drift_kl_sw", "drift_kl_en"]] > 0).all().all()
+    assert (
+        np.isfinite(trials[numbers].to_numpy(float)).all() and (trials[["drift_kl_sw", "drift_kl_en"]] > 0).all().all()
+    )
     assert (trials["eval_layer_final"] == 30).all() and (trials["eval_layer_selection"] == 30).all()
     assert (trials["epochs"] == 1).all() and (trials["validation_fraction"] == 0.1).all()
     assert (trials["n_train_pairs"] < 16).all() and (trials["target_validation_n"] >= 1).all()
@@ -255,8 +316,20 @@ def test_layer_smoke_writes_the_contracted_tables(layer_smoke):
     summary = pd.read_parquet(folder / "summary.parquet")
     pairs = pd.read_parquet(folder / "pairs.parquet")
     assert summary.columns[0] == pairs.columns[0] == "trial_id"
-    assert {"pair_id", "set", "eval_layer", "cosine_pre", "cosine_post", "gap_pre", "gap_post", "centered_gap_pre",
-            "centered_gap_post", "hit_pre", "hit_post", "chance"} <= set(pairs.columns)
+    assert {
+        "pair_id",
+        "set",
+        "eval_layer",
+        "cosine_pre",
+        "cosine_post",
+        "gap_pre",
+        "gap_post",
+        "centered_gap_pre",
+        "centered_gap_post",
+        "hit_pre",
+        "hit_post",
+        "chance",
+    } <= set(pairs.columns)
     counts = summary.groupby(["trial_id", "eval_layer"]).size()
     assert len(counts) == 4 and (counts >= 3).all()  # trials x eval layers; trained, validation, control(_all)
     assert len(pd.read_parquet(folder / "train_log.parquet")) == 2 * 2  # 2 trials x 2 steps of 1 epoch
@@ -264,7 +337,9 @@ def test_layer_smoke_writes_the_contracted_tables(layer_smoke):
     assert len(scan) == 31 * 4 and set(scan["pooling"]) == {"mean", "mean_content", "mean_skip_first", "last"}
     assert len(pd.read_parquet(folder / "drift_samples.parquet")) == 4
     stored = json.loads((folder / "sweep_config.json").read_text())
-    assert stored["sweep"]["smoke_test"] is True and stored["planned"] == 2 and stored["swept"] == ["target_layer", "seed"]
+    assert (
+        stored["sweep"]["smoke_test"] is True and stored["planned"] == 2 and stored["swept"] == ["target_layer", "seed"]
+    )
     best = trials.loc[trials["objective"].idxmax(), "trial_id"]  # --save-adapters best
     assert [p.parent.name for p in (folder / "trials").glob("*/adapter")] == [best]
 
@@ -279,8 +354,22 @@ def test_the_stored_best_adapter_loads_in_peft_and_in_tli_evaluate(layer_smoke, 
     adapter = next((folder / "trials").glob("*/adapter"))
     base, _ = models.load_model(ModelConfig(device="cpu"))
     assert isinstance(PeftModel.from_pretrained(base, adapter), PeftModel)
-    assert main(["evaluate", "--adapter", str(adapter), "--pairs", str(small_pairs[0]), "--n-boot", "100",
-                 "--output", str(tmp_path / "eval")]) == 0  # --model defaults to the adapter's model
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(adapter),
+                "--pairs",
+                str(small_pairs[0]),
+                "--n-boot",
+                "100",
+                "--output",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )  # --model defaults to the adapter's model
     summary = pd.read_csv(tmp_path / "eval" / "summary.csv")
     assert {"trained", "control"} <= set(summary["set"]) and (summary["mean_diff"] != 0).all()
 
@@ -330,18 +419,21 @@ def test_errored_trials_are_rerun_and_never_duplicated(layer_smoke):
     assert after.loc[1, "trial_id"] == before.loc[1, "trial_id"]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--pooling-eval", "max"], "argument --pooling-eval: 'max' is not one of"),
-    (["--quantization", "int3"], "argument --quantization: 'int3' is not one of"),
-    (["--dtype", "float8"], "argument --dtype: 'float8' is not one of"),
-    (["--device", "gpu"], "argument --device: 'gpu' is not a device"),
-    (["--cpus-per-trial", "-1"], "argument --cpus-per-trial: must be > 0"),
-    (["--seeds", "x"], "cannot read 'x' as integers"),
-    (["--layers", "5-2"], "reversed range '5-2'"),
-    (["--layers", "0,1"], "argument --layers: must be >= 1"),
-    (["--callbacks", "neptune"], "'neptune' is not one of"),
-    (["--experiment", "../x"], "'../x' is not an experiment name"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--pooling-eval", "max"], "argument --pooling-eval: 'max' is not one of"),
+        (["--quantization", "int3"], "argument --quantization: 'int3' is not one of"),
+        (["--dtype", "float8"], "argument --dtype: 'float8' is not one of"),
+        (["--device", "gpu"], "argument --device: 'gpu' is not a device"),
+        (["--cpus-per-trial", "-1"], "argument --cpus-per-trial: must be > 0"),
+        (["--seeds", "x"], "cannot read 'x' as integers"),
+        (["--layers", "5-2"], "reversed range '5-2'"),
+        (["--layers", "0,1"], "argument --layers: must be >= 1"),
+        (["--callbacks", "neptune"], "'neptune' is not one of"),
+        (["--experiment", "../x"], "'../x' is not an experiment name"),
+    ],
+)
 def test_bad_sweep_flags_are_usage_errors_of_one_line(flags, message, tmp_path, capsys):
     assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err
@@ -349,13 +441,16 @@ def test_bad_sweep_flags_are_usage_errors_of_one_line(flags, message, tmp_path, 
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model", "/nonexistent-model"], "not found"),
-    (["--layers", "31"], "target layer 31 is out of range: smollm2-135m has layers 0..30"),
-    (["--selection-layer", "40"], "selection layer 40 is out of range"),
-    (["--pairs", "/nonexistent.tsv"], "no such file"),
-    (["--results", "/proc/tli"], "cannot write to /proc"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "/nonexistent-model"], "not found"),
+        (["--layers", "31"], "target layer 31 is out of range: smollm2-135m has layers 0..30"),
+        (["--selection-layer", "40"], "selection layer 40 is out of range"),
+        (["--pairs", "/nonexistent.tsv"], "no such file"),
+        (["--results", "/proc/tli"], "cannot write to /proc"),
+    ],
+)
 def test_bad_sweep_settings_fail_before_ray_with_one_line(flags, message, tmp_path, capsys):
     started = time.perf_counter()
     results = [] if "--results" in flags else ["--results", str(tmp_path)]
@@ -378,8 +473,14 @@ def test_a_split_that_leaves_too_few_pairs_fails_before_ray(tmp_path, capsys):
 def test_a_sweep_in_which_every_trial_failed_is_an_error_and_lists_nothing(capsys):
     from tli.sweep.tuner import finish
 
-    failed = pd.DataFrame({"trial_id": ["a", "b"], "status": ["error", "error"], "target_layer": [1, 2],
-                           "error": ["TrainingDiverged: loss is nan", "TrainingDiverged: loss is nan"]})
+    failed = pd.DataFrame(
+        {
+            "trial_id": ["a", "b"],
+            "status": ["error", "error"],
+            "target_layer": [1, 2],
+            "error": ["TrainingDiverged: loss is nan", "TrainingDiverged: loss is nan"],
+        }
+    )
     with pytest.raises(TliError, match="every trial failed \\(2\\); the first: TrainingDiverged"):
         finish(failed, [], "somewhere")
     assert "results in" not in capsys.readouterr().out
@@ -389,11 +490,18 @@ def test_help_answers_without_importing_ray_or_torch():
     import subprocess
     import sys
 
-    probe = ("import sys; sys.argv = ['layer_sweep.py', '--help']; import runpy\n"
-             "try: runpy.run_path('ablations/layer_sweep.py', run_name='__main__')\n"
-             "except SystemExit: pass\n"
-             "print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))")
+    probe = (
+        "import sys; sys.argv = ['layer_sweep.py', '--help']; import runpy\n"
+        "try: runpy.run_path('ablations/layer_sweep.py', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))"
+    )
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert out.strip().endswith("[]") and "--save-adapters" in out and time.perf_counter() - started < 10

@@ -1,5 +1,6 @@
 """TLI training: steps and batches, the log, seeds, settings validated, the base restorable. (Truncated against
-full forward passes, losses and LoRA gradients: test_surgery.py, on both model families.)"""
+full forward passes, losses and LoRA gradients: test_surgery.py, on both model families.)
+"""
 
 import pytest
 import torch
@@ -63,14 +64,25 @@ def test_a_target_layer_beyond_the_model_is_an_error(tiny_llama, small_pairs):
         train.train_tli(model, tokenizer, small_pairs[1], TrainConfig(target_layer=9), progress=False)
 
 
-@pytest.mark.parametrize("n_pairs, batch_size, sizes", [
-    (16, 8, [8, 8]), (17, 8, [8, 9]), (18, 8, [8, 8, 2]), (5, 8, [5]), (3, 2, [3]), (4, 2, [2, 2]),
-])
+@pytest.mark.parametrize(
+    "n_pairs, batch_size, sizes",
+    [
+        (16, 8, [8, 8]),
+        (17, 8, [8, 9]),
+        (18, 8, [8, 8, 2]),
+        (5, 8, [5]),
+        (3, 2, [3]),
+        (4, 2, [2, 2]),
+    ],
+)
 def test_batches_never_leave_a_pair_without_negatives(n_pairs, batch_size, sizes):
     generator = torch.Generator().manual_seed(0)
     steps = list(train.batches(n_pairs, batch_size, 2, generator))
-    assert [len(rows) for epoch, rows in steps if epoch == 0] == sizes == [
-        len(rows) for epoch, rows in steps if epoch == 1]
+    assert (
+        [len(rows) for epoch, rows in steps if epoch == 0]
+        == sizes
+        == [len(rows) for epoch, rows in steps if epoch == 1]
+    )
     assert len(sizes) == train.steps_per_epoch(n_pairs, batch_size)
     for epoch in (0, 1):  # every pair once per epoch
         assert sorted(torch.cat([rows for e, rows in steps if e == epoch]).tolist()) == list(range(n_pairs))

@@ -1,6 +1,7 @@
 """Ray Tune's own loggers see what each trial measured: `--callbacks tensorboard,mlflow,wandb` on the Optuna
 search's smoke test (MLflow to a local SQLite store, W&B offline: no network), and a missing logger package
-is one line naming the pip extra."""
+is one line naming the pip extra.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ def test_tensorboard_mlflow_and_wandb_see_every_trial(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "wandb").mkdir()
-    assert load_ablation("optuna_search").main(["--smoke-test", "--results", str(tmp_path / "results"),
-                                                 "--callbacks", "tensorboard,mlflow,wandb"]) == 0
+    assert (
+        load_ablation("optuna_search").main(
+            ["--smoke-test", "--results", str(tmp_path / "results"), "--callbacks", "tensorboard,mlflow,wandb"]
+        )
+        == 0
+    )
     folder = tmp_path / "results" / "optuna_search"
     trials = pd.read_parquet(folder / "trials.parquet")
     assert len(trials) == 2 and set(trials["status"]) == {"ok"}

@@ -38,8 +38,16 @@ TLI_CONFIG = "tli_config.json"
 LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight")
 REQUIRED_TRAIN_FIELDS = ("target_layer", "lora_rank", "lora_alpha", "target_modules")  # what loading relies on
 # What train.attach_lora leaves at PEFT's defaults (a setting this PEFT version lacks is not compared):
-TLI_LORA_SETTINGS = {"use_dora": False, "use_rslora": False, "bias": "none", "lora_bias": False,
-                     "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "layer_replication": None}
+TLI_LORA_SETTINGS = {
+    "use_dora": False,
+    "use_rslora": False,
+    "bias": "none",
+    "lora_bias": False,
+    "modules_to_save": None,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layer_replication": None,
+}
 
 
 @dataclasses.dataclass
@@ -53,6 +61,7 @@ class _Adapter:
 
 # --- writing ------------------------------------------------------------------------------------
 
+
 def adapter_files(peft_model: PeftModel) -> dict[str, bytes]:
     """The PEFT adapter as {file name: contents}: adapter_config.json and adapter_model.safetensors."""
     with tempfile.TemporaryDirectory(prefix="tli-adapter-") as scratch:
@@ -61,8 +70,13 @@ def adapter_files(peft_model: PeftModel) -> dict[str, bytes]:
         return {name: (Path(scratch) / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
 
 
-def save_adapter(peft_model: PeftModel, folder: str | Path, stored: dict[str, Any], tables: dict[str, pd.DataFrame],
-                 overwrite: bool = False) -> Path:
+def save_adapter(
+    peft_model: PeftModel,
+    folder: str | Path,
+    stored: dict[str, Any],
+    tables: dict[str, pd.DataFrame],
+    overwrite: bool = False,
+) -> Path:
     """Write the adapter, `stored` as tli_config.json and each table (by file name) as folder `folder`.
 
     Everything is written into a temporary folder beside `folder`, which then takes its place (an
@@ -104,6 +118,7 @@ def _move_into_place(staged: Path, folder: Path) -> None:
 
 
 # --- reading and checking -----------------------------------------------------------------------
+
 
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     """tli_config.json of adapter folder `folder`, once every file of the folder is checked (no model loaded)."""
@@ -170,8 +185,11 @@ def _lora_config(folder: Path, train: TrainConfig) -> LoraConfig:
         raise TliError(f"{path} is not a LoRA config")
     modules = lora.target_modules
     expected = {"r": train.lora_rank, "lora_alpha": train.lora_alpha, "target_modules": set(train.target_modules)}
-    actual = {"r": lora.r, "lora_alpha": lora.lora_alpha,
-              "target_modules": set(modules) if isinstance(modules, (list, set, tuple)) else modules}
+    actual = {
+        "r": lora.r,
+        "lora_alpha": lora.lora_alpha,
+        "target_modules": set(modules) if isinstance(modules, (list, set, tuple)) else modules,
+    }
     if not train.full_forward:
         layers = lora.layers_to_transform
         expected["layers_to_transform"] = list(range(train.target_layer))
@@ -180,8 +198,9 @@ def _lora_config(folder: Path, train: TrainConfig) -> LoraConfig:
     actual |= {name: getattr(lora, name, value) for name, value in TLI_LORA_SETTINGS.items()}
     for name, value in expected.items():
         if actual[name] != value:
-            raise TliError(f"{path}: {name} is {actual[name]!r}, but {TLI_CONFIG} says the adapter was trained "
-                           f"with {value!r}")
+            raise TliError(
+                f"{path}: {name} is {actual[name]!r}, but {TLI_CONFIG} says the adapter was trained with {value!r}"
+            )
     return lora
 
 
@@ -190,8 +209,10 @@ def _lora_modules(folder: Path, lora: LoraConfig) -> dict[str, tuple[int, int]]:
     path = folder / ADAPTER_WEIGHTS
     if not path.exists():
         if (folder / PICKLED_WEIGHTS).exists():
-            raise TliError(f"{folder} holds {PICKLED_WEIGHTS}, a pickle, and no {ADAPTER_WEIGHTS}: tli reads "
-                           "adapters as safetensors only, never unpickles")
+            raise TliError(
+                f"{folder} holds {PICKLED_WEIGHTS}, a pickle, and no {ADAPTER_WEIGHTS}: tli reads "
+                "adapters as safetensors only, never unpickles"
+            )
         raise TliError(f"{folder} has no {ADAPTER_WEIGHTS}: the adapter weights are missing")
     parts: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, shape in models.tensor_shapes(path).items():
@@ -207,8 +228,10 @@ def _lora_modules(folder: Path, lora: LoraConfig) -> dict[str, tuple[int, int]]:
             raise TliError(f"{path} has lora_{''.join(pair)} but not lora_{'B' if 'A' in pair else 'A'} of {module}")
         (rank_a, n_in), (n_out, rank_b) = pair["A"], pair["B"]
         if rank_a != lora.r or rank_b != lora.r:
-            raise TliError(f"{path}: the LoRA weights of {module} have rank {rank_a} and {rank_b}, "
-                           f"but {ADAPTER_CONFIG} says r={lora.r}")
+            raise TliError(
+                f"{path}: the LoRA weights of {module} have rank {rank_a} and {rank_b}, "
+                f"but {ADAPTER_CONFIG} says r={lora.r}"
+            )
         modules[module] = (n_in, n_out)
     return modules
 
@@ -217,12 +240,18 @@ def check_base_model(folder: str | Path, stored: dict[str, Any], model_config: M
     """TliError unless `model_config` names the model the adapter (its tli_config.json `stored`) was trained on."""
     trained = trained_on(stored)
     if models.model_identity(trained) != models.model_identity(model_config.model):
-        raise TliError(f"adapter {folder} was trained on {trained}, not on {model_config.model}: leave out --model "
-                       "to evaluate it on its own model")
+        raise TliError(
+            f"adapter {folder} was trained on {trained}, not on {model_config.model}: leave out --model "
+            "to evaluate it on its own model"
+        )
     quantization = stored["model"].get("quantization", "none")
     if quantization != model_config.quantization:
-        log.warning("adapter %s was trained with quantization %s, evaluated with %s", folder, quantization,
-                    model_config.quantization)
+        log.warning(
+            "adapter %s was trained with quantization %s, evaluated with %s",
+            folder,
+            quantization,
+            model_config.quantization,
+        )
 
 
 def _check_fits(folder: Path, adapter: _Adapter, model: nn.Module, model_config: ModelConfig) -> None:
@@ -230,8 +259,10 @@ def _check_fits(folder: Path, adapter: _Adapter, model: nn.Module, model_config:
     base = surgery.unwrap(model)
 
     def misfit(detail: str) -> TliError:
-        return TliError(f"adapter {folder} (trained on {trained_on(adapter.stored)}) does not fit model "
-                        f"{model_config.model}: {detail}")
+        return TliError(
+            f"adapter {folder} (trained on {trained_on(adapter.stored)}) does not fit model "
+            f"{model_config.model}: {detail}"
+        )
 
     for module, (n_in, n_out) in adapter.modules.items():
         try:
@@ -241,17 +272,23 @@ def _check_fits(folder: Path, adapter: _Adapter, model: nn.Module, model_config:
         if not isinstance(layer, nn.Linear):
             raise misfit(f"its {module} is a {type(layer).__name__}, not a linear layer")
         if (layer.in_features, layer.out_features) != (n_in, n_out):
-            raise misfit(f"its {module} maps {layer.in_features} to {layer.out_features} features, the "
-                         f"adapter's {n_in} to {n_out}")
+            raise misfit(
+                f"its {module} maps {layer.in_features} to {layer.out_features} features, the "
+                f"adapter's {n_in} to {n_out}"
+            )
     targeted = {name for name, _ in base.named_modules() if name and check_target_module_exists(adapter.lora, name)}
     missing = sorted(targeted - set(adapter.modules))
     if missing:
-        raise misfit(f"{ADAPTER_WEIGHTS} lacks the LoRA weights of {len(missing)} module(s) that "
-                     f"{ADAPTER_CONFIG} targets, e.g. {', '.join(missing[:3])}")
+        raise misfit(
+            f"{ADAPTER_WEIGHTS} lacks the LoRA weights of {len(missing)} module(s) that "
+            f"{ADAPTER_CONFIG} targets, e.g. {', '.join(missing[:3])}"
+        )
     untargeted = sorted(set(adapter.modules) - targeted)
     if untargeted:
-        raise misfit(f"{ADAPTER_WEIGHTS} holds LoRA weights of {len(untargeted)} module(s) that "
-                     f"{ADAPTER_CONFIG} does not target, e.g. {', '.join(untargeted[:3])}")
+        raise misfit(
+            f"{ADAPTER_WEIGHTS} holds LoRA weights of {len(untargeted)} module(s) that "
+            f"{ADAPTER_CONFIG} does not target, e.g. {', '.join(untargeted[:3])}"
+        )
 
 
 def load_adapter(model: nn.Module, folder: str | Path, model_config: ModelConfig) -> PeftModel:
@@ -264,6 +301,7 @@ def load_adapter(model: nn.Module, folder: str | Path, model_config: ModelConfig
     adapter = _read(folder)
     check_base_model(folder, adapter.stored, model_config)
     _check_fits(folder, adapter, model, model_config)
-    peft_model = PeftModel.from_pretrained(model, str(folder), config=adapter.lora, is_trainable=False,
-                                           local_files_only=True)
+    peft_model = PeftModel.from_pretrained(
+        model, str(folder), config=adapter.lora, is_trainable=False, local_files_only=True
+    )
     return peft_model.eval()

@@ -1,5 +1,6 @@
 """The `tli` command line. `main(args)` runs in-process (the tests call it); heavy libraries (torch,
-transformers, peft) are imported inside the commands, so `--help` and usage errors answer at once."""
+transformers, peft) are imported inside the commands, so `--help` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -37,16 +38,21 @@ def _version() -> str:
 
 
 def _add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", type=Path, default=None,
-                        help="word pairs: TSV/CSV with a header, or the paper's JSON list (default: the paper's "
-                             "623 trained + 63 control pairs)")
+    parser.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        help="word pairs: TSV/CSV with a header, or the paper's JSON list (default: the paper's "
+        "623 trained + 63 control pairs)",
+    )
     parser.add_argument("--source-column", default="swahili", help="column of the source-language word")
     parser.add_argument("--target-column", default="english", help="column of the target-language word")
 
 
 def _parser() -> configs.ArgumentParser:
-    parser = configs.ArgumentParser(prog="tli", description=DESCRIPTION,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = configs.ArgumentParser(
+        prog="tli", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"tli {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,8 +61,9 @@ def _parser() -> configs.ArgumentParser:
     configs.add_arguments(scan, ModelConfig)
     _add_pairs_arguments(scan)
     configs.add_arguments(scan, ScanConfig)
-    scan.add_argument("--output", type=Path, required=True,
-                      help="OUT.csv or OUT.parquet (a PNG plot is written beside it)")
+    scan.add_argument(
+        "--output", type=Path, required=True, help="OUT.csv or OUT.parquet (a PNG plot is written beside it)"
+    )
 
     train = commands.add_parser("train", help="train a TLI LoRA adapter at one target layer")
     configs.add_arguments(train, ModelConfig)
@@ -66,9 +73,11 @@ def _parser() -> configs.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder")
 
     evaluate = commands.add_parser("evaluate", help="pre/post cosines, tests and controls for a trained adapter")
-    evaluate.add_argument("--model", default=None,
-                          help="the adapter's base model, as for train (default: the model it was trained on; "
-                               "another model is refused)")
+    evaluate.add_argument(
+        "--model",
+        default=None,
+        help="the adapter's base model, as for train (default: the model it was trained on; another model is refused)",
+    )
     configs.add_arguments(evaluate, ModelConfig, exclude=("model",))
     _add_pairs_arguments(evaluate)
     configs.add_arguments(evaluate, EvalConfig)
@@ -77,10 +86,12 @@ def _parser() -> configs.ArgumentParser:
     evaluate.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default: csv)")
 
     pairs = commands.add_parser("pairs", help="word-pair files").add_subparsers(
-        dest="pairs_command", required=True, metavar="COMMAND")
+        dest="pairs_command", required=True, metavar="COMMAND"
+    )
     freedict = pairs.add_parser("import-freedict", help="build a pairs file from Debian's dict-freedict-swh-eng")
-    freedict.add_argument("--dict-dir", type=Path, default=Path("/usr/share/dictd"),
-                          help="dictd folder (default: %(default)s)")
+    freedict.add_argument(
+        "--dict-dir", type=Path, default=Path("/usr/share/dictd"), help="dictd folder (default: %(default)s)"
+    )
     freedict.add_argument("--output", type=Path, required=True, help="OUT.tsv or OUT.csv")
     return parser
 
@@ -139,15 +150,21 @@ def run_train(args: argparse.Namespace) -> None:
     _check_layers(model_config.model, (config.target_layer,))
     model, tokenizer = _load_model(model_config)
     peft_model, log_table = train.train_tli(model, tokenizer, pairs, config)
-    stored = {"model": models.describe(model_config), "train": configs.to_dict(config),
-              "pairs": str(args.pairs or data.default_pairs_path()), "n_pairs": len(pairs)} | files.provenance()
+    stored = {
+        "model": models.describe(model_config),
+        "train": configs.to_dict(config),
+        "pairs": str(args.pairs or data.default_pairs_path()),
+        "n_pairs": len(pairs),
+    } | files.provenance()
     adapters.save_adapter(peft_model, args.output, stored, {"train_log.csv": log_table}, overwrite=args.overwrite)
-    print(f"final loss {log_table['loss'].iloc[-1]:.4f} after {len(log_table)} steps "
-          f"({log_table['seconds'].iloc[-1]:.1f} s); adapter, train_log.csv and tli_config.json in {args.output}")
+    print(
+        f"final loss {log_table['loss'].iloc[-1]:.4f} after {len(log_table)} steps "
+        f"({log_table['seconds'].iloc[-1]:.1f} s); adapter, train_log.csv and tli_config.json in {args.output}"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from tli import adapters, evaluate, files, models
+    from tli import adapters, evaluate, files
 
     stored = adapters.read_adapter_config(args.adapter)
     model_config = configs.from_namespace(ModelConfig, args, model=args.model or adapters.trained_on(stored))
@@ -163,12 +180,36 @@ def run_evaluate(args: argparse.Namespace) -> None:
     _check_layers(model_config.model, config.layers)
     model, tokenizer = _load_model(model_config)
     adapted = adapters.load_adapter(model, args.adapter, model_config)
-    summary, table = evaluate.evaluate_adapter(adapted, tokenizer, sets, stored["train"]["target_layer"], config,
-                                               lexicon=evaluate.Lexicon.from_pairs(pairs), removed=removed)
+    summary, table = evaluate.evaluate_adapter(
+        adapted,
+        tokenizer,
+        sets,
+        stored["train"]["target_layer"],
+        config,
+        lexicon=evaluate.Lexicon.from_pairs(pairs),
+        removed=removed,
+    )
     files.write_table(summary, args.output / f"summary.{args.format}")
     files.write_table(table, args.output / f"pairs.{args.format}")
-    columns = ["set", "eval_layer", "n", "n_removed", "mean_pre", "mean_post", "mean_diff", "ci_low", "ci_high", "p",
-               "gap_diff", "gap_p", "centered_gap_diff", "centered_gap_p", "p_at_1_pre", "p_at_1_post", "p_at_1_chance"]
+    columns = [
+        "set",
+        "eval_layer",
+        "n",
+        "n_removed",
+        "mean_pre",
+        "mean_post",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "p",
+        "gap_diff",
+        "gap_p",
+        "centered_gap_diff",
+        "centered_gap_p",
+        "p_at_1_pre",
+        "p_at_1_post",
+        "p_at_1_chance",
+    ]
     print(summary[[c for c in columns if c in summary]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"wrote summary.{args.format} and pairs.{args.format} in {args.output}")
 
@@ -189,8 +230,9 @@ def main(args: list[str] | None = None) -> int:
     parsed = _parser().parse_or_exit_code(args)
     if isinstance(parsed, int):
         return parsed
-    logging.basicConfig(level=logging.INFO if parsed.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if parsed.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     return run_command(f"tli {parsed.command}", lambda: COMMANDS[parsed.command](parsed))
 
 

@@ -23,24 +23,46 @@ from tli.errors import TliError
 C = TypeVar("C")
 
 
-def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None, minimum: float | None = None,
-            maximum: float | None = None, above: float | None = None, below: float | None = None,
-            pattern: str | None = None, flags: Sequence[str] = (), parse: Callable[[str], Any] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    pattern: str | None = None,
+    flags: Sequence[str] = (),
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
     """A dataclass field with its help and allowed values.
 
     minimum/maximum are inclusive bounds, above/below exclusive ones; `choices` lists the allowed values
     (for a tuple field: of each item); `pattern` is a regular expression a string must match in full,
-    and `help` then starts by naming what it is ("a device: ..."). `flags` are extra option strings (e.g. an older name); `parse`
-    converts one command-line string (default: from the field's type).
+    and `help` then starts by naming what it is ("a device: ..."). `flags` are extra option strings (e.g. an
+    older name); `parse` converts one command-line string (default: from the field's type).
     """
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "minimum": minimum,
-                "maximum": maximum, "above": above, "below": below, "pattern": pattern, "flags": tuple(flags),
-                "parse": parse}
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "minimum": minimum,
+        "maximum": maximum,
+        "above": above,
+        "below": below,
+        "pattern": pattern,
+        "flags": tuple(flags),
+        "parse": parse,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 
-_BOUNDS = (("minimum", ">=", lambda x, b: x >= b), ("above", ">", lambda x, b: x > b),
-           ("maximum", "<=", lambda x, b: x <= b), ("below", "<", lambda x, b: x < b))
+_BOUNDS = (
+    ("minimum", ">=", lambda x, b: x >= b),
+    ("above", ">", lambda x, b: x > b),
+    ("maximum", "<=", lambda x, b: x <= b),
+    ("below", "<", lambda x, b: x < b),
+)
 
 
 def _number(value: float) -> str:
@@ -136,6 +158,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 # --- command lines -------------------------------------------------------------------------------
 
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a usage error as one line on stderr (and a --help hint) instead of the usage block."""
 
@@ -189,8 +212,11 @@ def parse_str_list(text: str) -> tuple[str, ...]:
 
 def _scalar_parser(kind: Any) -> Callable[[str], Any]:
     """String -> value for an int, float or str field (None for an optional field given as 'none')."""
-    options = [k for k in typing.get_args(kind) if k is not type(None)] if typing.get_origin(kind) in (
-        typing.Union, types.UnionType) else [kind]
+    options = (
+        [k for k in typing.get_args(kind) if k is not type(None)]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType)
+        else [kind]
+    )
     base = options[0]
 
     def convert(text: str) -> Any:
@@ -222,9 +248,10 @@ def _flag_help(f: dataclasses.Field, default: Any) -> str:
     return f"{meta.get('help', '')} (default: {shown}{allowed})".replace("%", "%%")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = (),
-                  defaults: dict[str, Any] | None = None) -> None:
-    """One --flag per field of `cls` (but `exclude`), with its help, default, choices and range checked at parse time."""
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = (), defaults: dict[str, Any] | None = None
+) -> None:
+    """One --flag per field of `cls` (but `exclude`): its help, its default, its choices and range checked at parse."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in exclude or dataclasses.is_dataclass(hints[f.name]):
@@ -234,8 +261,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[
         kind, meta = hints[f.name], f.metadata
         help_text = _flag_help(f, default)
         if kind is bool:
-            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
+            parser.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
             continue
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
@@ -244,15 +272,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[
         else:
             convert = meta.get("parse") or _scalar_parser(kind)
             metavar = "{" + ",".join(map(str, meta["choices"])) + "}" if meta.get("choices") else None
-        parser.add_argument(*names, dest=f.name, type=_checked(convert, meta), default=default, metavar=metavar,
-                            help=help_text)
+        parser.add_argument(
+            *names, dest=f.name, type=_checked(convert, meta), default=default, metavar=metavar, help=help_text
+        )
 
 
 def from_namespace(cls: type[C], namespace: argparse.Namespace, **values: Any) -> C:
     """The dataclass `cls` from the parsed flags that add_arguments made for it (`values` fill the rest)."""
     parsed = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
     return from_dict(cls, parsed | values)
-
 
 
 # --- the configs of each stage (each checked on construction, each reproducible from its JSON) ----
@@ -265,14 +293,20 @@ MAX_LAYER = 1024  # a bound above any real model's depth; the model's own range 
 class ModelConfig:
     """Which causal LM to load and how. Frozen: a worker's cache key."""
 
-    model: str = setting("smollm2-135m", "embedded alias (smollm2-135m, gemma3-270m), a local model folder, "
-                         "or an already-cached hub id")
-    device: str = setting("auto", "a device: auto (cuda if available, else cpu), cpu, cuda or cuda:N",
-                          pattern=r"auto|cpu|cuda(:\d+)?")
-    dtype: str = setting("auto", "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16",
-                         choices=("auto", "float32", "bfloat16", "float16"))
-    quantization: str = setting("none", "none, or nf4 (4-bit NF4 via bitsandbytes, as in the paper)",
-                                choices=("none", "nf4"))
+    model: str = setting(
+        "smollm2-135m", "embedded alias (smollm2-135m, gemma3-270m), a local model folder, or an already-cached hub id"
+    )
+    device: str = setting(
+        "auto", "a device: auto (cuda if available, else cpu), cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?"
+    )
+    dtype: str = setting(
+        "auto",
+        "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16 or float16",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    quantization: str = setting(
+        "none", "none, or nf4 (4-bit NF4 via bitsandbytes, as in the paper)", choices=("none", "nf4")
+    )
 
     def __post_init__(self):
         check(self)
@@ -283,8 +317,9 @@ class ScanConfig:
     """`tli scan`: the pre-TLI layer scan."""
 
     pooling: str = setting("mean", "pooling mode (the paper's scan: mean)", choices=POOLING_MODES)
-    layers: tuple[int, ...] = setting((), "layers to scan, e.g. 0,2,10 (default: all 0..L)", minimum=0,
-                                      maximum=MAX_LAYER)
+    layers: tuple[int, ...] = setting(
+        (), "layers to scan, e.g. 0,2,10 (default: all 0..L)", minimum=0, maximum=MAX_LAYER
+    )
     batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
     csls_k: int = setting(10, "neighbourhood size of CSLS retrieval", minimum=1, maximum=1000)
 
@@ -296,24 +331,39 @@ class ScanConfig:
 class TrainConfig:
     """`tli train`: LoRA + triplet-margin training at one target layer (defaults: the paper's)."""
 
-    target_layer: int = setting(2, "hidden_states index whose embeddings are trained (1..L; 0, the embedding "
-                                "output, has no block below it)", minimum=1, maximum=MAX_LAYER)
+    target_layer: int = setting(
+        2,
+        "hidden_states index whose embeddings are trained (1..L; 0, the embedding output, has no block below it)",
+        minimum=1,
+        maximum=MAX_LAYER,
+    )
     epochs: int = setting(5, "passes over the training pairs", minimum=1, maximum=1000)
-    batch_size: int = setting(8, "pairs per step; each pair's negatives are the other pairs of its batch, "
-                              "so at least 2", minimum=2, maximum=4096)
+    batch_size: int = setting(
+        8,
+        "pairs per step; each pair's negatives are the other pairs of its batch, so at least 2",
+        minimum=2,
+        maximum=4096,
+    )
     lr: float = setting(2e-4, "AdamW learning rate", above=0, below=1)
     warmup_steps: int = setting(50, "linear warm-up steps, then linear decay to 0", minimum=0, maximum=10**6)
     lora_rank: int = setting(16, "LoRA rank r", minimum=1, maximum=4096, flags=("--rank",))
-    lora_alpha: int | None = setting(None, "LoRA alpha, scale alpha/r (default: 2 x rank, the paper's 32 for r=16)",
-                                     minimum=1, maximum=10**5, flags=("--alpha",))
+    lora_alpha: int | None = setting(
+        None,
+        "LoRA alpha, scale alpha/r (default: 2 x rank, the paper's 32 for r=16)",
+        minimum=1,
+        maximum=10**5,
+        flags=("--alpha",),
+    )
     lora_dropout: float = setting(0.05, "LoRA dropout", minimum=0, below=1, flags=("--dropout",))
     target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "LoRA target modules of each block")
     margin: float = setting(0.4, "triplet margin (cosine units)", minimum=0, maximum=2)
-    pooling_train: str = setting("mean", "pooling for training (the paper: mean, BOS included)",
-                                 choices=POOLING_MODES, flags=("--pooling",))
+    pooling_train: str = setting(
+        "mean", "pooling for training (the paper: mean, BOS included)", choices=POOLING_MODES, flags=("--pooling",)
+    )
     seed: int = setting(0, "seeds LoRA initialisation, dropout and shuffling", minimum=0, maximum=2**32 - 1)
-    mask_false_negatives: bool = setting(True, "exclude in-batch negatives that share the Swahili or the "
-                                         "English word (the paper does not)")
+    mask_false_negatives: bool = setting(
+        True, "exclude in-batch negatives that share the Swahili or the English word (the paper does not)"
+    )
     full_forward: bool = setting(False, "run every block, LoRA on all of them (verification; slower)")
 
     def __post_init__(self):
@@ -328,10 +378,12 @@ class TrainConfig:
 class EvalConfig:
     """`tli evaluate`: how TLI's effect is measured."""
 
-    pooling: str = setting("mean_content", "pooling for evaluation (the author's code: mean_content)",
-                           choices=POOLING_MODES)
-    layers: tuple[int, ...] = setting((), "evaluation layers (default: the target layer and L)", minimum=0,
-                                      maximum=MAX_LAYER)
+    pooling: str = setting(
+        "mean_content", "pooling for evaluation (the author's code: mean_content)", choices=POOLING_MODES
+    )
+    layers: tuple[int, ...] = setting(
+        (), "evaluation layers (default: the target layer and L)", minimum=0, maximum=MAX_LAYER
+    )
     batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
     n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
     seed: int = setting(0, "bootstrap seed", minimum=0, maximum=2**32 - 1)

@@ -35,8 +35,15 @@ SPLITS = ("trained", "control", "unseen")  # the split values a pairs file may h
 DELIMITERS = {".tsv": "\t", ".csv": ","}
 MAX_WORD_CHARS = 100  # a cell is a word or a short phrase; the longest in the paper's data has 34 characters
 MAX_FILE_BYTES = 64 * 2**20  # a pairs file of 64 MiB would hold about a million pairs
-JSON_TYPES = {bool: "a boolean", dict: "an object", list: "a list", str: "a string", int: "a number",
-              float: "a number", type(None): "null"}  # isinstance order: bool before int
+JSON_TYPES = {
+    bool: "a boolean",
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}  # isinstance order: bool before int
 
 
 class PairsError(TliError):
@@ -249,8 +256,10 @@ def _csv_rows(path: Path, text: str, sep: str):
         except csv.Error as err:
             if "field limit" in str(err):
                 limit = csv.field_size_limit()
-                raise PairsError(f"{path}: line {line}: a field of more than {limit} characters "
-                                 f"(a word has at most {MAX_WORD_CHARS})") from None
+                raise PairsError(
+                    f"{path}: line {line}: a field of more than {limit} characters "
+                    f"(a word has at most {MAX_WORD_CHARS})"
+                ) from None
             kind = "TSV" if sep == "\t" else "CSV"
             raise PairsError(f"{path}: line {line}: unreadable as {kind} ({err})") from None
         if any(cell.strip() for cell in row):
@@ -293,8 +302,7 @@ def _json_type(value) -> str:
     return next((name for kind, name in JSON_TYPES.items() if isinstance(value, kind)), type(value).__name__)
 
 
-def _clean_rows(origin: str, records: list[Record], source: str, target: str,
-                split: str | None = None) -> pd.DataFrame:
+def _clean_rows(origin: str, records: list[Record], source: str, target: str, split: str | None = None) -> pd.DataFrame:
     """PAIR_COLUMNS from validated records; `origin` starts every error message."""
     rows = []
     for where, field, record in records:
@@ -308,8 +316,10 @@ def _clean_rows(origin: str, records: list[Record], source: str, target: str,
                 raise PairsError(f"{origin}: {where}, {field} {name!r}: {problem}")
             row[column] = (record.get(name) or "").strip() or DEFAULTS.get(column)
         if row["split"] not in SPLITS:
-            raise PairsError(f"{origin}: {where}, {field} 'split': {_show(row['split'])} is not a split "
-                             f"(expected {', '.join(SPLITS)})")
+            raise PairsError(
+                f"{origin}: {where}, {field} 'split': {_show(row['split'])} is not a split "
+                f"(expected {', '.join(SPLITS)})"
+            )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
 
@@ -364,8 +374,15 @@ def _log_quirks(path: Path, pairs: pd.DataFrame) -> None:
 DICTD_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 FREEDICT_STEMS = ("freedict-swh-eng", "swh-eng")  # Debian's file names, newest first
 FREEDICT_POS = {  # first item of the entry's <...> tag -> our part of speech; others (cop, prt) skipped
-    "n": "noun", "v": "verb", "adj": "adjective", "adv": "adverb", "pron": "pronoun",
-    "num": "numeral", "conj": "conjunction", "prep": "preposition", "interj": "interjection",
+    "n": "noun",
+    "v": "verb",
+    "adj": "adjective",
+    "adv": "adverb",
+    "pron": "pronoun",
+    "num": "numeral",
+    "conj": "conjunction",
+    "prep": "preposition",
+    "interj": "interjection",
     "expr": "phrase",
 }
 GRAMMATICAL_FORMS = re.compile(r"\b(agr|infl)\b")  # class-agreement / inflected forms: skipped
@@ -400,8 +417,10 @@ def import_freedict(dict_dir="/usr/share/dictd", output=None) -> pd.DataFrame:
             rows.append(row)
     pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS)).drop_duplicates(["swahili", "english"])
     if len(pairs) < 2:
-        raise PairsError(f"{index_path}: {len(pairs)} usable entries in {len(index)} index lines (at least 2 "
-                         "are needed); nothing written")
+        raise PairsError(
+            f"{index_path}: {len(pairs)} usable entries in {len(index)} index lines (at least 2 "
+            "are needed); nothing written"
+        )
     pairs = pairs.reset_index(drop=True)
     log.info("%s: %d clean pairs from %d index lines", index_path, len(pairs), len(index))
     if output is not None:
@@ -417,9 +436,7 @@ def _freedict_files(dict_dir: Path) -> tuple[Path, Path]:
                 return index, body
         except (OSError, ValueError) as err:
             raise PairsError(f"{dict_dir}: cannot read ({_reason(err)})") from None
-    raise PairsError(
-        f"{dict_dir}: no swh-eng dictd files; install them with `apt-get install dict-freedict-swh-eng`"
-    )
+    raise PairsError(f"{dict_dir}: no swh-eng dictd files; install them with `apt-get install dict-freedict-swh-eng`")
 
 
 def _read_freedict(index_path: Path, body_path: Path) -> tuple[list[str], bytes]:

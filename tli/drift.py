@@ -101,8 +101,9 @@ def _sample(logits: torch.Tensor, generator: torch.Generator) -> int:
     return min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
 
 
-def _continue(model: nn.Module, prompt_ids: list[int], new_tokens: int, eos: set[int],
-              generator: torch.Generator) -> list[int]:
+def _continue(
+    model: nn.Module, prompt_ids: list[int], new_tokens: int, eos: set[int], generator: torch.Generator
+) -> list[int]:
     """`prompt_ids` + up to `new_tokens` tokens sampled at temperature 1 (stops after an EOS token).
 
     One sequence, no padding, with the KV cache; each token is drawn by `_sample` from the last
@@ -122,9 +123,13 @@ def _continue(model: nn.Module, prompt_ids: list[int], new_tokens: int, eos: set
     return ids
 
 
-def make_samples(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                 prompts: Mapping[str, Sequence[str]] = DEFAULT_PROMPTS, new_tokens: int = 24,
-                 seed: int = 0) -> pd.DataFrame:
+def make_samples(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Mapping[str, Sequence[str]] = DEFAULT_PROMPTS,
+    new_tokens: int = 24,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The base model's own continuations of `prompts` ({language: prompts}), one row per prompt.
 
     Columns: `language`, `prompt`, `text` (prompt + continuation, decoded without special tokens),
@@ -150,9 +155,15 @@ def make_samples(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
                 if not prompt_ids:
                     raise TliError(f"prompt {prompt!r} has no tokens")
                 ids = _continue(model, prompt_ids, new_tokens, eos, _generator(seed, language, prompt))
-                rows.append({"language": language, "prompt": prompt,
-                             "text": tokenizer.decode(ids, skip_special_tokens=True),
-                             "input_ids": ids, "n_prompt_tokens": len(prompt_ids)})
+                rows.append(
+                    {
+                        "language": language,
+                        "prompt": prompt,
+                        "text": tokenizer.decode(ids, skip_special_tokens=True),
+                        "input_ids": ids,
+                        "n_prompt_tokens": len(prompt_ids),
+                    }
+                )
     return pd.DataFrame(rows, columns=["language", "prompt", "text", "input_ids", "n_prompt_tokens"])
 
 
@@ -170,8 +181,10 @@ def _continuation_log_probs(model: nn.Module, batch: list[list[int]], n_prompt: 
         attention_mask[row, : len(ids)] = 1
     device = _device(model)
     logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
-    return [torch.log_softmax(logits[row, m - 1 : len(ids) - 1].double(), dim=-1)
-            for row, (ids, m) in enumerate(zip(batch, n_prompt))]
+    return [
+        torch.log_softmax(logits[row, m - 1 : len(ids) - 1].double(), dim=-1)
+        for row, (ids, m) in enumerate(zip(batch, n_prompt))
+    ]
 
 
 def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> dict[str, float]:
@@ -187,14 +200,20 @@ def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> di
     (`make_samples` with the default prompts: sw, en).
     """
     if not isinstance(model, PeftModel):
-        raise TliError("drift_kl needs the TLI model with its adapter (a PeftModel); "
-                       f"got a plain {type(model).__name__}, which has no adapter to disable")
-    rows = [(language, [int(i) for i in ids], int(n_prompt))
-            for language, ids, n_prompt in zip(samples["language"], samples["input_ids"], samples["n_prompt_tokens"])]
+        raise TliError(
+            "drift_kl needs the TLI model with its adapter (a PeftModel); "
+            f"got a plain {type(model).__name__}, which has no adapter to disable"
+        )
+    rows = [
+        (language, [int(i) for i in ids], int(n_prompt))
+        for language, ids, n_prompt in zip(samples["language"], samples["input_ids"], samples["n_prompt_tokens"])
+    ]
     for language, ids, n_prompt in rows:
         if not 1 <= n_prompt < len(ids):
-            raise TliError(f"a {language} sample has {n_prompt} prompt tokens of {len(ids)}: "
-                           "it needs a prompt token and a continuation")
+            raise TliError(
+                f"a {language} sample has {n_prompt} prompt tokens of {len(ids)}: "
+                "it needs a prompt token and a continuation"
+            )
     per_sample: dict[str, list[float]] = {}
     with torch.inference_mode(), _eval_mode(model):
         for start in range(0, len(rows), batch_size):

@@ -64,8 +64,9 @@ def eval_layers(config: EvalConfig, target_layer: int, n_layers: int) -> list[in
     return layers
 
 
-def evaluation_sets(train_rows: pd.DataFrame, others: dict[str, pd.DataFrame]
-                    ) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+def evaluation_sets(
+    train_rows: pd.DataFrame, others: dict[str, pd.DataFrame]
+) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """({set: rows}, {set: rows removed}): `trained` = the training rows, every other set leak-free.
 
     Empty sets are left out; control and held-out sets are also given whole as `<name>_all`.
@@ -79,8 +80,14 @@ def evaluation_sets(train_rows: pd.DataFrame, others: dict[str, pd.DataFrame]
     return {name: rows for name, rows in sets.items() if len(rows)}, removed
 
 
-def embed_lexicon(model: nn.Module, tokenizer: PreTrainedTokenizerBase, lexicon: Lexicon, layers: Sequence[int],
-                  mode: str, batch_size: int = 64) -> Embeddings:
+def embed_lexicon(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    lexicon: Lexicon,
+    layers: Sequence[int],
+    mode: str,
+    batch_size: int = 64,
+) -> Embeddings:
     """{layer: (Swahili pool [p, d], English pool [m, d])}, pooled with `mode`."""
     words = list(lexicon.swahili) + list(lexicon.english)
     vectors = pooling.embed_words(model, tokenizer, words, layers, [mode], batch_size)[mode]
@@ -88,10 +95,12 @@ def embed_lexicon(model: nn.Module, tokenizer: PreTrainedTokenizerBase, lexicon:
     return {k: (v[:p], v[p:]) for k, v in vectors.items()}
 
 
-def pair_table(sets: dict[str, pd.DataFrame], lexicon: Lexicon, pre: Embeddings, post: Embeddings,
-               csls_k: int = 10) -> pd.DataFrame:
+def pair_table(
+    sets: dict[str, pd.DataFrame], lexicon: Lexicon, pre: Embeddings, post: Embeddings, csls_k: int = 10
+) -> pd.DataFrame:
     """One row per set x layer x pair: `pair_id` (the row's label in the experiment's pairs) and every
-    `stats.pair_metrics` metric before (`_pre`) and after (`_post`) TLI (`chance` once: it does not change)."""
+    `stats.pair_metrics` metric before (`_pre`) and after (`_post`) TLI (`chance` once: it does not change).
+    """
     frames = []
     for name, rows in sets.items():
         located = lexicon.locate(rows)
@@ -107,23 +116,36 @@ def pair_table(sets: dict[str, pd.DataFrame], lexicon: Lexicon, pre: Embeddings,
     return pd.concat(frames, ignore_index=True)
 
 
-def summary_table(pairs: pd.DataFrame, config: EvalConfig, n_layers: int, n_candidates: int,
-                  removed: dict[str, int] | None = None) -> pd.DataFrame:
+def summary_table(
+    pairs: pd.DataFrame, config: EvalConfig, n_layers: int, n_candidates: int, removed: dict[str, int] | None = None
+) -> pd.DataFrame:
     """One row per set x layer: set means before/after, and paired tests of cosine, gap and centred gap."""
     rows = []
     for (name, layer), group in pairs.groupby(["set", "eval_layer"], sort=False):
-        row = {"set": name, "eval_layer": layer, "layer_name": surgery.layer_name(layer, n_layers),
-               "n_candidates": n_candidates, "n_removed": (removed or {}).get(name, 0)}
+        row = {
+            "set": name,
+            "eval_layer": layer,
+            "layer_name": surgery.layer_name(layer, n_layers),
+            "n_candidates": n_candidates,
+            "n_removed": (removed or {}).get(name, 0),
+        }
         for prefix, metric in TESTED.items():
             tests = stats.paired_tests(group[f"{metric}_pre"], group[f"{metric}_post"], config.n_boot, config.seed)
             if prefix:
-                tests = {f"{prefix}diff": tests["mean_diff"], f"{prefix}ci_low": tests["ci_low"],
-                         f"{prefix}ci_high": tests["ci_high"], f"{prefix}p": tests["p"]}
+                tests = {
+                    f"{prefix}diff": tests["mean_diff"],
+                    f"{prefix}ci_low": tests["ci_low"],
+                    f"{prefix}ci_high": tests["ci_high"],
+                    f"{prefix}p": tests["p"],
+                }
             row |= tests
         for when in ("pre", "post"):
             per_pair = {m: group[f"{m}_{when}" if m != "chance" else m].to_numpy() for m in stats.PAIR_METRICS}
-            row |= {f"{column}_{when}": value for column, value in stats.set_metrics(per_pair).items()
-                    if column not in ("n_pairs", "p_at_1_chance")}
+            row |= {
+                f"{column}_{when}": value
+                for column, value in stats.set_metrics(per_pair).items()
+                if column not in ("n_pairs", "p_at_1_chance")
+            }
         row["p_at_1_chance"] = float(group["chance"].mean())
         rows.append(row)
     return pd.DataFrame(rows)

@@ -146,6 +146,7 @@ def _reason(error: Exception) -> str:
 
 # --- local outputs of the command line -----------------------------------------------------------
 
+
 def check_output_file(path: Path, suffixes: tuple[str, ...] = TABLE_FORMATS) -> None:
     """TliError unless `path` (with one of `suffixes`) can be written, checked before any work is done."""
     if path.suffix not in suffixes:

@@ -15,22 +15,22 @@ from collections.abc import Sequence
 import torch
 
 
-def _check_inputs(anchor: torch.Tensor, positive: torch.Tensor, margin: float,
-                  mask: torch.Tensor | None) -> None:
+def _check_inputs(anchor: torch.Tensor, positive: torch.Tensor, margin: float, mask: torch.Tensor | None) -> None:
     """Raise ValueError unless anchor/positive are equal [n, d], margin >= 0 and mask is bool [n, n]."""
     if anchor.ndim != 2 or anchor.shape != positive.shape:
-        raise ValueError(f"anchor and positive must both be [n, d]; got {tuple(anchor.shape)} "
-                         f"and {tuple(positive.shape)}")
+        raise ValueError(
+            f"anchor and positive must both be [n, d]; got {tuple(anchor.shape)} and {tuple(positive.shape)}"
+        )
     if not margin >= 0:  # also rejects NaN
         raise ValueError(f"margin must be >= 0, got {margin}")
     n = anchor.shape[0]
     if mask is not None and (mask.shape != (n, n) or mask.dtype != torch.bool):
-        raise ValueError(f"mask must be a bool tensor of shape [{n}, {n}]; got {mask.dtype} "
-                         f"{tuple(mask.shape)}")
+        raise ValueError(f"mask must be a bool tensor of shape [{n}, {n}]; got {mask.dtype} {tuple(mask.shape)}")
 
 
-def triplet_margin_hardest_negative(anchor: torch.Tensor, positive: torch.Tensor, margin: float,
-                                    mask: torch.Tensor | None = None) -> torch.Tensor:
+def triplet_margin_hardest_negative(
+    anchor: torch.Tensor, positive: torch.Tensor, margin: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over i of max(0, margin + max_{j != i, ~mask[i, j]} a_i . p_j - a_i . p_i); a scalar.
 
     anchor, positive: [n, d], rows already L2-normalised. mask: optional bool [n, n], True where

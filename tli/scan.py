@@ -58,15 +58,24 @@ def scan_layers(
 def plot_scan(table: pd.DataFrame, path: Path | BinaryIO, title: str = "") -> Path | BinaryIO:
     """Matched vs mismatched cosine per layer (raw and per-language centred): the paper's Figure 1 with its control.
 
-    `path`: a PNG file's path, or a binary stream the PNG is written to."""
+    `path`: a PNG file's path, or a binary stream the PNG is written to.
+    """
     fig = Figure(figsize=(11, 4))
     raw, centred = fig.subplots(1, 2, sharex=True)
     for mode, rows in table.groupby("pooling", sort=False):
         line = raw.plot(rows["layer"], rows["cosine_mean"], marker="o", ms=3, label=f"matched ({mode})")[0]
-        raw.plot(rows["layer"], rows["cosine_mismatched"], ls="--", color=line.get_color(), label=f"mismatched ({mode})")
-        centred.plot(rows["layer"], rows["cosine_centered"], marker="o", ms=3, color=line.get_color(), label=f"matched ({mode})")
+        raw.plot(
+            rows["layer"], rows["cosine_mismatched"], ls="--", color=line.get_color(), label=f"mismatched ({mode})"
+        )
         centred.plot(
-            rows["layer"], rows["cosine_centered_mismatched"], ls="--", color=line.get_color(), label=f"mismatched ({mode})"
+            rows["layer"], rows["cosine_centered"], marker="o", ms=3, color=line.get_color(), label=f"matched ({mode})"
+        )
+        centred.plot(
+            rows["layer"],
+            rows["cosine_centered_mismatched"],
+            ls="--",
+            color=line.get_color(),
+            label=f"mismatched ({mode})",
         )
     raw.set(title="raw cosine", xlabel="layer (hidden_states index; 0 = embeddings)", ylabel="mean cosine")
     centred.set(title="per-language centred cosine", xlabel="layer (hidden_states index; 0 = embeddings)")

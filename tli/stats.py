@@ -55,8 +55,19 @@ def _mean_top_k(sim: np.ndarray, k: int, axis: int) -> np.ndarray:
     return -np.mean(np.partition(-sim, k - 1, axis=axis).take(range(k), axis=axis), axis=axis)
 
 
-PAIR_METRICS = ("cosine", "mismatched", "gap", "cosine_centered", "mismatched_centered", "centered_gap",
-                "cosine_joint_centered", "hit", "hit_csls", "hit_centered", "chance")
+PAIR_METRICS = (
+    "cosine",
+    "mismatched",
+    "gap",
+    "cosine_centered",
+    "mismatched_centered",
+    "centered_gap",
+    "cosine_joint_centered",
+    "hit",
+    "hit_csls",
+    "hit_centered",
+    "chance",
+)
 
 
 def pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
@@ -106,21 +117,33 @@ def pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, k: 
     def hits(sim):
         return gold[rows, np.argmax(sim, axis=1)].astype(float)
 
-    out = {"cosine": raw[rows, tgt_index], "mismatched": mismatched(raw),
-           "cosine_centered": centred[rows, tgt_index], "mismatched_centered": mismatched(centred)}
+    out = {
+        "cosine": raw[rows, tgt_index],
+        "mismatched": mismatched(raw),
+        "cosine_centered": centred[rows, tgt_index],
+        "mismatched_centered": mismatched(centred),
+    }
     out["gap"] = out["cosine"] - out["mismatched"]
     out["centered_gap"] = out["cosine_centered"] - out["mismatched_centered"]
-    out["cosine_joint_centered"] = np.sum(l2_normalize(src[src_index] - joint_mean)
-                                          * l2_normalize(tgt[tgt_index] - joint_mean), axis=1)
+    out["cosine_joint_centered"] = np.sum(
+        l2_normalize(src[src_index] - joint_mean) * l2_normalize(tgt[tgt_index] - joint_mean), axis=1
+    )
     out |= {"hit": hits(raw), "hit_csls": hits(csls), "hit_centered": hits(centred), "chance": gold.sum(axis=1) / m}
     return {name: out[name] for name in PAIR_METRICS}
 
 
 SET_METRICS = {  # set-level column -> the per-pair metric it averages
-    "cosine_mean": "cosine", "cosine_mismatched": "mismatched", "gap": "gap", "cosine_centered": "cosine_centered",
-    "cosine_centered_mismatched": "mismatched_centered", "centered_gap": "centered_gap",
-    "cosine_joint_centered": "cosine_joint_centered", "p_at_1": "hit", "p_at_1_csls": "hit_csls",
-    "p_at_1_centered": "hit_centered", "p_at_1_chance": "chance",
+    "cosine_mean": "cosine",
+    "cosine_mismatched": "mismatched",
+    "gap": "gap",
+    "cosine_centered": "cosine_centered",
+    "cosine_centered_mismatched": "mismatched_centered",
+    "centered_gap": "centered_gap",
+    "cosine_joint_centered": "cosine_joint_centered",
+    "p_at_1": "hit",
+    "p_at_1_csls": "hit_csls",
+    "p_at_1_centered": "hit_centered",
+    "p_at_1_chance": "chance",
 }
 
 
@@ -134,13 +157,13 @@ def set_metrics(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
 
 def _bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int, confidence: float) -> tuple[float, float]:
     """BCa bootstrap CI of mean(diff), resampling with np.random.default_rng(seed)."""
-    result = stats.bootstrap((diff,), np.mean, n_resamples=n_boot, confidence_level=confidence,
-                             method="BCa", rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (diff,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="BCa", rng=np.random.default_rng(seed)
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0,
-                 confidence: float = 0.95) -> dict[str, float]:
+def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
     """Paired comparison of post vs pre ([n] each, e.g. per-pair cosines before/after training).
 
     Returns n, mean_pre, mean_post, mean_diff (post - pre), ci_low/ci_high (seeded BCa bootstrap
@@ -158,8 +181,18 @@ def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0,
         raise ValueError("pre and post must be finite")
     diff, n = post - pre, len(pre)
     nan = float("nan")
-    out = {"n": n, "mean_pre": nan, "mean_post": nan, "mean_diff": nan, "ci_low": nan,
-           "ci_high": nan, "t": nan, "p": nan, "wilcoxon_p": nan, "d_z": nan}
+    out = {
+        "n": n,
+        "mean_pre": nan,
+        "mean_post": nan,
+        "mean_diff": nan,
+        "ci_low": nan,
+        "ci_high": nan,
+        "t": nan,
+        "p": nan,
+        "wilcoxon_p": nan,
+        "d_z": nan,
+    }
     if n == 0:
         return out
     mean_diff = float(diff.mean())
@@ -173,8 +206,13 @@ def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0,
         return out
     test = stats.ttest_rel(post, pre)
     ci_low, ci_high = _bootstrap_ci(diff, n_boot, seed, confidence) if n_boot > 0 else (nan, nan)
-    out.update(ci_low=ci_low, ci_high=ci_high, t=float(test.statistic), p=float(test.pvalue),
-               d_z=mean_diff / float(np.std(diff, ddof=1)))
+    out.update(
+        ci_low=ci_low,
+        ci_high=ci_high,
+        t=float(test.statistic),
+        p=float(test.pvalue),
+        d_z=mean_diff / float(np.std(diff, ddof=1)),
+    )
     return out
 
 

@@ -55,7 +55,9 @@ def attach_lora(model: nn.Module, config: TrainConfig) -> PeftModel:
     return get_peft_model(model, lora)
 
 
-def batches(n_pairs: int, batch_size: int, epochs: int, generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
+def batches(
+    n_pairs: int, batch_size: int, epochs: int, generator: torch.Generator
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(epoch, row indices) per step: a fresh seeded shuffle per epoch, cut into batches of `batch_size`.
 
     A last batch of a single pair (which has no in-batch negative) joins the batch before it.
@@ -77,7 +79,11 @@ def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
 
 
 def batch_loss(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, rows: torch.Tensor, config: TrainConfig,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pd.DataFrame,
+    rows: torch.Tensor,
+    config: TrainConfig,
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """The triplet loss of one batch of pairs (one forward pass over its Swahili and English words)."""
@@ -93,7 +99,11 @@ def batch_loss(
 
 
 def train_tli(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, config: TrainConfig, progress: bool = True,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pd.DataFrame,
+    config: TrainConfig,
+    progress: bool = True,
     on_epoch_end: Callable[[pd.DataFrame], None] | None = None,
 ) -> tuple[PeftModel, pd.DataFrame]:
     """Train LoRA on `pairs`; returns (the PEFT model in eval mode, the log: step, epoch, loss, lr, seconds).
@@ -110,7 +120,11 @@ def train_tli(
     per_epoch = steps_per_epoch(len(pairs), config.batch_size)
     total = config.epochs * per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, total)
-    mask = loss.false_negative_mask(list(pairs["swahili"]), list(pairs["english"])) if config.mask_false_negatives else None
+    mask = (
+        loss.false_negative_mask(list(pairs["swahili"]), list(pairs["english"]))
+        if config.mask_false_negatives
+        else None
+    )
     generator = torch.Generator().manual_seed(config.seed)
     log, started = [], time.perf_counter()
     peft_model.train()
@@ -125,8 +139,9 @@ def train_tli(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        log.append({"step": step, "epoch": epoch + 1, "loss": value.item(), "lr": lr,
-                    "seconds": time.perf_counter() - started})
+        log.append(
+            {"step": step, "epoch": epoch + 1, "loss": value.item(), "lr": lr, "seconds": time.perf_counter() - started}
+        )
         bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)  # redrawn at tqdm's own pace
         if on_epoch_end is not None and step % per_epoch == 0:
             on_epoch_end(pd.DataFrame(log))

@@ -26,38 +26,54 @@ class SweepConfig:
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     pairs: str | None = setting(None, "word pairs file (default: the paper's 623 trained + 63 control pairs)")
-    eval_pairs: str | None = setting(None, "pairs never trained, scored in every trial as the `unseen` set (e.g. "
-                                     "data/freedict-swh-eng.tsv from `make freedict`); rows sharing a word with "
-                                     "the trained pairs are dropped")
+    eval_pairs: str | None = setting(
+        None,
+        "pairs never trained, scored in every trial as the `unseen` set (e.g. "
+        "data/freedict-swh-eng.tsv from `make freedict`); rows sharing a word with "
+        "the trained pairs are dropped",
+    )
     results: str = setting("results", "results root: a local folder or a URI such as s3://bucket/prefix")
-    experiment: str = setting("sweep", "an experiment name: letters, digits, '.', '_' or '-' (results go to "
-                              "<results>/<experiment>/)", pattern=r"(?!\.\.?$)[A-Za-z0-9._-]+")
+    experiment: str = setting(
+        "sweep",
+        "an experiment name: letters, digits, '.', '_' or '-' (results go to <results>/<experiment>/)",
+        pattern=r"(?!\.\.?$)[A-Za-z0-9._-]+",
+    )
     seeds: tuple[int, ...] = setting((0,), "seeds, a grid axis, e.g. 0,1,2", minimum=0, maximum=2**32 - 1)
     epochs: int = setting(5, "training epochs per trial (the paper: 5)", minimum=1, maximum=1000)
-    pooling_eval: str = setting("mean_content", "evaluation pooling unless swept (the author's code: mean_content)",
-                                choices=POOLING_MODES)
-    mask_false_negatives: bool = setting(True, "mask in-batch negatives sharing a word, unless swept (the paper "
-                                         "does not mask)")
-    validation_fraction: float = setting(0.1, "share of trained pairs held out as the validation set selection uses",
-                                         minimum=0, maximum=0.5)
-    selection_layer: int | None = setting(None, "layer of the validation objective, the same for every trial "
-                                          "(default: L)", minimum=1, maximum=MAX_LAYER)
+    pooling_eval: str = setting(
+        "mean_content", "evaluation pooling unless swept (the author's code: mean_content)", choices=POOLING_MODES
+    )
+    mask_false_negatives: bool = setting(
+        True, "mask in-batch negatives sharing a word, unless swept (the paper does not mask)"
+    )
+    validation_fraction: float = setting(
+        0.1, "share of trained pairs held out as the validation set selection uses", minimum=0, maximum=0.5
+    )
+    selection_layer: int | None = setting(
+        None, "layer of the validation objective, the same for every trial (default: L)", minimum=1, maximum=MAX_LAYER
+    )
     n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions, in every trial")
-    address: str | None = setting(None, "Ray cluster to join: host:port or auto (default: start a private local "
-                                  "Ray and stop it after)")
-    cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)", above=0,
-                                    maximum=1024)
-    gpus_per_trial: float = setting(0.0, "GPUs per trial, fractional to pack small models (0.25: four per GPU)",
-                                    minimum=0, maximum=64)
+    address: str | None = setting(
+        None, "Ray cluster to join: host:port or auto (default: start a private local Ray and stop it after)"
+    )
+    cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)", above=0, maximum=1024)
+    gpus_per_trial: float = setting(
+        0.0, "GPUs per trial, fractional to pack small models (0.25: four per GPU)", minimum=0, maximum=64
+    )
     max_concurrent: int = setting(0, "trials at once (0: as many as the resources allow)", minimum=0, maximum=10**5)
-    max_failures: int = setting(2, "retries of a trial that crashed (out of memory, lost node)", minimum=0,
-                                maximum=100)
+    max_failures: int = setting(2, "retries of a trial that crashed (out of memory, lost node)", minimum=0, maximum=100)
     callbacks: tuple[str, ...] = setting((), "Ray Tune loggers, e.g. tensorboard,mlflow,wandb", choices=CALLBACKS)
-    save_adapters: str = setting("none", "store PEFT adapter folders with the results: none, best (highest "
-                                 "validation objective) or all", choices=("none", "best", "all"))
-    smoke_test: bool = setting(False, "a tiny sweep: 16 trained + 6 control pairs, 2 values per axis, one seed, "
-                               "1 epoch, 200 resamples: a minute on a laptop")
+    save_adapters: str = setting(
+        "none",
+        "store PEFT adapter folders with the results: none, best (highest validation objective) or all",
+        choices=("none", "best", "all"),
+    )
+    smoke_test: bool = setting(
+        False,
+        "a tiny sweep: 16 trained + 6 control pairs, 2 values per axis, one seed, "
+        "1 epoch, 200 resamples: a minute on a laptop",
+    )
     verbose: bool = setting(False, "log details and show the workers' output", flags=("-v",))
 
     def __post_init__(self):
@@ -73,8 +89,9 @@ class SweepConfig:
 
 def sweep_parser(description: str | None, experiment: str, script_flags: type | None = None) -> configs.ArgumentParser:
     """The shared flags (ModelConfig's, then SweepConfig's), then the script's own."""
-    parser = configs.ArgumentParser(prog=f"{experiment}.py", description=description,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = configs.ArgumentParser(
+        prog=f"{experiment}.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     configs.add_arguments(parser, ModelConfig)
     configs.add_arguments(parser, SweepConfig, defaults={"experiment": experiment})
     if script_flags is not None:
@@ -82,9 +99,14 @@ def sweep_parser(description: str | None, experiment: str, script_flags: type | 
     return parser
 
 
-def main_for(argv: list[str] | None, description: str | None, experiment: str,
-             grid: Callable[[SweepConfig, Any, Any], dict] | None = None, script_flags: type | None = None,
-             search: Callable[[SweepConfig, Any, Any], Any] | None = None) -> int:
+def main_for(
+    argv: list[str] | None,
+    description: str | None,
+    experiment: str,
+    grid: Callable[[SweepConfig, Any, Any], dict] | None = None,
+    script_flags: type | None = None,
+    search: Callable[[SweepConfig, Any, Any], Any] | None = None,
+) -> int:
     """Run an ablation script: parse, then `run_sweep` with `grid(config, flags, inputs)` (flat setting ->
     values) or `search(config, flags, inputs)` (a `tuner.Search`).
 
@@ -94,16 +116,19 @@ def main_for(argv: list[str] | None, description: str | None, experiment: str,
     args = parser.parse_or_exit_code(argv)
     if isinstance(args, int):
         return args
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
     def command() -> None:
         from tli.sweep import tuner
 
         config = configs.from_namespace(SweepConfig, args, model=configs.from_namespace(ModelConfig, args))
         flags = configs.from_namespace(script_flags, args) if script_flags is not None else None
-        tuner.run_sweep(grid and (lambda inputs: grid(config, flags, inputs)), config,
-                        search and (lambda inputs: search(config, flags, inputs)))
+        tuner.run_sweep(
+            grid and (lambda inputs: grid(config, flags, inputs)),
+            config,
+            search and (lambda inputs: search(config, flags, inputs)),
+        )
 
     return run_command(parser.prog, command)
-

@@ -40,7 +40,8 @@ class ExperimentInputs:
     def digest(self) -> str:
         """sha1 of the pairs, unseen pairs and drift samples' tokens (part of every trial_id), 12 hex digits.
 
-        Canonical values only, so the same inputs read back from Parquet give the same digest."""
+        Canonical values only, so the same inputs read back from Parquet give the same digest.
+        """
         parts = [frame[list(data.PAIR_COLUMNS)].to_csv() for frame in (self.pairs, self.unseen) if frame is not None]
         if self.drift_samples is not None:
             parts.append(json.dumps([[int(t) for t in ids] for ids in self.drift_samples["input_ids"]]))
@@ -74,8 +75,9 @@ def smoke_subset(pairs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep)
 
 
-def trial_sets(inputs: ExperimentInputs, settings: TrialSettings
-               ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, int]]:
+def trial_sets(
+    inputs: ExperimentInputs, settings: TrialSettings
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, int]]:
     """(training rows, {set: rows}, {set: leaky rows removed}) of one trial.
 
     The trained split minus the held-out category is cut into training rows and a validation set

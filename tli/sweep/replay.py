@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 def trial_embeddings(location: str, trial_id: str, max_pairs: int = 40, device: str = "auto") -> dict[str, Any]:
     """{"pre": (swahili [n, d], english [n, d]), "post": (...), "words": [n] "sw/en" labels, "title": str}
-    at the trial's target layer and evaluation pooling, for up to `max_pairs` of its evaluation pairs."""
+    at the trial's target layer and evaluation pooling, for up to `max_pairs` of its evaluation pairs.
+    """
     from tli import adapters, models, pooling, train
 
     store = ExperimentStore(location)
@@ -47,7 +48,7 @@ def trial_embeddings(location: str, trial_id: str, max_pairs: int = 40, device: 
 
     def embed(m):
         vectors = pooling.embed_words(m, tokenizer, words, [layer], [mode])[mode][layer]
-        return vectors[: len(shown)], vectors[len(shown):]
+        return vectors[: len(shown)], vectors[len(shown) :]
 
     pre = embed(model)
     stored = store.adapter_folder(trial_id)
@@ -61,5 +62,9 @@ def trial_embeddings(location: str, trial_id: str, max_pairs: int = 40, device: 
             source = "the adapter retrained with the trial's settings and seed (none stored: see --save-adapters)"
         post = embed(tuned)
     title = f"t-SNE, trial {trial_id}, target layer {layer}, eval pooling {mode}\n{source}"
-    return {"pre": pre, "post": post, "words": [f"{s}/{e}" for s, e in zip(shown["swahili"], shown["english"])],
-            "title": title}
+    return {
+        "pre": pre,
+        "post": post,
+        "words": [f"{s}/{e}" for s, e in zip(shown["swahili"], shown["english"])],
+        "title": title,
+    }

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,16 +26,27 @@ class TrialSettings:
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    pooling_eval: str = setting("mean_content", "pooling for evaluation (the author's code: mean_content; the "
-                                "paper as written: mean)", choices=POOLING_MODES)
+    pooling_eval: str = setting(
+        "mean_content",
+        "pooling for evaluation (the author's code: mean_content; the paper as written: mean)",
+        choices=POOLING_MODES,
+    )
     heldout_category: str | None = setting(None, "category left out of training and evaluated as `heldout`")
-    validation_fraction: float = setting(0.1, "share of the trained pairs held out (seeded, whole headwords) as the "
-                                         "validation set that selection uses", minimum=0, maximum=0.5)
-    validation_seed: int = setting(0, "seed of the validation split (one split for every trial)", minimum=0,
-                                   maximum=2**32 - 1)
-    selection_layer: int | None = setting(None, "layer at which the validation objective is measured, the same "
-                                          "for every trial (default: L, the last layer)", minimum=1,
-                                          maximum=MAX_LAYER)
+    validation_fraction: float = setting(
+        0.1,
+        "share of the trained pairs held out (seeded, whole headwords) as the validation set that selection uses",
+        minimum=0,
+        maximum=0.5,
+    )
+    validation_seed: int = setting(
+        0, "seed of the validation split (one split for every trial)", minimum=0, maximum=2**32 - 1
+    )
+    selection_layer: int | None = setting(
+        None,
+        "layer at which the validation objective is measured, the same for every trial (default: L, the last layer)",
+        minimum=1,
+        maximum=MAX_LAYER,
+    )
     n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions")
     inputs_digest: str = setting("", "hash of the experiment's pairs, evaluation pairs and drift samples")
@@ -67,8 +77,10 @@ class TrialSettings:
         values = {k: _plain(v) for k, v in values.items() if k != "trial_id"}
         if isinstance(values.get("target_modules"), str):
             values["target_modules"] = tuple(values["target_modules"].split(","))
-        parts = {name: configs.from_dict(part, {k: v for k, v in values.items() if k in _names(part)})
-                 for name, part in _PARTS.items()}
+        parts = {
+            name: configs.from_dict(part, {k: v for k, v in values.items() if k in _names(part)})
+            for name, part in _PARTS.items()
+        }
         own = {k: v for k, v in values.items() if k in _names(cls)}
         return configs.from_dict(cls, own | parts)
 
@@ -144,5 +156,6 @@ def check_axes(grid: dict[str, Axis]) -> None:
             raise TliError(f"axis {name!r} has no values")
         keys = set().union(*(v.keys() if isinstance(v, dict) else {name} for v in values))
         if keys - known:
-            raise TliError(f"unknown trial setting(s) {', '.join(sorted(keys - known))}; known: {', '.join(sorted(known))}")
-
+            raise TliError(
+                f"unknown trial setting(s) {', '.join(sorted(keys - known))}; known: {', '.join(sorted(known))}"
+            )

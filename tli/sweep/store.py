@@ -118,7 +118,9 @@ class ExperimentStore:
         score = row.get("objective")
         if row.get("status") != "ok" or score is None or score != score:
             return False
-        others = [r.get("objective") for r in self.rows() if r.get("status") == "ok" and r["trial_id"] != row["trial_id"]]
+        others = [
+            r.get("objective") for r in self.rows() if r.get("status") == "ok" and r["trial_id"] != row["trial_id"]
+        ]
         return all(o is None or o != o or score > o for o in others)
 
     def merge(self) -> pd.DataFrame:
@@ -155,8 +157,11 @@ class ExperimentStore:
 
     def write(self, name: str, value: pd.DataFrame | dict) -> str:
         """An experiment-level file (scan.parquet, drift_samples.parquet, sweep_config.json)."""
-        return self.folder.write_table(name, value) if isinstance(value, pd.DataFrame) else \
-            self.folder.write_json(name, value)
+        return (
+            self.folder.write_table(name, value)
+            if isinstance(value, pd.DataFrame)
+            else self.folder.write_json(name, value)
+        )
 
     # --- reading (driver, aggregator) -----------------------------------------------------------
 
@@ -192,7 +197,8 @@ class ExperimentStore:
 
     def read(self, kind: str = "trials") -> pd.DataFrame:
         """A merged table (trials, summary, pairs, train_log) or scan; a missing or unreadable merged table is
-        rebuilt from trials/ (with a warning); an absent scan is an empty frame."""
+        rebuilt from trials/ (with a warning); an absent scan is an empty frame.
+        """
         name = f"{kind}.parquet"
         try:
             if self.folder.exists(name):
@@ -207,8 +213,11 @@ class ExperimentStore:
         if problem != "missing":
             log.warning("%s/%s is %s: rebuilt from %s/trials/", self.uri, name, problem, self.uri)
         trials = self.merge()
-        return trials if kind == "trials" else (self.folder.read_table(name) if self.folder.exists(name)
-                                                 else pd.DataFrame())
+        return (
+            trials
+            if kind == "trials"
+            else (self.folder.read_table(name) if self.folder.exists(name) else pd.DataFrame())
+        )
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """An experiment-level JSON file, or None (with a warning) when absent or unreadable."""

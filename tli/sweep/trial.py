@@ -26,12 +26,25 @@ from tli.sweep.store import TrialRecord
 
 PLACES = ("target", "final")  # evaluation layers named in trial rows: the target layer and the last layer L
 WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
-    "n": "n", "n_removed": "n_removed", "cosine_pre": "mean_pre", "cosine_post": "mean_post",
-    "mean_diff": "mean_diff", "p": "p", "gap_pre": "gap_pre", "gap_post": "gap_post", "gap_diff": "gap_diff",
-    "gap_p": "gap_p", "centered_gap_pre": "centered_gap_pre", "centered_gap_post": "centered_gap_post",
-    "centered_gap_diff": "centered_gap_diff", "centered_gap_p": "centered_gap_p", "p_at_1_pre": "p_at_1_pre",
-    "p_at_1_post": "p_at_1_post", "p_at_1_centered_pre": "p_at_1_centered_pre",
-    "p_at_1_centered_post": "p_at_1_centered_post", "p_at_1_chance": "p_at_1_chance",
+    "n": "n",
+    "n_removed": "n_removed",
+    "cosine_pre": "mean_pre",
+    "cosine_post": "mean_post",
+    "mean_diff": "mean_diff",
+    "p": "p",
+    "gap_pre": "gap_pre",
+    "gap_post": "gap_post",
+    "gap_diff": "gap_diff",
+    "gap_p": "gap_p",
+    "centered_gap_pre": "centered_gap_pre",
+    "centered_gap_post": "centered_gap_post",
+    "centered_gap_diff": "centered_gap_diff",
+    "centered_gap_p": "centered_gap_p",
+    "p_at_1_pre": "p_at_1_pre",
+    "p_at_1_post": "p_at_1_post",
+    "p_at_1_centered_pre": "p_at_1_centered_pre",
+    "p_at_1_centered_post": "p_at_1_centered_post",
+    "p_at_1_chance": "p_at_1_chance",
 }
 
 
@@ -83,8 +96,13 @@ def objective(summary: pd.DataFrame, layer: int) -> float:
     return float(rows["centered_gap_diff"].iloc[0]) if len(rows) else float("nan")
 
 
-def run_trial(settings: TrialSettings, inputs: ExperimentInputs, cache: WorkerCache,
-              on_epoch_end: Callable[[pd.DataFrame], None] | None = None, keep_adapter: bool = False) -> TrialRecord:
+def run_trial(
+    settings: TrialSettings,
+    inputs: ExperimentInputs,
+    cache: WorkerCache,
+    on_epoch_end: Callable[[pd.DataFrame], None] | None = None,
+    keep_adapter: bool = False,
+) -> TrialRecord:
     """Train, evaluate and measure one trial; a TliError becomes an `error` record (nothing else is caught)."""
     row = settings.row() | {"status": "error", "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
@@ -93,12 +111,15 @@ def run_trial(settings: TrialSettings, inputs: ExperimentInputs, cache: WorkerCa
         record = TrialRecord({"error": f"{type(error).__name__}: {error}", "objective": float("nan")})
     finally:
         cache.trials += 1
-    return dataclasses.replace(record, row=row | record.row | {
-        "worker_trial": cache.trials, "finished_at": pd.Timestamp.now(tz="UTC").isoformat()})
+    return dataclasses.replace(
+        record,
+        row=row | record.row | {"worker_trial": cache.trials, "finished_at": pd.Timestamp.now(tz="UTC").isoformat()},
+    )
 
 
-def _train_and_measure(settings: TrialSettings, inputs: ExperimentInputs, cache: WorkerCache,
-                       on_epoch_end, keep_adapter: bool) -> TrialRecord:
+def _train_and_measure(
+    settings: TrialSettings, inputs: ExperimentInputs, cache: WorkerCache, on_epoch_end, keep_adapter: bool
+) -> TrialRecord:
     from tli import drift, evaluate, surgery, train
 
     train_rows, sets, removed = trial_sets(inputs, settings)
@@ -108,21 +129,37 @@ def _train_and_measure(settings: TrialSettings, inputs: ExperimentInputs, cache:
     n_layers = surgery.num_layers(model)
     train.check_target_layer(settings.train, n_layers)
     selection = settings.selection_layer or n_layers
-    eval_config = EvalConfig(pooling=settings.pooling_eval, n_boot=settings.n_boot, seed=settings.train.seed,
-                             layers=tuple(sorted({settings.train.target_layer, selection, n_layers})))
+    eval_config = EvalConfig(
+        pooling=settings.pooling_eval,
+        n_boot=settings.n_boot,
+        seed=settings.train.seed,
+        layers=tuple(sorted({settings.train.target_layer, selection, n_layers})),
+    )
     layers = evaluate.eval_layers(eval_config, settings.train.target_layer, n_layers)
     pre = cache.pre_embeddings(settings.model, inputs, settings.pooling_eval, layers)
     peft_model = None
     try:
         started = time.perf_counter()
-        peft_model, train_log = train.train_tli(model, tokenizer, train_rows, settings.train, progress=False,
-                                                on_epoch_end=on_epoch_end)
+        peft_model, train_log = train.train_tli(
+            model, tokenizer, train_rows, settings.train, progress=False, on_epoch_end=on_epoch_end
+        )
         trained = time.perf_counter()
-        summary, pairs = evaluate.evaluate_adapter(peft_model, tokenizer, sets, settings.train.target_layer,
-                                                   eval_config, lexicon=inputs.lexicon, pre=pre, removed=removed)
+        summary, pairs = evaluate.evaluate_adapter(
+            peft_model,
+            tokenizer,
+            sets,
+            settings.train.target_layer,
+            eval_config,
+            lexicon=inputs.lexicon,
+            pre=pre,
+            removed=removed,
+        )
         evaluated = time.perf_counter()
-        kl = drift.drift_kl(peft_model, inputs.drift_samples) if settings.drift and inputs.drift_samples is not None \
+        kl = (
+            drift.drift_kl(peft_model, inputs.drift_samples)
+            if settings.drift and inputs.drift_samples is not None
             else {"drift_kl_sw": float("nan"), "drift_kl_en": float("nan")}
+        )
         drifted = time.perf_counter()
         files = _adapter_folder(peft_model, settings, len(train_rows)) if keep_adapter else {}
     finally:
@@ -130,11 +167,18 @@ def _train_and_measure(settings: TrialSettings, inputs: ExperimentInputs, cache:
             cache.models[settings.model] = (peft_model.unload(), tokenizer)
         if has_lora(cache.models[settings.model][0]):  # a failure inside train_tli after LoRA was attached
             del cache.models[settings.model]
-    row = {"status": "ok", "n_train_pairs": len(train_rows), "final_loss": float(train_log["loss"].iloc[-1]),
-           "objective": objective(summary, selection), "train_seconds": trained - started,
-           "eval_seconds": evaluated - trained, "drift_seconds": drifted - evaluated,
-           "eval_layer_target": settings.train.target_layer, "eval_layer_final": n_layers,
-           "eval_layer_selection": selection} | kl
+    row = {
+        "status": "ok",
+        "n_train_pairs": len(train_rows),
+        "final_loss": float(train_log["loss"].iloc[-1]),
+        "objective": objective(summary, selection),
+        "train_seconds": trained - started,
+        "eval_seconds": evaluated - trained,
+        "drift_seconds": drifted - evaluated,
+        "eval_layer_target": settings.train.target_layer,
+        "eval_layer_final": n_layers,
+        "eval_layer_selection": selection,
+    } | kl
     row |= wide_metrics(summary, {"target": settings.train.target_layer, "final": n_layers})
     return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log}, files)
 
@@ -146,6 +190,10 @@ def _adapter_folder(peft_model, settings: TrialSettings, n_pairs: int) -> dict[s
     from tli import adapters, files, models
     from tli.config import to_dict
 
-    stored = {"model": models.describe(settings.model), "train": to_dict(settings.train), "n_pairs": n_pairs,
-              "trial_id": settings.trial_id} | files.provenance()
+    stored = {
+        "model": models.describe(settings.model),
+        "train": to_dict(settings.train),
+        "n_pairs": n_pairs,
+        "trial_id": settings.trial_id,
+    } | files.provenance()
     return adapters.adapter_files(peft_model) | {"tli_config.json": json.dumps(stored, indent=2).encode()}

@@ -64,12 +64,18 @@ def epoch_metrics(trial_id: str, train_log: pd.DataFrame) -> dict[str, Any]:
     """One Tune iteration per epoch: its mean and last step loss, the learning rate, objective NaN."""
     epoch = int(train_log["epoch"].iloc[-1])
     steps = train_log[train_log["epoch"] == epoch]
-    return {"tli_trial_id": trial_id, "epoch": epoch, "train_loss": float(steps["loss"].mean()),
-            "train_loss_last": float(steps["loss"].iloc[-1]), "lr": float(steps["lr"].iloc[-1]),
-            "objective": float("nan")}
+    return {
+        "tli_trial_id": trial_id,
+        "epoch": epoch,
+        "train_loss": float(steps["loss"].mean()),
+        "train_loss_last": float(steps["loss"].iloc[-1]),
+        "lr": float(steps["lr"].iloc[-1]),
+        "objective": float("nan"),
+    }
 
 
 # --- the trainable, inside a Ray worker ----------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrialContext:
@@ -99,13 +105,19 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
     if stored is not None:
         report_to_tune(tune_metrics(stored))
         return
-    record = run_trial(settings, context.inputs, _CACHE, lambda train_log: report_to_tune(
-        epoch_metrics(settings.trial_id, train_log)), keep_adapter=context.save_adapters != "none")
+    record = run_trial(
+        settings,
+        context.inputs,
+        _CACHE,
+        lambda train_log: report_to_tune(epoch_metrics(settings.trial_id, train_log)),
+        keep_adapter=context.save_adapters != "none",
+    )
     record.row["node"] = ray.get_runtime_context().get_node_id()
     report_to_tune(tune_metrics(record.row) | {ARCHIVE_KEY: pack(record)})
 
 
 # --- the driver's callbacks ----------------------------------------------------------------------
+
 
 class ResultSink(tune.Callback):
     """Commits each trial's archive to the store (the driver is the one writer) and refreshes the merged tables."""
@@ -180,8 +192,11 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-LOGGER_EXTRAS = {"tensorboard": ("tensorboardX", "tensorboard"), "mlflow": ("mlflow", "mlflow"),
-                 "wandb": ("wandb", "wandb")}  # callback -> (module it needs, tli's pip extra)
+LOGGER_EXTRAS = {
+    "tensorboard": ("tensorboardX", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}  # callback -> (module it needs, tli's pip extra)
 
 
 def logger_callbacks(config: SweepConfig) -> list[tune.Callback]:
@@ -205,8 +220,11 @@ def logger_callbacks(config: SweepConfig) -> list[tune.Callback]:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         default = f"sqlite:///{config.location}/mlflow.db" if "://" not in config.location else None
-        made.append(MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", default),
-                                         experiment_name=config.experiment))
+        made.append(
+            MLflowLoggerCallback(
+                tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", default), experiment_name=config.experiment
+            )
+        )
     if "wandb" in config.callbacks:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -216,15 +234,21 @@ def logger_callbacks(config: SweepConfig) -> list[tune.Callback]:
 
 # --- the sweep, in the driver --------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def ray_session(config: SweepConfig):
     """Join `config.address`, or start a private local Ray (never a cluster some other process left running);
-    shut down only what this started."""
+    shut down only what this started.
+    """
     if ray.is_initialized():
         yield
         return
-    ray.init(address=config.address or "local", include_dashboard=False, log_to_driver=config.verbose,
-             logging_level=logging.INFO if config.verbose else logging.WARNING)
+    ray.init(
+        address=config.address or "local",
+        include_dashboard=False,
+        log_to_driver=config.verbose,
+        logging_level=logging.INFO if config.verbose else logging.WARNING,
+    )
     try:
         yield
     finally:
@@ -234,24 +258,37 @@ def ray_session(config: SweepConfig):
 def base_settings(config: SweepConfig) -> TrialSettings:
     """Every trial setting at its default: the paper's hyperparameters, the sweep's flags (smoke: tiny)."""
     smoke = config.smoke_test
-    train = TrainConfig(epochs=SMOKE["epochs"] if smoke else config.epochs,
-                        warmup_steps=SMOKE["warmup_steps"] if smoke else TrainConfig.warmup_steps,
-                        seed=config.seeds[0], mask_false_negatives=config.mask_false_negatives)
-    return TrialSettings(model=config.model, train=train, pooling_eval=config.pooling_eval,
-                         validation_fraction=config.validation_fraction, selection_layer=config.selection_layer,
-                         n_boot=SMOKE["n_boot"] if smoke else config.n_boot, drift=config.drift)
+    train = TrainConfig(
+        epochs=SMOKE["epochs"] if smoke else config.epochs,
+        warmup_steps=SMOKE["warmup_steps"] if smoke else TrainConfig.warmup_steps,
+        seed=config.seeds[0],
+        mask_false_negatives=config.mask_false_negatives,
+    )
+    return TrialSettings(
+        model=config.model,
+        train=train,
+        pooling_eval=config.pooling_eval,
+        validation_fraction=config.validation_fraction,
+        selection_layer=config.selection_layer,
+        n_boot=SMOKE["n_boot"] if smoke else config.n_boot,
+        drift=config.drift,
+    )
 
 
 def _check_trials(planned: list[TrialSettings], inputs: ExperimentInputs, n_layers: int, model: str) -> None:
     """TliError, before Ray starts, for a planned trial that cannot work: a layer the model lacks, too few pairs."""
     for settings in planned:
-        for name, layer in (("target layer", settings.train.target_layer), ("selection layer",
-                                                                            settings.selection_layer)):
+        for name, layer in (
+            ("target layer", settings.train.target_layer),
+            ("selection layer", settings.selection_layer),
+        ):
             if layer is not None and layer > n_layers:
                 raise TliError(f"{name} {layer} is out of range: {model} has layers 0..{n_layers}")
     for split in {(s.heldout_category, s.validation_fraction, s.validation_seed) for s in planned}:
-        trial_sets(inputs, TrialSettings().replace(heldout_category=split[0], validation_fraction=split[1],
-                                                   validation_seed=split[2]))
+        trial_sets(
+            inputs,
+            TrialSettings().replace(heldout_category=split[0], validation_fraction=split[1], validation_seed=split[2]),
+        )
 
 
 def _drift_samples(model_config, smoke: bool) -> pd.DataFrame:
@@ -259,8 +296,11 @@ def _drift_samples(model_config, smoke: bool) -> pd.DataFrame:
     from tli import drift, models
 
     model, tokenizer = models.load_model(model_config)
-    prompts = {lang: p[: SMOKE["drift_prompts"]] for lang, p in drift.DEFAULT_PROMPTS.items()} if smoke \
+    prompts = (
+        {lang: p[: SMOKE["drift_prompts"]] for lang, p in drift.DEFAULT_PROMPTS.items()}
+        if smoke
         else drift.DEFAULT_PROMPTS
+    )
     samples = drift.make_samples(model, tokenizer, prompts, **({"new_tokens": SMOKE["drift_tokens"]} if smoke else {}))
     return samples.assign(model=model_config.model)
 
@@ -270,8 +310,11 @@ def with_drift_samples(inputs: ExperimentInputs, config: SweepConfig, store: Exp
     if not config.drift:
         return inputs
     samples = store.read("drift_samples")
-    if samples.empty or set(samples.get("model", [])) != {config.model.model} or (
-            len(samples) <= 2 * SMOKE["drift_prompts"]) != config.smoke_test:
+    if (
+        samples.empty
+        or set(samples.get("model", [])) != {config.model.model}
+        or (len(samples) <= 2 * SMOKE["drift_prompts"]) != config.smoke_test
+    ):
         task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(_drift_samples)
         samples = ray.get(task.remote(config.model, config.smoke_test))
         store.write("drift_samples.parquet", samples)
@@ -291,13 +334,17 @@ def _scan_all_poolings(model_config, pairs: pd.DataFrame, digest: str) -> pd.Dat
 
 def _start_scan(config: SweepConfig, inputs: ExperimentInputs, store: ExperimentStore):
     """The scan as a Ray task beside the trials (None when stored): it takes a trial's GPU share but reserves
-    no CPU, so this short task never holds a CPU trial back."""
+    no CPU, so this short task never holds a CPU trial back.
+    """
     scan = store.read("scan")
     if not scan.empty and set(scan.get("inputs_digest", [])) == {inputs.digest}:
         return None
     task = ray.remote(num_cpus=0, num_gpus=config.gpus_per_trial)(_scan_all_poolings)
-    return task.remote(config.model, pd.concat([inputs.pairs, inputs.unseen]) if inputs.unseen is not None
-                       else inputs.pairs, inputs.digest)
+    return task.remote(
+        config.model,
+        pd.concat([inputs.pairs, inputs.unseen]) if inputs.unseen is not None else inputs.pairs,
+        inputs.digest,
+    )
 
 
 def _grid(grid: dict[str, list], config: SweepConfig) -> dict[str, list]:
@@ -308,8 +355,11 @@ def _grid(grid: dict[str, list], config: SweepConfig) -> dict[str, list]:
     return cut_for_smoke_test(grid) if config.smoke_test else grid
 
 
-def run_sweep(grid: dict[str, list] | Callable[[ExperimentInputs], dict[str, list]] | None, config: SweepConfig,
-              search: Search | Callable[[ExperimentInputs], Search] | None = None) -> pd.DataFrame:
+def run_sweep(
+    grid: dict[str, list] | Callable[[ExperimentInputs], dict[str, list]] | None,
+    config: SweepConfig,
+    search: Search | Callable[[ExperimentInputs], Search] | None = None,
+) -> pd.DataFrame:
     """Run a sweep's trials and return the merged trials table.
 
     `grid` maps each flat setting to its values (a dict value sets several settings at once); trials already
@@ -336,17 +386,31 @@ def run_sweep(grid: dict[str, list] | Callable[[ExperimentInputs], dict[str, lis
         if search is None:
             planned = expand_grid(_grid(grid, config), base)
             todo = [settings.row() for settings in planned if settings.trial_id not in done]
-            log.warning("%s: %d trials, %d already done, %d to run", config.experiment, len(planned),
-                        len(planned) - len(todo), len(todo))
+            log.warning(
+                "%s: %d trials, %d already done, %d to run",
+                config.experiment,
+                len(planned),
+                len(planned) - len(todo),
+                len(todo),
+            )
             space, total, axes = {"settings": tune.grid_search(todo)}, len(todo), swept_names(_grid(grid, config))
             swept = {name: [str(v) for v in values] for name, values in grid.items()}
         else:
             space, total, axes = {"settings": search.domains}, search.num_samples, list(search.domains)
             swept = {name: str(domain) for name, domain in search.domains.items()}
-        store.write("sweep_config.json", {
-            "sweep": dataclasses.asdict(config), "space": swept, "swept": axes, "base": base.row(),
-            "planned": len(planned) if search is None else search.num_samples, "n_pairs": len(inputs.pairs),
-            "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen)} | files.provenance())
+        store.write(
+            "sweep_config.json",
+            {
+                "sweep": dataclasses.asdict(config),
+                "space": swept,
+                "swept": axes,
+                "base": base.row(),
+                "planned": len(planned) if search is None else search.num_samples,
+                "n_pairs": len(inputs.pairs),
+                "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen),
+            }
+            | files.provenance(),
+        )
         scan = _start_scan(config, inputs, store)
         if total:
             context = TrialContext(inputs, base.row(), done, max(1, int(config.cpus_per_trial)), config.save_adapters)
@@ -366,22 +430,40 @@ def finish(trials: pd.DataFrame, axes: list[str], uri: str) -> None:
     print(final_table(trials, axes, uri))
 
 
-def _fit(space, total: int, config: SweepConfig, context: TrialContext, search_alg, axes: list[str],
-         callbacks: list, store: ExperimentStore) -> None:
-    trainable_with_context = tune.with_resources(tune.with_parameters(trainable, context=context),
-                                                 {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+def _fit(
+    space,
+    total: int,
+    config: SweepConfig,
+    context: TrialContext,
+    search_alg,
+    axes: list[str],
+    callbacks: list,
+    store: ExperimentStore,
+) -> None:
+    trainable_with_context = tune.with_resources(
+        tune.with_parameters(trainable, context=context), {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+    )
     tuner = tune.Tuner(
         trainable_with_context,
         param_space=space,
         tune_config=tune.TuneConfig(
-            search_alg=search_alg, metric="objective", mode="max", num_samples=total if search_alg else 1,
-            reuse_actors=True, max_concurrent_trials=config.max_concurrent or None,
+            search_alg=search_alg,
+            metric="objective",
+            mode="max",
+            num_samples=total if search_alg else 1,
+            reuse_actors=True,
+            max_concurrent_trials=config.max_concurrent or None,
         ),
         run_config=tune.RunConfig(
-            name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=f"{store.uri}/tune", verbose=0,
+            name=time.strftime("tune-%Y%m%d-%H%M%S"),
+            storage_path=f"{store.uri}/tune",
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            callbacks=[ResultSink(store.uri, config.save_adapters, config.experiment), Progress(total, axes),
-                       *callbacks],
+            callbacks=[
+                ResultSink(store.uri, config.save_adapters, config.experiment),
+                Progress(total, axes),
+                *callbacks,
+            ],
         ),
     )
     for result in tuner.fit():  # trials that failed even after their retries
@@ -389,17 +471,31 @@ def _fit(space, total: int, config: SweepConfig, context: TrialContext, search_a
             settings = context.settings(result.config)
             if (store.row(settings.trial_id) or {}).get("status") != "ok":
                 message = (str(result.error).strip().splitlines() or [""])[-1][:500]
-                store.write_row(settings.row() | {
-                    "experiment": config.experiment, "status": "error", "objective": float("nan"),
-                    "error": f"{type(result.error).__name__}: {message}",
-                    "finished_at": pd.Timestamp.now(tz="UTC").isoformat()})
+                store.write_row(
+                    settings.row()
+                    | {
+                        "experiment": config.experiment,
+                        "status": "error",
+                        "objective": float("nan"),
+                        "error": f"{type(result.error).__name__}: {message}",
+                        "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
+                    }
+                )
 
 
 # --- the table printed at the end ----------------------------------------------------------------
 
 SETS = ("trained", "validation", "control", "heldout", "unseen")
-TABLE_METRICS = ("cosine_pre", "cosine_post", "gap_pre", "gap_post", "centered_gap_pre", "centered_gap_post",
-                 "p_at_1_pre", "p_at_1_post")
+TABLE_METRICS = (
+    "cosine_pre",
+    "cosine_post",
+    "gap_pre",
+    "gap_post",
+    "centered_gap_pre",
+    "centered_gap_post",
+    "p_at_1_pre",
+    "p_at_1_post",
+)
 CONDITION_METRICS = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")
 
 
@@ -424,6 +520,8 @@ def final_table(trials: pd.DataFrame, axes: list[str], uri: str) -> str:
     errors = trials[trials["status"] != "ok"] if not trials.empty else trials
     for _, row in errors.head(10).iterrows():
         lines.append(f"error {row['trial_id']} (target layer {row['target_layer']}): {row['error']}")
-    lines.append(f"{len(ok)} ok / {len(errors)} error trials; results in {uri}/ "
-                 "(trials.parquet, summary.parquet, pairs.parquet, train_log.parquet, scan.parquet, sweep_config.json)")
+    lines.append(
+        f"{len(ok)} ok / {len(errors)} error trials; results in {uri}/ "
+        "(trials.parquet, summary.parquet, pairs.parquet, train_log.parquet, scan.parquet, sweep_config.json)"
+    )
     return "\n".join(lines)
