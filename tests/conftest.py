@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from tli import data, models
 from tli.config import ModelConfig
@@ -32,24 +32,38 @@ def embedded_dir():
     return models.embedded_model_dir("smollm2-135m")
 
 
+def tiny_model(family: str, vocab_size: int = 96, pad_token_id: int = 0, n_blocks: int = 4) -> torch.nn.Module:
+    """A random causal LM of `family` ("llama" or "gemma3"; hidden 32) in float32 eval mode with sdpa attention.
+
+    The Gemma 3 one alternates sliding-window (window 3) and full-attention blocks, so a truncated forward
+    pass is exact only if it keeps each block's mask and rotary embedding.
+    """
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_blocks,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=pad_token_id,
+    )
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True))
+    else:
+        layer_types = ["sliding_attention", "full_attention"] * (n_blocks // 2) + ["sliding_attention"] * (n_blocks % 2)
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, sliding_window=3, layer_types=layer_types))
+    model.config._attn_implementation = "sdpa"
+    return model.float().eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, embedded_dir):
     """A 4-block random Llama (hidden 32) with the SmolLM2 tokenizer, saved as safetensors."""
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_model("llama", len(tokenizer), tokenizer.pad_token_id).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -9,11 +9,13 @@ import io
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from tli import drift, train
 from tli.config import TrainConfig
 from tli.errors import TliError
+
+from conftest import tiny_model
 
 FAMILIES = ("llama", "gemma3")
 PROMPTS = {"sw": ("Leo asubuhi nilikwenda", "Watoto wanapenda"), "en": ("This morning I went", "Children like")}
@@ -23,34 +25,6 @@ COLUMNS = ["language", "prompt", "text", "input_ids", "n_prompt_tokens"]
 @pytest.fixture(scope="session")
 def tokenizer(embedded_dir):
     return AutoTokenizer.from_pretrained(embedded_dir)
-
-
-def tiny_model(family: str, vocab_size: int, pad_token_id: int) -> torch.nn.Module:
-    """A random 4-block causal LM of `family` in float32 eval mode (Gemma 3: sliding window 3)."""
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=pad_token_id,
-    )
-    if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        model = Gemma3ForCausalLM(
-            Gemma3TextConfig(
-                **common,
-                head_dim=8,
-                sliding_window=3,
-                layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-            )
-        )
-    model.config._attn_implementation = "sdpa"
-    return model.float().eval()
 
 
 @pytest.fixture(params=FAMILIES)

@@ -19,8 +19,6 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
 )
@@ -29,6 +27,8 @@ from tli import adapters, models, train
 from tli.cli import main
 from tli.config import ModelConfig, TrainConfig
 from tli.errors import TliError
+
+from conftest import tiny_model
 
 LORA_Q0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
 PROGRESS_BAR = re.compile(r"\| *\d+/\d+ \[")  # tqdm's, e.g. transformers' "Loading weights"
@@ -260,19 +260,7 @@ def test_cached_hub_id_and_sharded_folder_load(tiny_llama_dir, tmp_path, monkeyp
 
 def test_tiny_gemma3_folder_loads(tiny_llama_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        layer_types=["sliding_attention", "full_attention"],
-    )
-    Gemma3ForCausalLM(config).save_pretrained(tmp_path / "gemma")
+    tiny_model("gemma3", len(tokenizer), tokenizer.pad_token_id, n_blocks=2).save_pretrained(tmp_path / "gemma")
     tokenizer.save_pretrained(tmp_path / "gemma")
     model, _ = models.load_model(ModelConfig(model=str(tmp_path / "gemma")))
     assert type(model).__name__ == "Gemma3ForCausalLM"

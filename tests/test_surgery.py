@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from tli import loss, pooling, surgery, train
 from tli.config import TrainConfig
 from tli.errors import TliError
+
+from conftest import tiny_model
 
 
 def test_truncated_hidden_states_equal_the_full_forward(tiny_llama):
@@ -62,33 +64,6 @@ def test_unknown_architecture_is_a_clear_error():
 
 FAMILIES = ("llama", "gemma3")
 N_BLOCKS = 4
-
-
-def tiny_model(family: str) -> torch.nn.Module:
-    """A random 4-block causal LM of `family`, in float32 eval mode, with sdpa attention."""
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=N_BLOCKS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    if family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        config = Gemma3TextConfig(
-            **common,
-            head_dim=8,
-            sliding_window=3,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-        )
-        model = Gemma3ForCausalLM(config)
-    model.config._attn_implementation = "sdpa"
-    return model.float().eval()
 
 
 def tiny_batch() -> dict[str, torch.Tensor]:
