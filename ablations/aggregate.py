@@ -31,7 +31,7 @@ class AggregateFlags:
         "trials, seed excepted)",
     )
     out: str | None = setting(None, "output folder or URI (none given: RESULTS/report)")
-    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    n_boot: int = configs.n_boot_setting()
     seed: int = setting(0, "bootstrap and t-SNE seed", minimum=0, maximum=2**32 - 1)
     tsne: bool = setting(
         False,

@@ -9,18 +9,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from tli.config import MAX_LAYER, setting
+from tli.config import setting
 from tli.errors import TliError
-from tli.sweep.flags import main_for
+from tli.sweep.flags import TargetLayerFlags, main_for
 
 
 @dataclasses.dataclass(frozen=True)
-class HoldoutFlags:
+class HoldoutFlags(TargetLayerFlags):
     min_rows: int = setting(
         20, "least trained pairs a held-out category needs (smoke test: 4)", minimum=1, maximum=10**6
-    )
-    target_layer: tuple[int, ...] = setting(
-        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
     )
 
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from tli.config import MAX_LAYER, setting
-from tli.sweep.flags import main_for
+from tli.config import setting
+from tli.sweep.flags import TargetLayerFlags, main_for
 
 
 @dataclasses.dataclass(frozen=True)
-class MarginFlags:
+class MarginFlags(TargetLayerFlags):
     margins: tuple[float, ...] = setting(
         tuple(round(0.1 * i, 1) for i in range(1, 11)), "triplet margins, e.g. 0.2,0.4,0.8", minimum=0, maximum=2
-    )
-    target_layer: tuple[int, ...] = setting(
-        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
     )
 
 

@@ -3,8 +3,8 @@
 Objective (column `objective`, maximised): the validation set's gain in per-language centred gap
 (centred_gap_post - centred_gap_pre) at the selection layer (the same for every trial, default the last
 layer L). The validation set is carved from the trained pairs: the search never sees the control or
-unseen sets it is judged on. The sampler is seeded with the first --seeds value, so re-running the same
-command re-draws the same trials (and reuses their stored results).
+unseen sets it is judged on. The sampler is seeded with the first --seeds value: its random start-up draws
+repeat on a rerun (and reuse their stored results); later draws depend on the order trials finish in.
 """
 
 from __future__ import annotations

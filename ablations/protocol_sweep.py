@@ -9,11 +9,9 @@ control: last token  last / last               the last content token
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
-from tli.config import MAX_LAYER, setting
-from tli.sweep.flags import main_for
+from tli.sweep.flags import TargetLayerFlags, main_for
 
 PROTOCOLS = [
     {"pooling_train": "mean", "pooling_eval": "mean", "mask_false_negatives": False},
@@ -24,19 +22,12 @@ PROTOCOLS = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class ProtocolFlags:
-    target_layer: tuple[int, ...] = setting(
-        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
-    )
-
-
-def grid(config, flags: ProtocolFlags, inputs) -> dict:
+def grid(config, flags: TargetLayerFlags, inputs) -> dict:
     return {"target_layer": list(flags.target_layer), "protocol": PROTOCOLS}
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(argv, __doc__, "protocol_sweep", grid, ProtocolFlags)
+    return main_for(argv, __doc__, "protocol_sweep", grid, TargetLayerFlags)
 
 
 if __name__ == "__main__":

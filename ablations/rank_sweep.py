@@ -5,16 +5,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from tli.config import MAX_LAYER, setting
-from tli.sweep.flags import main_for
+from tli.config import setting
+from tli.sweep.flags import TargetLayerFlags, main_for
 
 
 @dataclasses.dataclass(frozen=True)
-class RankFlags:
+class RankFlags(TargetLayerFlags):
     ranks: tuple[int, ...] = setting((4, 8, 16, 32, 64), "LoRA ranks", minimum=1, maximum=4096)
-    target_layer: tuple[int, ...] = setting(
-        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
-    )
 
 
 def grid(config, flags: RankFlags, inputs) -> dict:

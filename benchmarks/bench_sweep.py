@@ -32,7 +32,7 @@ from tli import data, surgery
 from tli.config import ModelConfig
 from tli.sweep import tuner
 from tli.sweep.flags import SweepConfig
-from tli.sweep.inputs import ExperimentInputs, load_inputs, smoke_subset
+from tli.sweep.inputs import ExperimentInputs, load_inputs, make_drift_samples, smoke_subset
 from tli.sweep.store import ExperimentStore
 from tli.sweep.trial import WorkerCache
 
@@ -59,10 +59,11 @@ def driver_costs(config: SweepConfig, inputs: ExperimentInputs) -> dict[str, flo
     # the sweep's own task functions, called in-process: run_sweep finds their results stored and skips them
     store = ExperimentStore(config.location)
     if config.drift:
-        inputs = dataclasses.replace(inputs, drift_samples=tuner._drift_samples(config.model, config.smoke_test))
+        samples = make_drift_samples(config.model, config.smoke_test, 1)
+        inputs = dataclasses.replace(inputs, drift_samples=samples)
         store.write("drift_samples.parquet", inputs.drift_samples)
         lap("drift_samples_s")
-    store.write("scan.parquet", tuner._scan_all_poolings(config.model, inputs.pairs, inputs.digest))
+    store.write("scan.parquet", tuner.scan_all_poolings(config.model, inputs.pairs, inputs.digest))
     lap("scan_s")
     return seconds
 

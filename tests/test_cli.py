@@ -181,12 +181,14 @@ def _pairs_cases(tmp_path, tiny_llama_dir):
     file.write_text("x")
     folder = tmp_path / "a-folder.csv"
     folder.mkdir()
+    (tmp_path / "a-plot.png").mkdir()  # the plot written beside OUT.csv cannot be written
     model = ["--model", str(tiny_llama_dir)]
     return [
         (["scan", *model, "--output", str(file / "out.csv")], "is a file, not a folder"),
         (["scan", *model, "--output", str(folder)], "is a directory, not a file"),
         (["scan", *model, "--output", "/proc/tli-scan.csv"], "cannot write to /proc"),
         (["scan", *model, "--output", str(tmp_path / "out.xlsx")], "must end in .csv or .parquet"),
+        (["scan", *model, "--output", str(tmp_path / "a-plot.csv")], "a-plot.png is a directory"),
         (["scan", *model, "--layers", "7", "--output", str(tmp_path / "o.csv")], "layer 7 is out of range"),
         (["scan", "--model", "/nonexistent-model", "--output", str(tmp_path / "o.csv")], "not found"),
         (["scan", *model, "--pairs", "/nonexistent.tsv", "--output", str(tmp_path / "o.csv")], "no such file"),
@@ -221,6 +223,16 @@ def test_train_refuses_an_existing_adapter_folder_without_overwrite(tiny_llama_d
     )
     assert "exists and is not empty: pass --overwrite" in _one_error_line(capsys, "train")
     assert (adapter / "keep.txt").read_text() == "a previous adapter"
+
+
+def test_overwrite_replaces_only_an_adapter_folder(tiny_llama_dir, small_pairs, tmp_path, capsys):
+    work = tmp_path / "my-work"
+    work.mkdir()
+    (work / "notes.txt").write_text("not an adapter")
+    command = ["train", "--model", str(tiny_llama_dir), "--pairs", str(small_pairs[0]), "--output", str(work)]
+    assert main([*command, "--overwrite"]) == 2
+    assert "is not an adapter folder (no tli_config.json)" in _one_error_line(capsys, "train")
+    assert (work / "notes.txt").read_text() == "not an adapter"
 
 
 def test_non_causal_model_is_refused(tmp_path, capsys):

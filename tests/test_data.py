@@ -1,4 +1,4 @@
-"""tli.data: the packaged dataset, its quirk flags, evaluation sets, validation errors, FreeDict import."""
+"""tli.data and tli.freedict: the packaged dataset, its quirk flags, evaluation sets, validation errors, FreeDict."""
 
 import csv
 import gzip
@@ -19,7 +19,6 @@ from tli.data import (
     SPLITS,
     PairsError,
     default_pairs_path,
-    import_freedict,
     leak_free,
     load_eval_pairs,
     load_pairs,
@@ -28,6 +27,7 @@ from tli.data import (
     write_pairs,
 )
 from tli.errors import TliError
+from tli.freedict import import_freedict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tli_paper"
 REAL_DICTD = Path("/usr/share/dictd")

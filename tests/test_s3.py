@@ -5,7 +5,6 @@ aggregator reading from s3://.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +125,7 @@ def _sweep(env: dict, ray_dir: str) -> subprocess.Popen:
 
 
 @pytest.mark.timeout(900)
-def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path):
+def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path, monkeypatch):
     ray_dir = tempfile.mkdtemp(prefix="tlis3", dir="/tmp")  # short: Ray's socket paths live under it
     rows = "runs/layer_sweep/trials/"
     try:
@@ -150,15 +148,16 @@ def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path)
         _kill_marked(ray_dir)
         subprocess.run(["rm", "-rf", ray_dir], check=False)
 
-    import pyarrow.fs
+    from tli.files import Folder
 
-    s3, path = pyarrow.fs.FileSystem.from_uri(f"s3://{BUCKET}/runs/layer_sweep/trials.parquet")  # env: moto
-    os.environ.update({k: v for k, v in s3_env.items() if k.startswith("AWS_")})
-    with s3.open_input_file(path) as handle:
-        trials = pd.read_parquet(handle)
+    for key, value in s3_env.items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)  # pyarrow's S3 client, in this process too, talks to moto
+    folder = Folder(f"s3://{BUCKET}/runs/layer_sweep")
+    trials = folder.read_table("trials.parquet")
     assert len(trials) == 2 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     assert committed[0] in set(trials["trial_id"])
-    row = json.loads(s3.open_input_stream(f"{BUCKET}/runs/layer_sweep/trials/{committed[0]}/row.json").read())
+    row = folder.read_json(f"trials/{committed[0]}/row.json")
     assert row["finished_at"] == trials.set_index("trial_id").loc[committed[0], "finished_at"]  # not re-run
 
     report = tmp_path / "report"

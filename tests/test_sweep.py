@@ -168,7 +168,7 @@ def test_store_commits_merges_and_survives_a_crash(tmp_path):
         "error",
     ]
     fresh = sweep_store.ExperimentStore(str(tmp_path))
-    assert fresh.statuses() == {"aaaaaaaaaaaa": "ok", "bbbbbbbbbbbb": "error"}
+    assert {row["trial_id"]: row["status"] for row in fresh.rows()} == {"aaaaaaaaaaaa": "ok", "bbbbbbbbbbbb": "error"}
     (tmp_path / "trials.parquet").unlink()
     (tmp_path / "pairs.parquet").write_bytes(b"PAR1 not parquet")  # a corrupt merged table
     assert len(fresh.read("trials")) == 2 and len(fresh.read("pairs")) == 3
@@ -345,7 +345,7 @@ def test_layer_smoke_writes_the_contracted_tables(layer_smoke):
 
 
 @pytest.mark.slow
-def test_the_stored_best_adapter_loads_in_peft_and_in_tli_evaluate(layer_smoke, small_pairs, tmp_path):
+def test_the_stored_best_adapter_loads_in_peft_and_in_tli_evaluate(layer_smoke, small_pairs, tmp_path, capsys):
     from peft import PeftModel
 
     from tli.cli import main
@@ -461,6 +461,43 @@ def test_bad_sweep_settings_fail_before_ray_with_one_line(flags, message, tmp_pa
     assert time.perf_counter() - started < 30 and not (tmp_path / "layer_sweep" / "trials").exists()  # no Ray
 
 
+@pytest.mark.slow
+def test_a_trial_larger_than_this_machine_is_refused_at_once(tmp_path, capsys):
+    started = time.perf_counter()
+    assert (
+        load_ablation("layer_sweep").main(
+            ["--smoke-test", "--results", str(tmp_path), "--no-drift", "--cpus-per-trial", "64"]
+        )
+        == 2
+    )
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "a trial asks for 64 CPU but this machine has" in errors[0]
+    assert time.perf_counter() - started < 120  # Ray would wait for ever
+
+
+@pytest.mark.slow
+def test_an_experiment_never_mixes_trials_of_other_inputs(layer_smoke, small_pairs, capsys):
+    results, folder = layer_smoke
+    before = sorted(p.name for p in (folder / "trials").iterdir())
+    flags = ["--smoke-test", "--results", str(results), "--no-drift"]
+    assert load_ablation("layer_sweep").main([*flags, "--pairs", str(small_pairs[0])]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "holds trials of other inputs" in errors[0] and "another --experiment" in errors[0]
+    assert sorted(p.name for p in (folder / "trials").iterdir()) == before
+
+
+def test_a_pairs_files_own_unseen_rows_join_the_unseen_set(tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text(
+        "swahili\tenglish\tsplit\nmaji\twater\ttrained\nmoto\tfire\ttrained\n"
+        "kitabu\tbook\tcontrol\nnyota\tstar\tunseen\nmaji\tliquid\tunseen\n"
+    )
+    inputs = sweep_inputs.load_inputs(SweepConfig(pairs=str(pairs), drift=False))
+    assert list(inputs.pairs["split"]) == ["trained", "trained", "control"]
+    assert list(inputs.unseen["english"]) == ["star"] and list(inputs.unseen.index) == [3]  # maji: leaks, dropped
+    assert "star" in inputs.lexicon.english and inputs.pairs_file == str(pairs)
+
+
 def test_a_split_that_leaves_too_few_pairs_fails_before_ray(tmp_path, capsys):
     pairs = tmp_path / "two.tsv"  # half of 2 trained pairs go to validation: 1 left to train on
     pairs.write_text("swahili\tenglish\tsplit\nmaji\twater\ttrained\nmoto\tfire\ttrained\nkitabu\tbook\tcontrol\n")
@@ -471,7 +508,7 @@ def test_a_split_that_leaves_too_few_pairs_fails_before_ray(tmp_path, capsys):
 
 
 def test_a_sweep_in_which_every_trial_failed_is_an_error_and_lists_nothing(capsys):
-    from tli.sweep.tuner import finish
+    from tli.sweep.callbacks import finish
 
     failed = pd.DataFrame(
         {

@@ -55,9 +55,9 @@ def test_tensorboard_mlflow_and_wandb_see_every_trial(tmp_path, monkeypatch):
 
 
 def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
-    from tli.sweep import tuner
+    from tli.sweep import callbacks
 
-    monkeypatch.setitem(tuner.LOGGER_EXTRAS, "wandb", ("no_such_module_for_tli", "wandb"))
+    monkeypatch.setitem(callbacks.LOGGER_EXTRAS, "wandb", ("no_such_module_for_tli", "wandb"))
     assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), "--callbacks", "wandb"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and "pip install 'tli[wandb]'" in err[0]

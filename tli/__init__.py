@@ -1,6 +1,7 @@
 """Targeted Lexical Injection toolkit."""
 
 import logging
+import warnings
 
 
 class _NoHubKernelNotice(logging.Filter):
@@ -16,3 +17,7 @@ class _NoHubKernelNotice(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NoHubKernelNotice())
+
+# PEFT (0.21) calls transformers' (5.23) deprecated `is_gradient_checkpointing` whenever LoRA is attached:
+# a message between two libraries that a tli user can do nothing about, printed on every `tli train`.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

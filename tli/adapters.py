@@ -120,6 +120,15 @@ def _move_into_place(staged: Path, folder: Path) -> None:
 # --- reading and checking -----------------------------------------------------------------------
 
 
+def training_record(pairs_file: str | Path, rows: pd.DataFrame) -> dict[str, Any]:
+    """What tli_config.json records of an adapter's training pairs: their file (absolute), count and words."""
+    return {
+        "pairs": str(Path(pairs_file).expanduser().resolve()),
+        "n_pairs": len(rows),
+        "train_pairs": [[sw, en] for sw, en in zip(rows["swahili"], rows["english"])],
+    }
+
+
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     """tli_config.json of adapter folder `folder`, once every file of the folder is checked (no model loaded)."""
     return _read(Path(folder)).stored

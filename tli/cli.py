@@ -125,6 +125,7 @@ def run_scan(args: argparse.Namespace) -> None:
     from tli import files, scan
 
     files.check_output_file(args.output)
+    files.check_output_file(args.output.with_suffix(".png"), suffixes=(".png",))  # the plot beside it
     pairs = _load_pairs(args)
     config = configs.from_namespace(ScanConfig, args)
     model_config = configs.from_namespace(ModelConfig, args)
@@ -141,7 +142,7 @@ def run_scan(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from tli import adapters, data, files, models, train
 
-    files.check_output_dir(args.output, overwrite=args.overwrite, what="adapter folder")
+    files.check_output_dir(args.output, overwrite=args.overwrite, what="adapter folder", marker="tli_config.json")
     pairs = data.split_sets(_load_pairs(args)).get("trained")
     if pairs is None:
         raise TliError(f"{args.pairs} has no rows with split 'trained'")
@@ -150,12 +151,11 @@ def run_train(args: argparse.Namespace) -> None:
     _check_layers(model_config.model, (config.target_layer,))
     model, tokenizer = _load_model(model_config)
     peft_model, log_table = train.train_tli(model, tokenizer, pairs, config)
-    stored = {
-        "model": models.describe(model_config),
-        "train": configs.to_dict(config),
-        "pairs": str(args.pairs or data.default_pairs_path()),
-        "n_pairs": len(pairs),
-    } | files.provenance()
+    stored = (
+        {"model": models.describe(model_config), "train": configs.to_dict(config)}
+        | adapters.training_record(args.pairs or data.default_pairs_path(), pairs)
+        | files.provenance()
+    )
     adapters.save_adapter(peft_model, args.output, stored, {"train_log.csv": log_table}, overwrite=args.overwrite)
     print(
         f"final loss {log_table['loss'].iloc[-1]:.4f} after {len(log_table)} steps "
@@ -164,18 +164,17 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from tli import adapters, evaluate, files
+    from tli import adapters, data, evaluate, files
 
     stored = adapters.read_adapter_config(args.adapter)
     model_config = configs.from_namespace(ModelConfig, args, model=args.model or adapters.trained_on(stored))
     adapters.check_base_model(args.adapter, stored, model_config)
     config = configs.from_namespace(EvalConfig, args)
     files.check_output_dir(args.output, overwrite=True)
-    pairs = _load_pairs(args)
-    trained = pairs[pairs["split"] == "trained"]
-    if trained.empty:
-        raise TliError(f"{args.pairs} has no rows with split 'trained' (the pairs the adapter was trained on)")
-    others = {name: rows for name, rows in pairs.groupby("split", sort=False) if name != "trained"}
+    recorded = Path(stored.get("pairs") or "")
+    origin = args.pairs or (recorded if recorded.is_file() else data.default_pairs_path())  # the adapter's own file
+    pairs = data.load_pairs(origin, args.source_column, args.target_column)
+    trained, others = evaluate.adapter_sets(pairs, stored.get("train_pairs"), str(origin))
     sets, removed = evaluate.evaluation_sets(trained, others)
     _check_layers(model_config.model, config.layers)
     model, tokenizer = _load_model(model_config)
@@ -215,10 +214,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_pairs(args: argparse.Namespace) -> None:
-    from tli import data, files
+    from tli import files, freedict
 
     files.check_output_file(args.output, suffixes=(".tsv", ".csv"))
-    pairs = data.import_freedict(args.dict_dir, args.output)
+    pairs = freedict.import_freedict(args.dict_dir, args.output)
     print(f"wrote {len(pairs)} pairs to {args.output}")
 
 

@@ -283,6 +283,11 @@ def from_namespace(cls: type[C], namespace: argparse.Namespace, **values: Any) -
     return from_dict(cls, parsed | values)
 
 
+def n_boot_setting() -> Any:
+    """The bootstrap-resamples setting, declared once for evaluation, trials, sweeps and the aggregator."""
+    return setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+
+
 # --- the configs of each stage (each checked on construction, each reproducible from its JSON) ----
 
 POOLING_MODES = ("mean", "mean_content", "mean_skip_first", "last")  # see tli.pooling
@@ -385,7 +390,7 @@ class EvalConfig:
         (), "evaluation layers (default: the target layer and L)", minimum=0, maximum=MAX_LAYER
     )
     batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
-    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    n_boot: int = n_boot_setting()
     seed: int = setting(0, "bootstrap seed", minimum=0, maximum=2**32 - 1)
     csls_k: int = setting(10, "neighbourhood size of CSLS retrieval", minimum=1, maximum=1000)
 

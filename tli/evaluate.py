@@ -26,8 +26,10 @@ from transformers import PreTrainedTokenizerBase
 
 from tli import data, pooling, stats, surgery
 from tli.config import EvalConfig
+from tli.errors import TliError
 
 Embeddings = dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (Swahili pool [p, d], English pool [m, d])
+SETS = ("trained", "validation", "not_trained", "control", "control_all", "heldout", "heldout_all", "unseen")
 FULL_SETS = ("control", "heldout")  # also reported whole, as `<name>_all`
 PAIR_COLUMNS = ("set", "eval_layer", "pair_id", "swahili", "english", "category", "pos")
 TESTED = {"": "cosine", "gap_": "gap", "centered_gap_": "centered_gap"}  # summary prefix -> per-pair metric
@@ -62,6 +64,37 @@ def eval_layers(config: EvalConfig, target_layer: int, n_layers: int) -> list[in
     for k in layers:
         surgery.check_layer(k, n_layers)
     return layers
+
+
+def adapter_sets(
+    pairs: pd.DataFrame, train_pairs: list[list[str]] | None, origin: str
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(the rows an adapter was trained on, {other set: rows}) of a pairs file.
+
+    `train_pairs`: the [swahili, english] pairs the adapter's tli_config.json lists (None for an older
+    adapter: the whole trained split). Trained-split rows it never saw (a sweep's validation set or held-out
+    category) form the set `not_trained`; other splits (control, unseen) keep their names.
+    """
+    trained_split = pairs[pairs["split"] == "trained"]
+    if trained_split.empty:
+        raise TliError(f"{origin} has no rows with split 'trained' (the pairs the adapter was trained on)")
+    seen = pd.Series(True, index=trained_split.index)
+    if train_pairs is not None:
+        wanted = {tuple(pair) for pair in train_pairs}
+        present = set(zip(trained_split["swahili"], trained_split["english"]))
+        if wanted - present:
+            raise TliError(
+                f"{len(wanted - present)} of the {len(wanted)} pairs the adapter was trained on are not trained rows "
+                f"of {origin}: pass the --pairs it was trained with"
+            )
+        seen = pd.Series(
+            [pair in wanted for pair in zip(trained_split["swahili"], trained_split["english"])],
+            index=trained_split.index,
+        )
+    others = {name: rows for name, rows in pairs.groupby("split", sort=False) if name != "trained"}
+    if not seen.all():
+        others["not_trained"] = trained_split[~seen]
+    return trained_split[seen], others
 
 
 def evaluation_sets(

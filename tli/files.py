@@ -132,14 +132,15 @@ class Folder:
             self.write_bytes(probe, b"")
             self.delete(probe)
         except (OSError, ValueError) as error:
-            raise TliError(f"cannot write to {self.uri}: {_reason(error)}") from None
+            raise TliError(f"cannot write to {self.uri}: {reason(error)}") from None
         finally:
             for folder in created:  # innermost first
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
 
 
-def _reason(error: Exception) -> str:
+def reason(error: Exception) -> str:
+    """The short reason of an OSError (or pyarrow's error), without the advice pyarrow appends."""
     text = getattr(error, "strerror", None) or str(error).splitlines()[0] or type(error).__name__
     return text.split(". ")[0].rstrip(".")  # pyarrow appends advice ("To create buckets, enable ...") we do not offer
 
@@ -157,12 +158,19 @@ def check_output_file(path: Path, suffixes: tuple[str, ...] = TABLE_FORMATS) -> 
     Folder(path.parent).check_writable()
 
 
-def check_output_dir(path: Path, overwrite: bool = False, what: str = "output folder") -> None:
-    """TliError unless folder `path` can be written; an existing non-empty folder only with `overwrite`."""
+def check_output_dir(
+    path: Path, overwrite: bool = False, what: str = "output folder", marker: str | None = None
+) -> None:
+    """TliError unless folder `path` can be written; an existing non-empty folder only with `overwrite`, and
+    then only if it holds `marker` (the file that shows it is a folder of this kind, e.g. tli_config.json).
+    """
     if path.exists() and not path.is_dir():
         raise TliError(f"{what} {path} is a file, not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise TliError(f"{what} {path} exists and is not empty: pass --overwrite to replace it")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise TliError(f"{what} {path} exists and is not empty: pass --overwrite to replace it")
+        if marker is not None and not (path / marker).is_file():
+            raise TliError(f"{path} is not an {what} (no {marker}): --overwrite replaces only an {what}")
     _check_parent(path)
     Folder(path).check_writable()
 
@@ -183,21 +191,11 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-
-
 def write_text(text: str, path: str | Path) -> Path:
     """Write `text` to a local `path`, atomically."""
     path = Path(path)
     Folder(path.parent).write_bytes(path.name, text.encode())
     return path
-
-
-def write_json(values: dict[str, Any], path: str | Path) -> Path:
-    """Write `values` as indented JSON to a local `path`, atomically."""
-    return write_text(json.dumps(values, indent=2, default=str) + "\n", path)
 
 
 def provenance() -> dict[str, str]:

@@ -66,7 +66,8 @@ LEGEND = (
     "generalisation to new words). P@1 counts any gloss of a headword as correct among one fixed pool of "
     "candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the candidates and the centring "
     "means, so neither P@1 nor the centred gap depends on the set's size. `n_removed`: rows of the set left out "
-    "for sharing a word with the training pairs (control, held-out, unseen are leak-free; `*_all` keep them)."
+    "for sharing a word with the training pairs (control, held-out, unseen are leak-free; `*_all` keep them; "
+    "the validation set is carved leak-free from the trained pairs, and the rows that took is not counted here)."
 )
 SHORT = [
     "set",
@@ -108,7 +109,7 @@ class Report:
 
 
 def label(condition: pd.Series, by: list[str]) -> str:
-    return ", ".join(f"{c}={condition[c]}" for c in by) or "all trials"
+    return figures.label({c: condition[c] for c in by})
 
 
 def _protocol(condition: pd.Series) -> str:
@@ -158,11 +159,14 @@ def replication(results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: li
             )
         )
     else:
+        trained_on = results.ok["n_train_pairs"].mean()
         blocks.append(
             (
                 "p",
                 f"Fixed in advance: the paper's defaults ({defaults or 'the sweep varies no other setting'})"
-                "; every protocol present is reported, each at its target layer.",
+                "; every protocol present is reported, each at its target layer. Unlike the paper's, these trials "
+                f"train on {trained_on:.0f} pairs on average: the validation set "
+                f"({results.ok['validation_fraction'].mean():.0%} of the trained pairs) is carved out of them.",
             )
         )
         blocks += [("p", line) for line in verdict.sentences(table)]
@@ -198,11 +202,13 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
             f"The objective is the validation set's centred-gap gain at layer {ok['eval_layer_selection']:.0f}, the "
             f"same layer for every trial; the validation set is {ok['validation_fraction']:.0%} of the trained "
             f"pairs (whole headwords, seed {ok['validation_seed']:.0f}), so the control, held-out and unseen sets "
-            "play no part in the choice.",
+            "play no part in the choice. Objectives measured with another evaluation pooling, or on another "
+            "validation set (another held-out category), are on other scales: where those vary, only the "
+            "conditions at the paper's defaults of them compete.",
         ),
     ]
     if chosen is None:
-        return blocks + [("p", "No trial has a validation objective: nothing is selected.")]
+        return blocks + [("p", "No comparable condition has a validation objective: nothing is selected.")]
     also = any(label(c, by) == label(chosen, by) for c in _fixed_in_advance(conds, by))
     blocks.append(
         (
@@ -311,9 +317,19 @@ def build_report(
     `tsne(trial_id)` returns that trial's embeddings (`tli.sweep.replay.trial_embeddings`) for the t-SNE figure.
     """
     results = load_results(location)
+    folder = Folder(out) if out is not None else Folder(results.uri).child("report")
+    folder.check_writable()  # before any work
     by = condition_columns(results.trials) if by is None else list(by)
     sig = significance_table(results, by, n_boot, seed)
     blocks, verdicts = header(results, by), pd.DataFrame()
+    if not sig.empty and (sig["n_trials"] > sig["n_seeds"]).any():
+        blocks.append(
+            (
+                "p",
+                "Some conditions hold more trials than seeds: the `--by` columns leave out a setting that varies, "
+                "and trials of different settings are averaged as if they were replicates.",
+            )
+        )
     if sig.empty:
         blocks.append(("p", "No ok trial yet: nothing to test."))
     else:
@@ -329,6 +345,5 @@ def build_report(
             ("p", "Every evaluation layer and every column: significance.csv / significance.md."),
             ("table", at_target(sig)[[*by, *SHORT]]),
         ]
-    folder = Folder(out) if out is not None else Folder(results.uri).child("report")
     files = render.write(folder, blocks, sig, f"TLI report: {results.name}")
     return Report(files, sig, progress_line(results), verdict.sentences(verdicts))

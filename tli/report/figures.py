@@ -12,7 +12,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tli.report.tables import SETS, at_target
+from tli.evaluate import SETS
+from tli.report.tables import at_target
 
 GAINS = {  # significance-table prefix -> label
     "": "raw cosine gain",
@@ -28,7 +29,8 @@ def png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _label(values: dict[str, Any]) -> str:
+def label(values: dict[str, Any]) -> str:
+    """'a=1, b=x' for settings {a: 1, b: x}; 'all trials' for none."""
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "all trials"
 
 
@@ -38,7 +40,7 @@ def _lines(rows: pd.DataFrame, others: list[str]):
         yield "all trials", rows
         return
     for key, part in rows.groupby(others, dropna=False, sort=True):
-        yield _label(dict(zip(others, key))), part
+        yield label(dict(zip(others, key))), part
 
 
 def _errorbar(ax, x: pd.Series, rows: pd.DataFrame, prefix: str, label: str) -> None:

@@ -125,7 +125,6 @@ def page(blocks: list[Block], title: str) -> str:
 
 def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: str) -> dict[str, str]:
     """Write significance.csv/.md, figures/*.png, report.md and report.html to `out`; {kind: URI}."""
-    out.delete("figures")  # an earlier run's figures that this one does not draw
     written = {
         "significance_csv": out.write_table("significance.csv", significance),
         "significance_md": out.write_bytes("significance.md", (table_text(significance) + "\n").encode()),
@@ -133,6 +132,8 @@ def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: s
     for kind, content in blocks:
         if kind == "figure" and content.data is not None:
             written[content.name] = out.write_bytes(f"figures/{content.name}", content.data)
+        elif kind == "figure":  # a figure not drawn this time: an earlier run's copy would mislead
+            out.delete(f"figures/{content.name}")
     written["report_md"] = out.write_bytes("report.md", markdown(blocks).encode())
     written["report_html"] = out.write_bytes("report.html", page(blocks, title).encode())
     return written

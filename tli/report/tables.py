@@ -21,15 +21,15 @@ import pandas as pd
 from tli import stats
 from tli.config import EvalConfig
 from tli.errors import TliError
-from tli.evaluate import summary_table
-from tli.sweep.settings import TrialSettings, setting_names
+from tli.evaluate import SETS, summary_table
+from tli.sweep.settings import TrialSettings, plain, setting_names
 from tli.sweep.store import ExperimentStore
+from tli.sweep.trial import OUTCOMES
 
-SETS = ("trained", "validation", "control", "control_all", "heldout", "heldout_all", "unseen")
 PROTOCOL = ("pooling_train", "pooling_eval", "mask_false_negatives")  # every protocol present is reported
 MODEL = ("model", "device", "dtype", "quantization")  # every model present is reported
-NOT_CONDITIONS = ("seed", "device", "inputs_digest")  # seed: the replicate; the others do not change a result
-CONDITION_METRICS = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")
+NOT_CONDITIONS = ("seed", "device")  # seed: the replicate; device does not change what a trial measures
+COMPARABLE = ("pooling_eval", "heldout_category")  # objectives compare only where these agree (same measure, same set)
 PAIR_METRICS = [f"{m}_{when}" for m in stats.PAIR_METRICS if m != "chance" for when in ("pre", "post")] + ["chance"]
 
 
@@ -187,15 +187,10 @@ def _groups(frame: pd.DataFrame, by: list[str]):
         yield dict(zip(by, key)), rows
 
 
-def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _constant(values: pd.Series) -> Any:
     """The one value of a column (None when it varies or is missing)."""
     unique = values.dropna().unique()
-    return _plain(unique[0]) if len(unique) == 1 else None
+    return plain(unique[0]) if len(unique) == 1 else None
 
 
 def conditions(results: Results, by: list[str]) -> pd.DataFrame:
@@ -210,20 +205,29 @@ def conditions(results: Results, by: list[str]) -> pd.DataFrame:
             "n_seeds": trials["seed"].nunique(),
             "objective_sd": float(trials["objective"].std(ddof=1)) if len(trials) > 1 else math.nan,
         }
-        row |= {c: float(trials[c].astype(float).mean()) for c in CONDITION_METRICS if c in trials}
+        row |= {c: float(trials[c].astype(float).mean()) for c in OUTCOMES if c in trials}
         rows.append(row | {"trial_ids": list(trials["trial_id"])})
     return pd.DataFrame(rows)
 
 
 def selected(conds: pd.DataFrame) -> pd.Series | None:
-    """The condition with the highest mean validation objective (None when no trial has one)."""
+    """The condition with the highest mean validation objective, among those whose objectives compare.
+
+    Objectives measured with another evaluation pooling, or on the validation set left when another category
+    is held out, are on other scales: where COMPARABLE settings vary, only conditions at the paper's defaults
+    of them compete (None when none is, or no trial has an objective).
+    """
+    defaults = TrialSettings()
+    for column in COMPARABLE:
+        if column in conds and conds[column].astype(str).nunique() > 1:
+            conds = conds[conds[column].map(lambda value, c=column: _same(value, getattr(defaults, c)))]
     scores = conds["objective"].astype(float) if "objective" in conds else pd.Series(dtype=float)
     return None if scores.isna().all() else conds.loc[scores.idxmax()]
 
 
 def _same(value: Any, default: Any) -> bool:
     """Whether a stored setting equals a default (None and NaN alike; floats up to rounding)."""
-    value, default = _plain(value), _plain(default)
+    value, default = plain(value), plain(default)
     if default is None or (isinstance(default, float) and math.isnan(default)):
         return value is None or (isinstance(value, float) and math.isnan(value))
     if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, (int, float)):

@@ -3,9 +3,11 @@
   settings  `TrialSettings` (one trial's frozen settings, its trial_id and row) and grid expansion
   flags     `SweepConfig`, the command line every ablation script shares, generated from its fields
   inputs    what every trial of an experiment shares: pairs, evaluation sets, the retrieval pool, drift samples
-  trial     one trial inside a Ray worker: train, evaluate, measure drift, pack its files
+  trial     one trial inside a Ray worker: train, evaluate, measure drift, return its record
   store     the experiment's files on a local disk or an object store, written by the driver alone
-  tuner     Ray Tune plumbing: the trainable, reporting, callbacks, progress, `run_sweep`
+  tuner     Ray Tune plumbing: the trainable and what it reports, checks before Ray starts, `run_sweep`
+  callbacks the driver's Tune callbacks: commit each trial's files, progress, loggers; the final table
+  replay    a stored trial again, before and after its adapter (the report's t-SNE figure)
 
 Nothing here imports Ray or torch at import time: every ablation script answers `--help` at once.
 """

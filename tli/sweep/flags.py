@@ -52,7 +52,7 @@ class SweepConfig:
     selection_layer: int | None = setting(
         None, "layer of the validation objective, the same for every trial (default: L)", minimum=1, maximum=MAX_LAYER
     )
-    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    n_boot: int = configs.n_boot_setting()
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions, in every trial")
     address: str | None = setting(
         None, "Ray cluster to join: host:port or auto (default: start a private local Ray and stop it after)"
@@ -78,6 +78,10 @@ class SweepConfig:
 
     def __post_init__(self):
         configs.check(self)
+        for name in ("pairs", "eval_pairs"):  # absolute: sweep_config.json must name the same files from anywhere
+            value = getattr(self, name)
+            if value is not None and "://" not in value:
+                object.__setattr__(self, name, str(Path(value).expanduser().resolve()))
 
     @property
     def location(self) -> str:
@@ -85,6 +89,15 @@ class SweepConfig:
         if "://" in self.results:
             return f"{self.results.rstrip('/')}/{self.experiment}"
         return str(Path(self.results).expanduser().resolve() / self.experiment)
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetLayerFlags:
+    """The flag of the scripts that sweep something else at fixed target layers (a script's flags extend it)."""
+
+    target_layer: tuple[int, ...] = setting(
+        (2,), "target layer(s), e.g. 2 or 2,9 (the paper's: 2)", minimum=1, maximum=MAX_LAYER
+    )
 
 
 def sweep_parser(description: str | None, experiment: str, script_flags: type | None = None) -> configs.ArgumentParser:

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 
 import pandas as pd
 
@@ -19,7 +20,11 @@ from tli.errors import TliError
 from tli.evaluate import Lexicon, evaluation_sets
 from tli.sweep.flags import SweepConfig
 from tli.sweep.settings import TrialSettings
+from tli.sweep.store import ExperimentStore
 
+log = logging.getLogger(__name__)
+
+SMOKE_DRIFT = {"prompts": 2, "tokens": 8}  # a smoke test's drift samples: 2 prompts per language, 8 tokens
 SMOKE_PAIRS = {"categories": 4, "per_category": 4, "control": 6, "unseen": 20}  # 16 trained + 6 control pairs
 
 
@@ -28,8 +33,9 @@ class ExperimentInputs:
     """The experiment's fixed inputs (frames indexed by pair_id)."""
 
     pairs: pd.DataFrame  # trained and control rows
-    unseen: pd.DataFrame | None = None  # evaluation-only rows (split "unseen"), never trained
+    unseen: pd.DataFrame | None = None  # evaluation-only rows (split "unseen" or --eval-pairs), never trained
     drift_samples: pd.DataFrame | None = None  # the base model's own continuations (tli.drift.make_samples)
+    pairs_file: str = ""  # where the pairs came from (recorded with stored adapters)
 
     @functools.cached_property
     def lexicon(self) -> Lexicon:
@@ -49,20 +55,36 @@ class ExperimentInputs:
 
 
 def load_inputs(config: SweepConfig) -> ExperimentInputs:
-    """The sweep's pairs and unseen pairs (a smoke test keeps a few of each); drift samples come later."""
-    pairs = data.load_pairs(config.pairs)
+    """The sweep's pairs and unseen pairs (a smoke test keeps a few of each); drift samples come later.
+
+    The unseen set gathers the pairs file's own `unseen` rows and the --eval-pairs file, minus any row that
+    shares a word with the trained rows (a warning counts them).
+    """
+    pairs_file = config.pairs or str(data.default_pairs_path())
+    everything = data.load_pairs(pairs_file)
+    pairs = everything[everything["split"] != "unseen"]
     if config.smoke_test:
         pairs = smoke_subset(pairs)
     pairs = pairs.reset_index(drop=True)
-    if "trained" not in set(pairs["split"]):
-        raise TliError(f"{config.pairs}: no rows with split 'trained'")
-    unseen = None
+    trained = pairs[pairs["split"] == "trained"]
+    if trained.empty:
+        raise TliError(f"{pairs_file}: no rows with split 'trained'")
+    parts = [_unseen_rows(everything[everything["split"] == "unseen"], trained, pairs_file)]
     if config.eval_pairs is not None:
-        unseen = data.load_eval_pairs(config.eval_pairs, pairs[pairs["split"] == "trained"])
-        if config.smoke_test:
-            unseen = unseen.head(SMOKE_PAIRS["unseen"])
+        parts.append(data.load_eval_pairs(config.eval_pairs, trained))
+    unseen = pd.concat([part for part in parts if len(part)]) if any(len(part) for part in parts) else None
+    if unseen is not None:
+        unseen = unseen.head(SMOKE_PAIRS["unseen"]) if config.smoke_test else unseen
         unseen = unseen.reset_index(drop=True).set_axis(range(len(pairs), len(pairs) + len(unseen)))
-    return ExperimentInputs(pairs, unseen)
+    return ExperimentInputs(pairs, unseen, pairs_file=pairs_file)
+
+
+def _unseen_rows(rows: pd.DataFrame, trained: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """The leak-free `unseen` rows of the pairs file itself (a warning counts the others)."""
+    kept, removed = data.leak_free(rows, trained)
+    if removed:
+        log.warning("%s: %d of %d unseen rows share a word with the trained rows (dropped)", origin, removed, len(rows))
+    return kept
 
 
 def smoke_subset(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -100,3 +122,60 @@ def trial_sets(
         others["unseen"] = inputs.unseen
     sets, removed = evaluation_sets(train_rows, others)
     return train_rows, sets, removed
+
+
+# --- drift samples: made once per experiment, by the base model itself --------------------------
+
+
+def make_drift_samples(model_config, smoke: bool, threads: int) -> pd.DataFrame:
+    """The base model's continuations of the drift prompts (a Ray task: it needs the trials' device)."""
+    import torch
+
+    from tli import drift, models
+
+    torch.set_num_threads(threads)  # torch's default, every core, oversubscribes a machine Ray shares out
+    model, tokenizer = models.load_model(model_config)
+    prompts = (
+        {lang: p[: SMOKE_DRIFT["prompts"]] for lang, p in drift.DEFAULT_PROMPTS.items()}
+        if smoke
+        else drift.DEFAULT_PROMPTS
+    )
+    samples = drift.make_samples(model, tokenizer, prompts, **({"new_tokens": SMOKE_DRIFT["tokens"]} if smoke else {}))
+    return samples.assign(model=model_config.model)
+
+
+def with_drift_samples(inputs: ExperimentInputs, config: SweepConfig, store: ExperimentStore) -> ExperimentInputs:
+    """`inputs` with the experiment's drift samples: the stored ones if made by this model, else made now and
+    stored, once the stored trials are known to share these inputs (`check_same_inputs`).
+    """
+    if not config.drift:
+        check_same_inputs(store, inputs.digest)
+        return inputs
+    samples = store.read("drift_samples")
+    fresh = (
+        samples.empty
+        or set(samples.get("model", [])) != {config.model.model}
+        or (len(samples) <= 2 * SMOKE_DRIFT["prompts"]) != config.smoke_test
+    )
+    if fresh:
+        import ray
+
+        task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(make_drift_samples)
+        samples = ray.get(task.remote(config.model, config.smoke_test, max(1, int(config.cpus_per_trial))))
+    inputs = dataclasses.replace(inputs, drift_samples=samples.reset_index(drop=True))
+    check_same_inputs(store, inputs.digest)
+    if fresh:
+        store.write("drift_samples.parquet", samples)
+    return inputs
+
+
+def check_same_inputs(store: ExperimentStore, digest: str) -> None:
+    """TliError when the experiment's stored trials were measured on other inputs: one experiment, one set of
+    pairs, evaluation pairs and drift samples (the report could not tell their rows apart).
+    """
+    others = sorted({row.get("inputs_digest") for row in store.rows()} - {digest}, key=str)
+    if others:
+        raise TliError(
+            f"{store.uri} holds trials of other inputs (pairs, evaluation pairs, drift samples or --smoke-test; "
+            f"inputs digest {others[0]}, now {digest}): use another --experiment"
+        )

@@ -7,7 +7,6 @@ retrained with the trial's settings and seed. This is the only place the report 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import load_inputs, trial_sets
 from tli.sweep.settings import TrialSettings
 from tli.sweep.store import ExperimentStore
-
-log = logging.getLogger(__name__)
 
 
 def trial_embeddings(location: str, trial_id: str, max_pairs: int = 40, device: str = "auto") -> dict[str, Any]:
@@ -39,6 +36,13 @@ def trial_embeddings(location: str, trial_id: str, max_pairs: int = 40, device: 
     settings = TrialSettings.from_row(row)
     settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, device=device))
     inputs = load_inputs(configs.from_dict(SweepConfig, sweep))
+    if settings.drift:
+        inputs = dataclasses.replace(inputs, drift_samples=store.read("drift_samples").reset_index(drop=True))
+    if inputs.digest != settings.inputs_digest:
+        raise TliError(
+            f"the pairs of trial {trial_id} have changed since it ran (inputs digest {inputs.digest}, the trial's "
+            f"{settings.inputs_digest}): {sweep.get('pairs') or 'the default pairs'}, {sweep.get('eval_pairs')}"
+        )
     train_rows, sets, _ = trial_sets(inputs, settings)
     shown = pd.concat([rows for name, rows in sets.items() if not name.endswith("_all")])
     shown = shown.drop_duplicates(["swahili", "english"]).sample(frac=1.0, random_state=0).head(max_pairs)

@@ -47,7 +47,7 @@ class TrialSettings:
         minimum=1,
         maximum=MAX_LAYER,
     )
-    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
+    n_boot: int = configs.n_boot_setting()
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions")
     inputs_digest: str = setting("", "hash of the experiment's pairs, evaluation pairs and drift samples")
 
@@ -74,7 +74,7 @@ class TrialSettings:
         unknown = sorted(set(values) - set(known) - {"trial_id"})
         if unknown:
             raise TliError(f"unknown trial setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        values = {k: _plain(v) for k, v in values.items() if k != "trial_id"}
+        values = {k: plain(v) for k, v in values.items() if k != "trial_id"}
         if isinstance(values.get("target_modules"), str):
             values["target_modules"] = tuple(values["target_modules"].split(","))
         parts = {
@@ -107,7 +107,7 @@ def setting_names() -> list[str]:
     return [name for part in _PARTS.values() for name in _names(part)] + _names(TrialSettings)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A numpy/pandas scalar as the Python value it holds (Parquet rows carry numpy types); NaN -> None."""
     if hasattr(value, "item") and not isinstance(value, (list, tuple, str)):
         value = value.item()

@@ -191,10 +191,6 @@ class ExperimentStore:
             return None
         return row
 
-    def statuses(self) -> dict[str, str]:
-        """{trial_id: status} of the committed trials."""
-        return {row["trial_id"]: row.get("status", "error") for row in self.rows()}
-
     def read(self, kind: str = "trials") -> pd.DataFrame:
         """A merged table (trials, summary, pairs, train_log) or scan; a missing or unreadable merged table is
         rebuilt from trials/ (with a warning); an absent scan is an empty frame.

@@ -24,6 +24,7 @@ from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings
 from tli.sweep.store import TrialRecord
 
+OUTCOMES = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")  # per trial, beside the wide metrics
 PLACES = ("target", "final")  # evaluation layers named in trial rows: the target layer and the last layer L
 WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "n": "n",
@@ -161,7 +162,7 @@ def _train_and_measure(
             else {"drift_kl_sw": float("nan"), "drift_kl_en": float("nan")}
         )
         drifted = time.perf_counter()
-        files = _adapter_folder(peft_model, settings, len(train_rows)) if keep_adapter else {}
+        files = _adapter_folder(peft_model, settings, inputs.pairs_file, train_rows) if keep_adapter else {}
     finally:
         if peft_model is not None:
             cache.models[settings.model] = (peft_model.unload(), tokenizer)
@@ -183,17 +184,16 @@ def _train_and_measure(
     return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log}, files)
 
 
-def _adapter_folder(peft_model, settings: TrialSettings, n_pairs: int) -> dict[str, bytes]:
+def _adapter_folder(peft_model, settings: TrialSettings, pairs_file: str, train_rows) -> dict[str, bytes]:
     """The files of a `tli train` adapter folder (PEFT's, and tli_config.json): `tli evaluate` reads it."""
     import json
 
     from tli import adapters, files, models
     from tli.config import to_dict
 
-    stored = {
-        "model": models.describe(settings.model),
-        "train": to_dict(settings.train),
-        "n_pairs": n_pairs,
-        "trial_id": settings.trial_id,
-    } | files.provenance()
+    stored = (
+        {"model": models.describe(settings.model), "train": to_dict(settings.train), "trial_id": settings.trial_id}
+        | adapters.training_record(pairs_file, train_rows)
+        | files.provenance()
+    )
     return adapters.adapter_files(peft_model) | {"tli_config.json": json.dumps(stored, indent=2).encode()}

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,17 +26,16 @@ from ray import tune
 from tli import files, models
 from tli.config import TrainConfig
 from tli.errors import TliError
+from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logger_callbacks
 from tli.sweep.flags import SweepConfig
-from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets
+from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_drift_samples
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore, pack
 from tli.sweep.trial import WorkerCache, run_trial
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_KEY = "tli_archive"
-MERGE_SECONDS = 30  # the merged tables are refreshed at most this often while trials finish (and at the end)
-SMOKE = {"epochs": 1, "warmup_steps": 0, "n_boot": 200, "drift_prompts": 2, "drift_tokens": 8}
+SMOKE = {"epochs": 1, "warmup_steps": 0, "n_boot": 200}  # a smoke test's trials (drift: inputs.SMOKE_DRIFT)
 
 
 def report_to_tune(metrics: dict[str, Any]) -> None:
@@ -116,122 +113,6 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
     report_to_tune(tune_metrics(record.row) | {ARCHIVE_KEY: pack(record)})
 
 
-# --- the driver's callbacks ----------------------------------------------------------------------
-
-
-class ResultSink(tune.Callback):
-    """Commits each trial's archive to the store (the driver is the one writer) and refreshes the merged tables."""
-
-    def __init__(self, location: str, save_adapters: str, experiment: str):
-        self.location, self.save_adapters, self.experiment = location, save_adapters, experiment
-        self.store, self.merged_at = ExperimentStore(location), 0.0
-
-    def __getstate__(self):  # Tune pickles its callbacks into experiment checkpoints: keep no tables
-        return {"location": self.location, "save_adapters": self.save_adapters, "experiment": self.experiment}
-
-    def __setstate__(self, state):
-        self.__init__(**state)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        archive = result.pop(ARCHIVE_KEY, None)
-        if archive is not None:
-            self.store.commit(archive, self.save_adapters, self.experiment)
-            if time.monotonic() - self.merged_at > MERGE_SECONDS:
-                self.store.merge()
-                self.merged_at = time.monotonic()
-
-    def on_experiment_end(self, trials, **info):
-        self.store.merge()
-
-
-class Progress(tune.Callback):
-    """Trials done/total, errors, the running trials and their epoch, ETA (a tqdm bar on stderr)."""
-
-    def __init__(self, total: int, axes: list[str]):
-        self.total, self.axes, self.running, self.errors, self.bar = total, axes, {}, 0, None
-
-    def __getstate__(self):  # a progress bar holds a stream that may not pickle
-        return {key: value for key, value in self.__dict__.items() if key != "bar"} | {"bar": None}
-
-    def _show(self):
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=self.total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
-        self.bar.set_postfix_str(f"errors={self.errors} running: {'; '.join(self.running.values()) or '-'}")
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        settings = trial.config.get("settings", {})
-        self.running[trial.trial_id] = " ".join(f"{k}={_short(settings.get(k))}" for k in self.axes)
-        self._show()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "epoch" in result and "status" not in result and trial.trial_id in self.running:
-            label = self.running[trial.trial_id].split(" epoch")[0]
-            self.running[trial.trial_id] = f"{label} epoch {result['epoch']} loss {result['train_loss']:.3f}"
-            self._show()
-
-    def _finish(self, trial, error: bool):
-        self.running.pop(trial.trial_id, None)
-        self.errors += error or (trial.last_result or {}).get("status") == "error"
-        self._show()
-        self.bar.update(1)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, error=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, error=True)
-
-    def on_experiment_end(self, trials, **info):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-LOGGER_EXTRAS = {
-    "tensorboard": ("tensorboardX", "tensorboard"),
-    "mlflow": ("mlflow", "mlflow"),
-    "wandb": ("wandb", "wandb"),
-}  # callback -> (module it needs, tli's pip extra)
-
-
-def logger_callbacks(config: SweepConfig) -> list[tune.Callback]:
-    """Tune's own loggers named by --callbacks; a missing package is a TliError naming the pip extra.
-
-    MLflow logs to $MLFLOW_TRACKING_URI, else to a SQLite store beside local results (<experiment>/mlflow.db);
-    W&B to project $WANDB_PROJECT or the experiment name (WANDB_MODE=offline works without a network).
-    """
-    import importlib.util
-
-    for name in config.callbacks:
-        module, extra = LOGGER_EXTRAS[name]
-        if importlib.util.find_spec(module) is None:
-            raise TliError(f"--callbacks {name} needs {module}: pip install 'tli[{extra}]'")
-    made: list[tune.Callback] = []
-    if "tensorboard" in config.callbacks:
-        from ray.tune.logger import TBXLoggerCallback
-
-        made.append(TBXLoggerCallback())
-    if "mlflow" in config.callbacks:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        default = f"sqlite:///{config.location}/mlflow.db" if "://" not in config.location else None
-        made.append(
-            MLflowLoggerCallback(
-                tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", default), experiment_name=config.experiment
-            )
-        )
-    if "wandb" in config.callbacks:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        made.append(WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", config.experiment)))
-    return made
-
-
 # --- the sweep, in the driver --------------------------------------------------------------------
 
 
@@ -275,8 +156,12 @@ def base_settings(config: SweepConfig) -> TrialSettings:
     )
 
 
-def _check_trials(planned: list[TrialSettings], inputs: ExperimentInputs, n_layers: int, model: str) -> None:
-    """TliError, before Ray starts, for a planned trial that cannot work: a layer the model lacks, too few pairs."""
+def _check_trials(
+    planned: list[TrialSettings], inputs: ExperimentInputs, n_layers: int, model: str, needs_objective: bool
+) -> None:
+    """TliError, before Ray starts, for a planned trial that cannot work: a layer the model lacks, too few pairs,
+    no validation set where a search or --save-adapters best needs the validation objective.
+    """
     for settings in planned:
         for name, layer in (
             ("target layer", settings.train.target_layer),
@@ -285,47 +170,25 @@ def _check_trials(planned: list[TrialSettings], inputs: ExperimentInputs, n_laye
             if layer is not None and layer > n_layers:
                 raise TliError(f"{name} {layer} is out of range: {model} has layers 0..{n_layers}")
     for split in {(s.heldout_category, s.validation_fraction, s.validation_seed) for s in planned}:
-        trial_sets(
-            inputs,
-            TrialSettings().replace(heldout_category=split[0], validation_fraction=split[1], validation_seed=split[2]),
+        settings = TrialSettings().replace(
+            heldout_category=split[0], validation_fraction=split[1], validation_seed=split[2]
         )
+        sets = trial_sets(inputs, settings)[1]  # TliError for too few training pairs
+        if needs_objective and "validation" not in sets:
+            raise TliError(
+                "a search and --save-adapters best choose by the validation objective, but no validation "
+                f"set is left (--validation-fraction {split[1]:g}): raise it"
+            )
 
 
-def _drift_samples(model_config, smoke: bool) -> pd.DataFrame:
-    """The base model's continuations of the drift prompts (a Ray task: it needs the trials' device)."""
-    from tli import drift, models
-
-    model, tokenizer = models.load_model(model_config)
-    prompts = (
-        {lang: p[: SMOKE["drift_prompts"]] for lang, p in drift.DEFAULT_PROMPTS.items()}
-        if smoke
-        else drift.DEFAULT_PROMPTS
-    )
-    samples = drift.make_samples(model, tokenizer, prompts, **({"new_tokens": SMOKE["drift_tokens"]} if smoke else {}))
-    return samples.assign(model=model_config.model)
-
-
-def with_drift_samples(inputs: ExperimentInputs, config: SweepConfig, store: ExperimentStore) -> ExperimentInputs:
-    """`inputs` with the experiment's drift samples: stored ones if made by this model, else made once now."""
-    if not config.drift:
-        return inputs
-    samples = store.read("drift_samples")
-    if (
-        samples.empty
-        or set(samples.get("model", [])) != {config.model.model}
-        or (len(samples) <= 2 * SMOKE["drift_prompts"]) != config.smoke_test
-    ):
-        task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(_drift_samples)
-        samples = ray.get(task.remote(config.model, config.smoke_test))
-        store.write("drift_samples.parquet", samples)
-    return dataclasses.replace(inputs, drift_samples=samples.reset_index(drop=True))
-
-
-def _scan_all_poolings(model_config, pairs: pd.DataFrame, digest: str) -> pd.DataFrame:
+def scan_all_poolings(model_config, pairs: pd.DataFrame, digest: str) -> pd.DataFrame:
     """The base model's layer scan (`tli.scan.scan_layers`) in every pooling mode, one forward pass per batch."""
+    import torch
+
     from tli import models, scan
     from tli.config import POOLING_MODES, ScanConfig
 
+    torch.set_num_threads(1)  # it reserves no CPU: one thread, borrowed
     model, tokenizer = models.load_model(model_config)
     table = scan.scan_layers(model, tokenizer, pairs, ScanConfig(), progress=False, modes=POOLING_MODES)
     table.insert(0, "model", model_config.model)
@@ -339,7 +202,7 @@ def _start_scan(config: SweepConfig, inputs: ExperimentInputs, store: Experiment
     scan = store.read("scan")
     if not scan.empty and set(scan.get("inputs_digest", [])) == {inputs.digest}:
         return None
-    task = ray.remote(num_cpus=0, num_gpus=config.gpus_per_trial)(_scan_all_poolings)
+    task = ray.remote(num_cpus=0, num_gpus=config.gpus_per_trial)(scan_all_poolings)
     return task.remote(
         config.model,
         pd.concat([inputs.pairs, inputs.unseen]) if inputs.unseen is not None else inputs.pairs,
@@ -374,11 +237,13 @@ def run_sweep(
     inputs = load_inputs(config)
     grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
     base = base_settings(config)
+    if search is not None and len(config.seeds) > 1:
+        raise TliError("a search draws one seed per trial: pass one --seeds value (or sweep seeds with a grid)")
     if search is None:
         check_axes(grid)
-        _check_trials(expand_grid(_grid(grid, config), base), inputs, n_layers, config.model.model)
-    elif len(config.seeds) > 1:
-        raise TliError("a search draws one seed per trial: pass one --seeds value (or sweep seeds with a grid)")
+    planned = expand_grid(_grid(grid, config), base) if search is None else [base]
+    needs_objective = search is not None or config.save_adapters == "best"
+    _check_trials(planned, inputs, n_layers, config.model.model, needs_objective)
     with ray_session(config):
         inputs = with_drift_samples(inputs, config, store)
         base = base.replace(inputs_digest=inputs.digest)
@@ -420,14 +285,6 @@ def run_sweep(
     trials = store.merge()
     finish(trials, [a for a in axes if a != "seed"], store.uri)
     return trials
-
-
-def finish(trials: pd.DataFrame, axes: list[str], uri: str) -> None:
-    """Print the final table; a TliError when every trial failed (nothing worth listing was written)."""
-    failed = trials[trials["status"] != "ok"] if not trials.empty else trials
-    if len(trials) and len(failed) == len(trials):
-        raise TliError(f"every trial failed ({len(trials)}); the first: {failed['error'].iloc[0]}")
-    print(final_table(trials, axes, uri))
 
 
 def _fit(
@@ -481,47 +338,3 @@ def _fit(
                         "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
                     }
                 )
-
-
-# --- the table printed at the end ----------------------------------------------------------------
-
-SETS = ("trained", "validation", "control", "heldout", "unseen")
-TABLE_METRICS = (
-    "cosine_pre",
-    "cosine_post",
-    "gap_pre",
-    "gap_post",
-    "centered_gap_pre",
-    "centered_gap_post",
-    "p_at_1_pre",
-    "p_at_1_post",
-)
-CONDITION_METRICS = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")
-
-
-def final_table(trials: pd.DataFrame, axes: list[str], uri: str) -> str:
-    """Per swept setting: the selection objective and drift, then each set at the target layer (seed means)."""
-    lines = []
-    ok = trials[trials["status"] == "ok"] if not trials.empty else trials
-    axes = list(dict.fromkeys(["target_layer", *axes]))
-    if not ok.empty:
-        grouped = ok.groupby(axes, dropna=False)
-        per_condition = grouped[[c for c in CONDITION_METRICS if c in ok]].mean()
-        per_condition.insert(0, "n_trials", grouped.size())
-        lines.append(per_condition.reset_index().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-        long = []
-        for name in SETS:
-            columns = {f"target_{name}_{metric}": metric for metric in TABLE_METRICS}
-            if set(columns) <= set(ok.columns):
-                part = ok[axes + list(columns)].rename(columns=columns).dropna(subset=["cosine_pre"])
-                long.append(part.assign(set=name))
-        table = pd.concat(long).groupby(axes + ["set"], sort=True, dropna=False)[list(TABLE_METRICS)].mean()
-        lines.append(table.reset_index().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    errors = trials[trials["status"] != "ok"] if not trials.empty else trials
-    for _, row in errors.head(10).iterrows():
-        lines.append(f"error {row['trial_id']} (target layer {row['target_layer']}): {row['error']}")
-    lines.append(
-        f"{len(ok)} ok / {len(errors)} error trials; results in {uri}/ "
-        "(trials.parquet, summary.parquet, pairs.parquet, train_log.parquet, scan.parquet, sweep_config.json)"
-    )
-    return "\n".join(lines)
