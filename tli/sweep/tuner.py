@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -119,21 +120,53 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
 @contextlib.contextmanager
 def ray_session(config: SweepConfig):
     """Join `config.address`, or start a private local Ray (never a cluster some other process left running);
-    shut down only what this started.
+    shut down only what this started. TliError when no cluster answers or when a trial can never fit.
     """
     if ray.is_initialized():
         yield
         return
-    ray.init(
-        address=config.address or "local",
-        include_dashboard=False,
-        log_to_driver=config.verbose,
-        logging_level=logging.INFO if config.verbose else logging.WARNING,
-    )
+    _check_answers(config.address)
     try:
+        ray.init(
+            address=config.address or "local",
+            include_dashboard=False,
+            log_to_driver=config.verbose,
+            logging_level=logging.INFO if config.verbose else logging.WARNING,
+        )
+    except ConnectionError as error:
+        raise TliError(f"no Ray cluster at --address {config.address}: {files.reason(error)}") from None
+    try:
+        _check_resources(config)
         yield
     finally:
         ray.shutdown()
+
+
+def _check_answers(address: str | None, timeout_s: float = 10.0) -> None:
+    """TliError when nothing listens at a host:port address (ray.init would retry for minutes)."""
+    if not address or "://" in address or ":" not in address:
+        return  # "auto", "local" or a ray:// client address: ray.init says what is wrong
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as error:
+        raise TliError(f"no Ray cluster answers at {address}: {files.reason(error)}") from None
+
+
+def _check_resources(config: SweepConfig) -> None:
+    """On a private local Ray, TliError when one trial asks for more CPU or GPU than the machine has (Tune
+    would wait for ever); on a cluster, a warning (an autoscaler may still add a node that fits).
+    """
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    for name, asked in (("CPU", config.cpus_per_trial), ("GPU", config.gpus_per_trial)):
+        most = max((node.get(name, 0.0) for node in nodes), default=0.0)
+        if asked <= most:
+            continue
+        if not config.address:
+            raise TliError(
+                f"a trial asks for {asked:g} {name} but this machine has {most:g}: lower --{name.lower()}s-per-trial"
+            )
+        log.warning("a trial asks for %g %s, no node has that many yet: trials wait for one", asked, name)
 
 
 def base_settings(config: SweepConfig) -> TrialSettings:
