@@ -257,7 +257,7 @@ def unlike_defaults(results: Results, by: list[str]) -> dict[str, Any]:
     single epoch).
     """
     defaults, ok = TrialSettings().row(), results.ok
-    skip = {*by, *PROTOCOL, *MODEL, *NOT_CONDITIONS, "n_boot", "drift"}
+    skip = {*by, *PROTOCOL, *MODEL, *NOT_CONDITIONS, "n_boot", "drift", "inputs_digest"}  # not settings of the method
     fixed = {
         c: _constant(ok[c]) for c in setting_names() if c in ok and c not in skip and ok[c].astype(str).nunique() == 1
     }
