@@ -52,6 +52,8 @@ def _missing() -> str | None:
     """Why this machine cannot run the test, or None."""
     if os.geteuid() != 0:
         return "needs root: sshd for a second home, and private network, PID and mount namespaces"
+    if Path("/tmp") in (ROOT.resolve(), *ROOT.resolve().parents, *VENV_BIN.resolve().parents):
+        return f"the checkout or its venv ({VENV_BIN}) lies under /tmp, which each machine replaces: clone elsewhere"
     tools = {
         SSHD: "openssh-server",
         "ssh": "openssh-client",

@@ -251,6 +251,21 @@ def test_trials_committed_after_the_last_merge_are_merged(fixture_dir, results, 
     assert again.notes == ["the merged tables lacked 1 committed trial(s): rebuilt from trials/"]
 
 
+def test_rebuild_notes_survive_a_library_that_disabled_existing_loggers(fixture_dir, tmp_path):
+    import logging
+
+    logging.getLogger("tli.sweep.store").disabled = True  # what logging.config.dictConfig({"version": 1}) does
+    logging.disable(logging.CRITICAL)  # and what some libraries do to every logger
+    copy = tmp_path / "copy"
+    shutil.copytree(fixture_dir, copy)
+    (copy / "summary.parquet").write_bytes(b"not a parquet file")
+    try:
+        assert any("summary.parquet is unreadable" in note for note in report.load_results(str(copy)).notes)
+    finally:
+        logging.getLogger("tli.sweep.store").disabled = False
+        logging.disable(logging.NOTSET)
+
+
 def test_report_says_what_was_rebuilt_or_ignored(fixture_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(fixture_dir, copy)

@@ -9,8 +9,6 @@ across seeds, not generalisation to new words.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,27 +59,6 @@ class Results:
         return self.trials[self.trials["status"] != "ok"]
 
 
-class _Notes(logging.Handler):
-    """Collects the store's warnings (a table rebuilt, a file ignored) for the report."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(" ".join(record.getMessage().split()))
-
-
-@contextlib.contextmanager
-def _store_warnings():
-    handler, logger = _Notes(), logging.getLogger(ExperimentStore.__module__)
-    logger.addHandler(handler)
-    try:
-        yield handler.messages
-    finally:
-        logger.removeHandler(handler)
-
-
 def load_results(location: str) -> Results:
     """Read an experiment folder (a local path or a URI); a missing or unreadable merged table is rebuilt from
     the per-trial folders and noted. TliError when the folder does not exist or holds no trial.
@@ -93,20 +70,19 @@ def load_results(location: str) -> Results:
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
     kinds = ("trials", "summary", "pairs")
     try:
-        with _store_warnings() as notes:
-            present = {kind: store.folder.exists(f"{kind}.parquet") for kind in kinds}
+        present = {kind: store.folder.exists(f"{kind}.parquet") for kind in kinds}
+        tables = {kind: store.read(kind) for kind in kinds}
+        unmerged = _unmerged(store, tables["trials"])
+        if unmerged:  # trials committed after the last merge (a driver killed between merges)
+            store.merge()
             tables = {kind: store.read(kind) for kind in kinds}
-            unmerged = _unmerged(store, tables["trials"])
-            if unmerged:  # trials committed after the last merge (a driver killed between merges)
-                store.merge()
-                tables = {kind: store.read(kind) for kind in kinds}
-            sweep_config = store.read_json("sweep_config.json")
-            scan = store.read("scan")
+        sweep_config = store.read_json("sweep_config.json")
+        scan = store.read("scan")
     except OSError as error:
         raise TliError(f"cannot read {store.uri}: {' '.join(str(error).split())}") from None
     if tables["trials"].empty or "status" not in tables["trials"]:
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
-    notes += [
+    notes = store.notes + [
         f"{kind}.parquet was missing: rebuilt from trials/"
         for kind in kinds
         if not present[kind] and store.folder.exists(f"{kind}.parquet")

@@ -74,7 +74,13 @@ class ExperimentStore:
 
     def __init__(self, location: str):
         self.folder = Folder(location)
+        self.notes: list[str] = []  # what reading had to rebuild or leave out, as logged (a report says it)
         self._loaded: dict[str, tuple[str, dict[str, pd.DataFrame]]] = {}  # trial_id -> (finished_at, tables)
+
+    def _warn(self, message: str, *args: Any) -> None:
+        """Log a warning and keep it in `notes`."""
+        log.warning(message, *args)
+        self.notes.append(" ".join((message % args).split()))
 
     @property
     def uri(self) -> str:
@@ -149,7 +155,7 @@ class ExperimentStore:
             try:
                 frame = self.folder.read_table(name)
             except (OSError, ValueError) as error:
-                log.warning("trial %s is ok but %s cannot be read (%s): left out", trial_id, name, error)
+                self._warn("trial %s is ok but %s cannot be read (%s): left out", trial_id, name, error)
                 return None
             frame.insert(0, "trial_id", trial_id)
             tables[kind] = frame
@@ -184,10 +190,10 @@ class ExperimentStore:
         try:
             row = self.folder.read_json(name)
         except (OSError, ValueError) as error:
-            log.warning("skipping unreadable %s: %s", name, error)
+            self._warn("skipping unreadable %s: %s", name, error)
             return None
         if not (isinstance(row, dict) and row.get("trial_id") == trial_id):
-            log.warning("skipping %s: not a trial row of %s", name, trial_id)
+            self._warn("skipping %s: not a trial row of %s", name, trial_id)
             return None
         return row
 
@@ -204,10 +210,10 @@ class ExperimentStore:
             problem = f"unreadable ({error})"
         if kind not in ("trials", *TABLES):
             if problem != "missing":
-                log.warning("%s/%s is %s: ignored", self.uri, name, problem)
+                self._warn("%s/%s is %s: ignored", self.uri, name, problem)
             return pd.DataFrame()
         if problem != "missing":
-            log.warning("%s/%s is %s: rebuilt from %s/trials/", self.uri, name, problem, self.uri)
+            self._warn("%s/%s is %s: rebuilt from %s/trials/", self.uri, name, problem, self.uri)
         trials = self.merge()
         return (
             trials
@@ -220,7 +226,7 @@ class ExperimentStore:
         try:
             value = self.folder.read_json(name) if self.folder.exists(name) else None
         except (OSError, ValueError) as error:
-            log.warning("%s/%s is unreadable (%s): ignored", self.uri, name, error)
+            self._warn("%s/%s is unreadable (%s): ignored", self.uri, name, error)
             return None
         return value if isinstance(value, dict) else None
 
