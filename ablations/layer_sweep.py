@@ -20,7 +20,8 @@ from tli.sweep.flags import main_for
 class LayerFlags:
     layers: tuple[int, ...] = setting(
         (),
-        "target layers, e.g. 1-30 or 2,10,30 (default: 1..L, every layer with a block below it)",
+        "target layers, e.g. 1-30 or 2,10,30",
+        unset="1..L, every layer with a block below it",
         minimum=1,
         maximum=MAX_LAYER,
     )

@@ -463,6 +463,12 @@ def _weights(edit):
     return lambda f: edit_tensors(f / "adapter_model.safetensors", edit)
 
 
+def _lora_of_block(block: int):
+    """An edit adding rank-4 LoRA weights to block `block`'s q_proj."""
+    names = [LORA_Q0.format(part).replace("layers.0", f"layers.{block}") for part in "AB"]
+    return lambda t: t.update({names[0]: torch.zeros(4, 32), names[1]: torch.zeros(32, 4)})
+
+
 def _without(*names):
     def edit(tensors):
         for name in names:
@@ -531,25 +537,11 @@ BAD_ADAPTER_FOLDERS = {
         "lacks the LoRA weights of 1 module(s)",
     ),
     "weights of an untargeted block": (
-        _weights(
-            lambda t: t.update(
-                {
-                    LORA_Q0.format("A").replace("layers.0", "layers.3"): torch.zeros(4, 32),
-                    LORA_Q0.format("B").replace("layers.0", "layers.3"): torch.zeros(32, 4),
-                }
-            )
-        ),
+        _weights(_lora_of_block(3)),
         "holds LoRA weights of 1 module(s) that adapter_config.json does not target",
     ),
     "weights for a module the model lacks": (
-        _weights(
-            lambda t: t.update(
-                {
-                    LORA_Q0.format("A").replace("layers.0", "layers.9"): torch.zeros(4, 32),
-                    LORA_Q0.format("B").replace("layers.0", "layers.9"): torch.zeros(32, 4),
-                }
-            )
-        ),
+        _weights(_lora_of_block(9)),
         "it has no module model.layers.9.self_attn.q_proj",
     ),
     "weights of another width": (

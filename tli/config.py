@@ -35,13 +35,15 @@ def setting(
     pattern: str | None = None,
     flags: Sequence[str] = (),
     parse: Callable[[str], Any] | None = None,
+    unset: str | None = None,
 ) -> Any:
     """A dataclass field with its help and allowed values.
 
     minimum/maximum are inclusive bounds, above/below exclusive ones; `choices` lists the allowed values
     (for a tuple field: of each item); `pattern` is a regular expression a string must match in full,
     and `help` then starts by naming what it is ("a device: ..."). `flags` are extra option strings (e.g. an
-    older name); `parse` converts one command-line string (default: from the field's type).
+    older name); `parse` converts one command-line string (default: from the field's type); `unset` says
+    what the default means where its value does not (None: "the paper's pairs").
     """
     metadata = {
         "help": help,
@@ -53,6 +55,7 @@ def setting(
         "pattern": pattern,
         "flags": tuple(flags),
         "parse": parse,
+        "unset": unset,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -244,11 +247,9 @@ def _checked(convert: Callable[[str], Any], meta: dict) -> Callable[[str], Any]:
 def _flag_help(f: dataclasses.Field, default: Any) -> str:
     meta = f.metadata
     allowed = f"; {_range_text(meta)}" if _range_text(meta) else ""
-    shown = ",".join(map(str, default)) if isinstance(default, tuple) else "none" if default is None else default
-    text = meta.get("help", "")
-    if "(default:" in text:  # the help says what an unset value means
-        return f"{text[:-1]}{allowed})".replace("%", "%%") if allowed else text.replace("%", "%%")
-    return f"{text} (default: {shown}{allowed})".replace("%", "%%")
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    shown = "none" if shown in (None, "") else shown
+    return f"{meta.get('help', '')} (default: {meta.get('unset') or shown}{allowed})".replace("%", "%%")
 
 
 def add_arguments(
@@ -325,9 +326,7 @@ class ScanConfig:
     """`tli scan`: the pre-TLI layer scan."""
 
     pooling: str = setting("mean", "pooling mode (the paper's scan: mean)", choices=POOLING_MODES)
-    layers: tuple[int, ...] = setting(
-        (), "layers to scan, e.g. 0,2,10 (default: all 0..L)", minimum=0, maximum=MAX_LAYER
-    )
+    layers: tuple[int, ...] = setting((), "layers to scan, e.g. 0,2,10", unset="all 0..L", minimum=0, maximum=MAX_LAYER)
     batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
     csls_k: int = setting(10, "neighbourhood size of CSLS retrieval", minimum=1, maximum=1000)
 
@@ -357,7 +356,8 @@ class TrainConfig:
     lora_rank: int = setting(16, "LoRA rank r", minimum=1, maximum=4096, flags=("--rank",))
     lora_alpha: int | None = setting(
         None,
-        "LoRA alpha, scale alpha/r (default: 2 x rank, the paper's 32 for r=16)",
+        "LoRA alpha, scale alpha/r",
+        unset="2 x rank, the paper's 32 for r=16",
         minimum=1,
         maximum=10**5,
         flags=("--alpha",),
@@ -390,7 +390,7 @@ class EvalConfig:
         "mean_content", "pooling for evaluation (the author's code: mean_content)", choices=POOLING_MODES
     )
     layers: tuple[int, ...] = setting(
-        (), "evaluation layers (default: the target layer and L)", minimum=0, maximum=MAX_LAYER
+        (), "evaluation layers", unset="the target layer and L", minimum=0, maximum=MAX_LAYER
     )
     batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
     n_boot: int = n_boot_setting()

@@ -25,7 +25,7 @@ class SweepConfig:
     """Settings shared by every ablation script (one flag each; the model flags come from ModelConfig)."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    pairs: str | None = setting(None, "word pairs file (default: the paper's 623 trained + 63 control pairs)")
+    pairs: str | None = setting(None, "word pairs file", unset="the paper's 623 trained + 63 control pairs")
     eval_pairs: str | None = setting(
         None,
         "pairs never trained, scored in every trial as the `unseen` set (e.g. "
@@ -50,12 +50,12 @@ class SweepConfig:
         0.1, "share of trained pairs held out as the validation set selection uses", minimum=0, maximum=0.5
     )
     selection_layer: int | None = setting(
-        None, "layer of the validation objective, the same for every trial (default: L)", minimum=1, maximum=MAX_LAYER
+        None, "layer of the validation objective, the same for every trial", unset="L", minimum=1, maximum=MAX_LAYER
     )
     n_boot: int = configs.n_boot_setting()
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions, in every trial")
     address: str | None = setting(
-        None, "Ray cluster to join: host:port or auto (default: start a private local Ray and stop it after)"
+        None, "Ray cluster to join: host:port or auto", unset="start a private local Ray and stop it after"
     )
     cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)", above=0, maximum=1024)
     gpus_per_trial: float = setting(

@@ -43,7 +43,8 @@ class TrialSettings:
     )
     selection_layer: int | None = setting(
         None,
-        "layer at which the validation objective is measured, the same for every trial (default: L, the last layer)",
+        "layer at which the validation objective is measured, the same for every trial",
+        unset="L, the last layer",
         minimum=1,
         maximum=MAX_LAYER,
     )
