@@ -157,6 +157,28 @@ def test_selection_uses_validation_not_control(sig, conds):
     assert best_on_control["target_layer"] == 1  # what selecting on the control set would have picked
 
 
+def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_margin_dir):
+    table = tables.overview(sig, conds, BY)
+    assert len(table) == len(conds) == 9
+    for _, row in table.iterrows():
+        for name in ("trained", "control", "unseen"):
+            found = _row(sig, row["target_layer"], row["pooling_eval"], name)
+            cgap, p_at_1 = row[f"{name} cgap"], row[f"{name} cP@1"]
+            assert cgap.startswith(f"{found['centered_gap_pre']:.3f} → {found['centered_gap_post']:.3f}")
+            assert p_at_1 == f"{found['p_at_1_centered_pre']:.3f} → {found['p_at_1_centered_post']:.3f}"
+            assert cgap.endswith(" ↑") == (found["centered_gap_ci_low"] > 0)
+            assert cgap.endswith(" ↓") == (found["centered_gap_ci_high"] < 0)
+    by_protocol = table.set_index(["target_layer", "pooling_eval"])
+    assert by_protocol.loc[(3, "mean_content"), "trained cgap"].endswith(" ↑")  # 'pull': translations move together
+    unchanged = by_protocol.xs("last", level="pooling_eval")["trained cgap"]  # 'none': nothing changes
+    assert all(pre == post for pre, post in unchanged.str.split(" → "))
+    assert table["objective"].tolist() == pytest.approx(conds["objective"].tolist())
+    other = tables.load_results(str(rank_margin_dir))
+    by = tables.condition_columns(other.trials)
+    heldout = tables.overview(tables.significance_table(other, by, N_BOOT), tables.conditions(other, by), by)
+    assert heldout["heldout cgap"].str.contains(" → ").all()
+
+
 def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):
     fixed = tables.prespecified(conds, BY)
     assert fixed["target_layer"].tolist() == [2, 2, 2] and fixed["pooling_eval"].nunique() == 3  # every protocol
@@ -343,6 +365,8 @@ def test_report_files_and_embedded_figures(built, sig):
         "Figure skipped (t-SNE)",
         "p_at_1_chance",
         "| set ",
+        "at a glance",
+        "| trained cgap ",
     ):
         assert expected in text, expected
 

@@ -30,6 +30,7 @@ from tli.report.tables import (
     conditions,
     defaults_of,
     load_results,
+    overview,
     prespecified,
     progress_line,
     rows_of,
@@ -47,6 +48,7 @@ __all__ = [
     "condition_columns",
     "conditions",
     "load_results",
+    "overview",
     "prespecified",
     "progress_line",
     "selected",
@@ -222,6 +224,23 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
     return blocks + [("table", conds[[c for c in shown if c in conds]])]
 
 
+def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
+    low, high = at_target(sig)["p_at_1_chance"].agg(["min", "max"])
+    chance = f"{low:.2%}" if f"{low:.2%}" == f"{high:.2%}" else f"{low:.2%} to {high:.2%}, by set"
+    return [
+        ("h2", "Every condition at a glance: centred gap and P@1 at the target layer"),
+        (
+            "p",
+            "Per condition, at its target layer, pre → post (pairs averaged over seeds): `cgap` the "
+            "per-language-centred gap (a pair's centred cosine minus its mean to the non-translations), ↑/↓ when "
+            "its gain's 95% CI lies above/below 0; `cP@1` centred P@1 over the candidate pool (chance "
+            f"{chance}); `drift sw / en` the mean KL(base || TLI) in nats per token on Swahili / English text; "
+            "`objective` the mean validation objective. Raw cosines and every test: the tables below.",
+        ),
+        ("table", overview(sig, conds, by)),
+    ]
+
+
 def paper_tables(
     results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], chosen: pd.Series | None
 ) -> list[render.Block]:
@@ -336,7 +355,8 @@ def build_report(
         conds = conditions(results, by)
         chosen = selected(conds)
         found, verdicts = replication(results, sig, conds, by)
-        blocks += found + selection(results, conds, by, chosen) + paper_tables(results, sig, conds, by, chosen)
+        blocks += found + selection(results, conds, by, chosen) + at_a_glance(sig, conds, by)
+        blocks += paper_tables(results, sig, conds, by, chosen)
         embeddings = tsne(best_trial(results, chosen)) if tsne is not None else None
         blocks += [("h2", "Figures")] + [("figure", p) for p in plots(results, sig, conds, by, embeddings, seed)]
         blocks += [

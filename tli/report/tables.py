@@ -362,6 +362,47 @@ def at_target(sig: pd.DataFrame) -> pd.DataFrame:
     return sig[sig["layer_role"].str.contains("target")]
 
 
+OVERVIEW_SETS = ("trained", "heldout", "control", "unseen")  # the leak-free sets a reader compares first
+
+
+def _before_after(row: pd.Series, metric: str) -> str:
+    """'pre → post' of one significance row's metric, to 3 decimals."""
+    return f"{row[f'{metric}_pre']:.3f} → {row[f'{metric}_post']:.3f}"
+
+
+def _ci_mark(row: pd.Series) -> str:
+    """' ↑' / ' ↓' when the centred-gap gain's 95% CI lies above / below 0, else ''."""
+    return " ↑" if row["centered_gap_ci_low"] > 0 else " ↓" if row["centered_gap_ci_high"] < 0 else ""
+
+
+def _nats(kl: float) -> str:
+    """A drift KL to 2 decimals, or 2 significant digits below 0.01 (so a small drift does not read as 0)."""
+    return f"{kl:.2g}" if 0 < abs(kl) < 0.01 else f"{kl:.2f}"
+
+
+def overview(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One row per condition, at its target layer: the per-language-centred gap ('cgap', marked by `_ci_mark`)
+    and centred P@1 ('cP@1'), pre → post, for each OVERVIEW_SETS set present (pairs averaged over seeds); the
+    mean drift KL on Swahili / English text; the mean validation objective.
+    """
+    target = at_target(sig)
+    names = [name for name in OVERVIEW_SETS if name in set(target["set"])]
+    drift = all(c in conds and conds[c].notna().any() for c in ("drift_kl_sw", "drift_kl_en"))
+    rows = []
+    for _, condition in conds.iterrows():
+        measured = rows_of(target, condition, by).drop_duplicates("set").set_index("set")
+        row = {c: condition[c] for c in by}
+        for metric, short in (("centered_gap", "cgap"), ("p_at_1_centered", "cP@1")):
+            for name in names:
+                found = measured.loc[name] if name in measured.index else None
+                mark = _ci_mark(found) if found is not None and short == "cgap" else ""
+                row[f"{name} {short}"] = "" if found is None else _before_after(found, metric) + mark
+        if drift:
+            row["drift sw / en"] = f"{_nats(condition['drift_kl_sw'])} / {_nats(condition['drift_kl_en'])}"
+        rows.append(row | {"objective": condition.get("objective", math.nan)})
+    return pd.DataFrame(rows)
+
+
 # --- the paper's Tables 1 and 2 -----------------------------------------------------------------
 
 
