@@ -367,6 +367,7 @@ def test_report_files_and_embedded_figures(built, sig):
         "| set ",
         "at a glance",
         "| trained cgap ",
+        "% (chance ",
     ):
         assert expected in text, expected
 
