@@ -5,6 +5,7 @@ and t-SNE through `tli.sweep.replay` on a tiny model.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -177,6 +178,14 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
     by = tables.condition_columns(other.trials)
     heldout = tables.overview(tables.significance_table(other, by, N_BOOT), tables.conditions(other, by), by)
     assert heldout["heldout cgap"].str.contains(" → ").all()
+
+
+def test_a_loss_stuck_at_its_margin_is_reported(results):
+    assert not tables.at_margin(results.ok).any()  # the fixture's final losses: 0.3 / target layer, margin 0.4
+    stuck = results.ok.assign(final_loss=results.ok["margin"] + [0.0002, 0.05] * (len(results.ok) // 2))
+    assert tables.at_margin(stuck).tolist() == [True, False] * (len(results.ok) // 2)
+    text = render.markdown(report.header(dataclasses.replace(results, trials=stuck), BY))
+    assert f"Training check: in {len(results.ok) // 2} of {len(results.ok)} trials" in text
 
 
 def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):
@@ -370,6 +379,7 @@ def test_report_files_and_embedded_figures(built, sig):
         "% (chance ",
     ):
         assert expected in text, expected
+    assert "Training check" not in text  # no trial's loss sits at its margin
 
 
 def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):

@@ -25,6 +25,7 @@ from tli.report.render import Plot
 from tli.report.tables import (
     PROTOCOL,
     Results,
+    at_margin,
     at_target,
     condition_columns,
     conditions,
@@ -135,6 +136,18 @@ def header(results: Results, by: list[str]) -> list[render.Block]:
         ),
     ]
     blocks += [("p", f"Data note: {note}.") for note in results.notes]
+    stuck = at_margin(results.ok)
+    if stuck.any():
+        blocks.append(
+            (
+                "p",
+                f"Training check: in {stuck.sum()} of {len(stuck)} trials the final triplet loss is within 0.01 of "
+                "the margin: in the training pooling (`pooling_train`) anchors stayed as close to their hardest "
+                "negative as to their translation, the hinge max(0, d(a, p) - d(a, n) + margin) did not close, "
+                "and while every hinge is active the margin does not enter the gradient (any margin then trains "
+                "the same adapter). What such trials change comes from that near-zero remainder.",
+            )
+        )
     if not results.errors.empty:
         shown = [c for c in ("trial_id", *by, "error") if c in results.errors]
         errors = results.errors[shown].assign(error=results.errors["error"].astype(str).str.slice(0, 200))

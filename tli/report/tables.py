@@ -240,6 +240,15 @@ def unlike_defaults(results: Results, by: list[str]) -> dict[str, Any]:
     return {c: v for c, v in fixed.items() if not _same(v, defaults[c])}
 
 
+def at_margin(ok: pd.DataFrame, tolerance: float = 0.01) -> pd.Series:
+    """Per ok trial: whether its final (last batch's) triplet loss lies within `tolerance` of its margin, as when
+    every anchor is as close to its hardest negative as to its translation, d(a, p) - d(a, n) ≈ 0.
+    """
+    if ok.empty or not {"final_loss", "margin"} <= set(ok):
+        return pd.Series(False, index=ok.index)
+    return (ok["final_loss"].astype(float) - ok["margin"].astype(float)).abs() < tolerance
+
+
 # --- the significance table ---------------------------------------------------------------------
 
 
