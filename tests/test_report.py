@@ -166,7 +166,7 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
             found = _row(sig, row["target_layer"], row["pooling_eval"], name)
             cgap, p_at_1 = row[f"{name} cgap"], row[f"{name} cP@1"]
             assert cgap.startswith(f"{found['centered_gap_pre']:.3f} → {found['centered_gap_post']:.3f}")
-            assert p_at_1 == f"{found['p_at_1_centered_pre']:.3f} → {found['p_at_1_centered_post']:.3f}"
+            assert p_at_1 == f"{found['p_at_1_centered_pre']:.2%} → {found['p_at_1_centered_post']:.2%}"
             assert cgap.endswith(" ↑") == (found["centered_gap_ci_low"] > 0)
             assert cgap.endswith(" ↓") == (found["centered_gap_ci_high"] < 0)
     by_protocol = table.set_index(["target_layer", "pooling_eval"])
@@ -174,6 +174,10 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
     unchanged = by_protocol.xs("last", level="pooling_eval")["trained cgap"]  # 'none': nothing changes
     assert all(pre == post for pre, post in unchanged.str.split(" → "))
     assert table["objective"].tolist() == pytest.approx(conds["objective"].tolist())
+    one_missing = [np.nan] + [0.5] * (len(conds) - 1)
+    no_drift = conds.assign(drift_kl_sw=one_missing, drift_kl_en=one_missing)
+    assert tables.overview(sig, no_drift, BY)["drift sw / en"].tolist()[:2] == [" / ", "0.50 / 0.50"]
+    assert "nothing to show" in render.markdown(report.at_a_glance(sig.assign(layer_role="final"), conds, BY))
     other = tables.load_results(str(rank_margin_dir))
     by = tables.condition_columns(other.trials)
     heldout = tables.overview(tables.significance_table(other, by, N_BOOT), tables.conditions(other, by), by)
@@ -181,11 +185,12 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
 
 
 def test_a_loss_stuck_at_its_margin_is_reported(results):
-    assert not tables.at_margin(results.ok).any()  # the fixture's final losses: 0.3 / target layer, margin 0.4
-    stuck = results.ok.assign(final_loss=results.ok["margin"] + [0.0002, 0.05] * (len(results.ok) // 2))
-    assert tables.at_margin(stuck).tolist() == [True, False] * (len(results.ok) // 2)
+    ok = results.ok.iloc[:4]
+    assert not tables.loss_at_margin(results.ok).any()  # the fixture's final losses: 0.3 / target layer, margin 0.4
+    stuck = ok.assign(margin=[0.4, 0.4, 0.4, 0.0], final_loss=[0.4002, 0.45, 0.35, 0.0])
+    assert tables.loss_at_margin(stuck).tolist() == [True, True, False, False]  # at, above, below; margin 0 never
     text = render.markdown(report.header(dataclasses.replace(results, trials=stuck), BY))
-    assert f"Training check: in {len(results.ok) // 2} of {len(results.ok)} trials" in text
+    assert "Training check: in 2 of 4 trials" in text
 
 
 def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):

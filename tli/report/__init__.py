@@ -23,14 +23,15 @@ from tli.files import Folder
 from tli.report import figures, render, verdict
 from tli.report.render import Plot
 from tli.report.tables import (
+    MARGIN_TOLERANCE,
     PROTOCOL,
     Results,
-    at_margin,
     at_target,
     condition_columns,
     conditions,
     defaults_of,
     load_results,
+    loss_at_margin,
     overview,
     prespecified,
     progress_line,
@@ -136,16 +137,16 @@ def header(results: Results, by: list[str]) -> list[render.Block]:
         ),
     ]
     blocks += [("p", f"Data note: {note}.") for note in results.notes]
-    stuck = at_margin(results.ok)
+    stuck = loss_at_margin(results.ok)
     if stuck.any():
         blocks.append(
             (
                 "p",
-                f"Training check: in {stuck.sum()} of {len(stuck)} trials the final triplet loss is within 0.01 of "
-                "the margin: in the training pooling (`pooling_train`) anchors stayed as close to their hardest "
-                "negative as to their translation, the hinge max(0, d(a, p) - d(a, n) + margin) did not close, "
-                "and while every hinge is active the margin does not enter the gradient (any margin then trains "
-                "the same adapter). What such trials change comes from that near-zero remainder.",
+                f"Training check: in {stuck.sum()} of {len(stuck)} trials the final triplet loss is not below the "
+                f"margin minus {MARGIN_TOLERANCE}, the loss nearly identical pooled vectors give: in the training "
+                "pooling (`pooling_train`) anchors end about as close to their hardest in-batch negative as to their "
+                "translation. While every hinge max(0, d(a, p) - d(a, n) + margin) is active, the margin does not "
+                "enter the gradient (on Gemma 3 270M at layer 2, margins 0.1 to 1.0 trained the same adapter).",
             )
         )
     if not results.errors.empty:
@@ -238,15 +239,18 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
 
 
 def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
+    heading = ("h2", "Every condition at a glance: centred gap and P@1 at the target layer")
+    if at_target(sig).empty:
+        return [heading, ("p", "No condition has one target layer (`--by` leaves target_layer out): nothing to show.")]
     low, high = at_target(sig)["p_at_1_chance"].agg(["min", "max"])
-    chance = f"{low:.2%}" if f"{low:.2%}" == f"{high:.2%}" else f"{low:.2%} to {high:.2%}, by set"
+    chance = f"{low:.2%}" if f"{low:.2%}" == f"{high:.2%}" else f"{low:.2%} to {high:.2%}"
     return [
-        ("h2", "Every condition at a glance: centred gap and P@1 at the target layer"),
+        heading,
         (
             "p",
             "Per condition, at its target layer, pre → post (pairs averaged over seeds): `cgap` the "
             "per-language-centred gap (a pair's centred cosine minus its mean to the non-translations), ↑/↓ when "
-            "its gain's 95% CI lies above/below 0; `cP@1` centred P@1 over the candidate pool (chance "
+            "its gain's 95% CI lies above/below 0; `cP@1` centred P@1 in percent over the candidate pool (chance "
             f"{chance}); `drift sw / en` the mean KL(base || TLI) in nats per token on Swahili / English text; "
             "`objective` the mean validation objective. Raw cosines and every test: the tables below.",
         ),

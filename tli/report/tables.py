@@ -240,13 +240,18 @@ def unlike_defaults(results: Results, by: list[str]) -> dict[str, Any]:
     return {c: v for c, v in fixed.items() if not _same(v, defaults[c])}
 
 
-def at_margin(ok: pd.DataFrame, tolerance: float = 0.01) -> pd.Series:
-    """Per ok trial: whether its final (last batch's) triplet loss lies within `tolerance` of its margin, as when
-    every anchor is as close to its hardest negative as to its translation, d(a, p) - d(a, n) ≈ 0.
+MARGIN_TOLERANCE = 0.01  # a final loss above margin - this has not left its margin
+
+
+def loss_at_margin(ok: pd.DataFrame) -> pd.Series:
+    """Per ok trial: whether its final (last batch's) triplet loss is not below margin - MARGIN_TOLERANCE, for a
+    margin above MARGIN_TOLERANCE: the loss nearly identical pooled vectors give, d(a, p) ≈ d(a, n) for every
+    anchor a, translation p and hardest in-batch negative n.
     """
     if ok.empty or not {"final_loss", "margin"} <= set(ok):
         return pd.Series(False, index=ok.index)
-    return (ok["final_loss"].astype(float) - ok["margin"].astype(float)).abs() < tolerance
+    margin = ok["margin"].astype(float)
+    return (margin > MARGIN_TOLERANCE) & (ok["final_loss"].astype(float) >= margin - MARGIN_TOLERANCE)
 
 
 # --- the significance table ---------------------------------------------------------------------
@@ -371,12 +376,13 @@ def at_target(sig: pd.DataFrame) -> pd.DataFrame:
     return sig[sig["layer_role"].str.contains("target")]
 
 
-OVERVIEW_SETS = ("trained", "heldout", "control", "unseen")  # the leak-free sets a reader compares first
+OVERVIEW_SETS = ("trained", "heldout", "control", "unseen")  # trained, then the leak-free sets
 
 
-def _before_after(row: pd.Series, metric: str) -> str:
-    """'pre → post' of one significance row's metric, to 3 decimals."""
-    return f"{row[f'{metric}_pre']:.3f} → {row[f'{metric}_post']:.3f}"
+def _before_after(row: pd.Series, metric: str, fmt: str) -> str:
+    """'pre → post' of one significance row's metric in format `fmt` ('' when either is missing)."""
+    pre, post = row[f"{metric}_pre"], row[f"{metric}_post"]
+    return f"{pre:{fmt}} → {post:{fmt}}" if pd.notna(pre) and pd.notna(post) else ""
 
 
 def _ci_mark(row: pd.Series) -> str:
@@ -386,13 +392,13 @@ def _ci_mark(row: pd.Series) -> str:
 
 def _nats(kl: float) -> str:
     """A drift KL to 2 decimals, or 2 significant digits below 0.01 (so a small drift does not read as 0)."""
-    return f"{kl:.2g}" if 0 < abs(kl) < 0.01 else f"{kl:.2f}"
+    return "" if pd.isna(kl) else f"{kl:.2g}" if 0 < abs(kl) < 0.01 else f"{kl:.2f}"
 
 
 def overview(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """One row per condition, at its target layer: the per-language-centred gap ('cgap', marked by `_ci_mark`)
-    and centred P@1 ('cP@1'), pre → post, for each OVERVIEW_SETS set present (pairs averaged over seeds); the
-    mean drift KL on Swahili / English text; the mean validation objective.
+    and centred P@1 ('cP@1', in percent), pre → post, for each OVERVIEW_SETS set present (pairs averaged over
+    seeds); the mean drift KL on Swahili / English text; the mean validation objective.
     """
     target = at_target(sig)
     names = [name for name in OVERVIEW_SETS if name in set(target["set"])]
@@ -401,11 +407,11 @@ def overview(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFr
     for _, condition in conds.iterrows():
         measured = rows_of(target, condition, by).drop_duplicates("set").set_index("set")
         row = {c: condition[c] for c in by}
-        for metric, short in (("centered_gap", "cgap"), ("p_at_1_centered", "cP@1")):
+        for metric, short, fmt in (("centered_gap", "cgap", ".3f"), ("p_at_1_centered", "cP@1", ".2%")):
             for name in names:
                 found = measured.loc[name] if name in measured.index else None
                 mark = _ci_mark(found) if found is not None and short == "cgap" else ""
-                row[f"{name} {short}"] = "" if found is None else _before_after(found, metric) + mark
+                row[f"{name} {short}"] = "" if found is None else _before_after(found, metric, fmt) + mark
         if drift:
             row["drift sw / en"] = f"{_nats(condition['drift_kl_sw'])} / {_nats(condition['drift_kl_en'])}"
         rows.append(row | {"objective": condition.get("objective", math.nan)})

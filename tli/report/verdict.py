@@ -127,7 +127,7 @@ def sentence(row: pd.Series) -> str:
         f"{row['set']} set ({int(row['n'])} pairs{seeds}): the raw cosine moves by {row['mean_diff']:+.4f} "
         f"({_ci(row, '')}), the gap over mismatched pairs by {row['gap_diff']:+.4f} ({_ci(row, 'gap_')}) and the "
         f"per-language-centred gap by {row['centered_gap_diff']:+.4f} ({_ci(row, 'centered_gap_')}); P@1 "
-        f"{row['p_at_1_pre']:.1%} -> {row['p_at_1_post']:.1%} (chance {row['p_at_1_chance']:.2%}). "
+        f"{row['p_at_1_pre']:.2%} -> {row['p_at_1_post']:.2%} (chance {row['p_at_1_chance']:.2%}). "
         f"Verdict: {row['verdict']}."
     )
 
