@@ -240,9 +240,10 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
 
 def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
     heading = ("h2", "Every condition at a glance: centred gap and P@1 at the target layer")
-    if at_target(sig).empty:
+    target = at_target(sig)
+    if target.empty:
         return [heading, ("p", "No condition has one target layer (`--by` leaves target_layer out): nothing to show.")]
-    low, high = at_target(sig)["p_at_1_chance"].agg(["min", "max"])
+    low, high = target["p_at_1_chance"].agg(["min", "max"])
     chance = f"{low:.2%}" if f"{low:.2%}" == f"{high:.2%}" else f"{low:.2%} to {high:.2%}"
     return [
         heading,
