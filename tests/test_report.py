@@ -158,6 +158,18 @@ def test_selection_uses_validation_not_control(sig, conds):
     assert best_on_control["target_layer"] == 1  # what selecting on the control set would have picked
 
 
+def test_ties_on_the_objective_are_named_not_hidden(conds):
+    chosen = tables.selected(conds)
+    assert tables.tied(conds, chosen).empty
+    rival = conds[(conds["pooling_eval"] == "mean_content") & (conds["target_layer"] == 1)].index[0]
+    level = conds.assign(objective=conds["objective"].where(conds.index != rival, chosen["objective"] * (1 + 1e-12)))
+    first = tables.selected(level)
+    ties = tables.tied(level, first)
+    assert (first.name, ties.index.tolist()) == (rival, [chosen.name])  # the first in sweep order is shown
+    note = report._tie_note(ties, BY)
+    assert note.startswith(" It ties with 1 other condition(s)") and "target_layer=3" in note
+
+
 def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_margin_dir):
     table = tables.overview(sig, conds, BY)
     assert len(table) == len(conds) == 9
@@ -177,6 +189,10 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
     one_missing = [np.nan] + [0.5] * (len(conds) - 1)
     no_drift = conds.assign(drift_kl_sw=one_missing, drift_kl_en=one_missing)
     assert tables.overview(sig, no_drift, BY)["drift sw / en"].tolist()[:2] == [" / ", "0.50 / 0.50"]
+    first = (sig["target_layer"] == 1) & (sig["pooling_eval"] == "mean_content") & (sig["set"] == "unseen")
+    partial = tables.overview(sig[~first], conds, BY).set_index(["target_layer", "pooling_eval"])
+    assert partial.loc[(1, "mean_content"), ["unseen cgap", "unseen cP@1"]].tolist() == ["", ""]  # that one only
+    assert partial.drop(index=(1, "mean_content"))["unseen cgap"].str.contains(" → ").all()
     assert "nothing to show" in render.markdown(report.at_a_glance(sig.assign(layer_role="final"), conds, BY))
     other = tables.load_results(str(rank_margin_dir))
     by = tables.condition_columns(other.trials)

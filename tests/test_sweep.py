@@ -4,6 +4,7 @@ and `python ablations/layer_sweep.py --smoke-test --results DIR` end to end on a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -93,6 +94,17 @@ def test_smoke_grid_keeps_two_values_per_axis_and_one_seed():
         "target_layer": [1, 2],
         "seed": [3],
     }
+
+
+def test_settings_a_sweep_shares_with_its_trials_are_declared_once():
+    sweep = {f.name: f for f in dataclasses.fields(SweepConfig)}
+    for trial in dataclasses.fields(TrialSettings):
+        if trial.name in ("pooling_eval", "validation_fraction", "selection_layer", "n_boot", "drift"):
+            mine = sweep[trial.name]
+            assert mine.default == trial.default and mine.metadata["help"].startswith(trial.metadata["help"])
+            assert {k: v for k, v in mine.metadata.items() if k != "help"} == {
+                k: v for k, v in trial.metadata.items() if k != "help"
+            }
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,14 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def like(config: type, name: str, also: str = "") -> Any:
+    """A field declared as `config`'s field `name` (default, help, allowed values), its help followed by `also`:
+    one declaration for a setting that two configs carry (a trial's and the sweep's flags).
+    """
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    return dataclasses.field(default=field.default, metadata={**field.metadata, "help": field.metadata["help"] + also})
+
+
 _BOUNDS = (
     ("minimum", ">=", lambda x, b: x >= b),
     ("above", ">", lambda x, b: x > b),

@@ -40,6 +40,7 @@ from tli.report.tables import (
     significance_table,
     table1,
     table2,
+    tied,
     unlike_defaults,
 )
 
@@ -231,11 +232,22 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
             "p",
             f"Selected: {label(chosen, by)} ({_protocol(chosen)}), mean objective "
             f"{chosen['objective']:.4f} over {chosen['n_trials']} trial(s)"
-            + ("; it is also the condition fixed in advance." if also else "."),
+            + ("; it is also the condition fixed in advance." if also else ".")
+            + _tie_note(tied(conds, chosen), by),
         )
     )
     shown = [*by, "n_trials", "n_seeds", "objective", "objective_sd", "final_loss", "drift_kl_sw", "drift_kl_en"]
     return blocks + [("table", conds[[c for c in shown if c in conds]])]
+
+
+def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
+    if ties.empty:
+        return ""
+    names = "; ".join(label(c, by) for _, c in ties.iterrows())
+    return (
+        f" It ties with {len(ties)} other condition(s) on that objective ({names}): the validation objective does "
+        "not separate them, and the first in sweep order is shown."
+    )
 
 
 def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:

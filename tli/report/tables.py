@@ -186,19 +186,34 @@ def conditions(results: Results, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def selected(conds: pd.DataFrame) -> pd.Series | None:
-    """The condition with the highest mean validation objective, among those whose objectives compare.
-
-    Objectives measured with another evaluation pooling, or on the validation set left when another category
-    is held out, are on other scales: where COMPARABLE settings vary, only conditions at the paper's defaults
-    of them compete (None when none is, or no trial has an objective).
+def competing(conds: pd.DataFrame) -> pd.DataFrame:
+    """The conditions whose validation objectives compare: where a COMPARABLE setting varies (another evaluation
+    pooling, or the validation set left when another category is held out, puts objectives on other scales), only
+    those at the paper's default of it.
     """
     defaults = TrialSettings()
     for column in COMPARABLE:
         if column in conds and conds[column].astype(str).nunique() > 1:
             conds = conds[conds[column].map(lambda value, c=column: _same(value, getattr(defaults, c)))]
+    return conds
+
+
+def selected(conds: pd.DataFrame) -> pd.Series | None:
+    """The `competing` condition with the highest mean validation objective, the first in sweep order on a tie
+    (None when none has an objective).
+    """
+    conds = competing(conds)
     scores = conds["objective"].astype(float) if "objective" in conds else pd.Series(dtype=float)
     return None if scores.isna().all() else conds.loc[scores.idxmax()]
+
+
+def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
+    """The other `competing` conditions whose mean objective equals the selected one's (relative tolerance 1e-9):
+    the validation objective does not separate them from it.
+    """
+    others = competing(conds).drop(index=chosen.name)
+    same = others["objective"].map(lambda value: math.isclose(value, chosen["objective"], rel_tol=1e-9))
+    return others[same.astype(bool)]
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tli import config as configs
-from tli.config import MAX_LAYER, POOLING_MODES, ModelConfig, setting
+from tli.config import MAX_LAYER, ModelConfig, setting
 from tli.errors import run_command
+from tli.sweep.settings import TrialSettings
 
 CALLBACKS = ("tensorboard", "mlflow", "wandb")
 
@@ -40,20 +41,14 @@ class SweepConfig:
     )
     seeds: tuple[int, ...] = setting((0,), "seeds, a grid axis, e.g. 0,1,2", minimum=0, maximum=2**32 - 1)
     epochs: int = setting(5, "training epochs per trial (the paper: 5)", minimum=1, maximum=1000)
-    pooling_eval: str = setting(
-        "mean_content", "evaluation pooling unless swept (the author's code: mean_content)", choices=POOLING_MODES
-    )
+    pooling_eval: str = configs.like(TrialSettings, "pooling_eval", ", unless swept")
     mask_false_negatives: bool = setting(
         True, "mask in-batch negatives sharing a word, unless swept (the paper does not mask)"
     )
-    validation_fraction: float = setting(
-        0.1, "share of trained pairs held out as the validation set selection uses", minimum=0, maximum=0.5
-    )
-    selection_layer: int | None = setting(
-        None, "layer of the validation objective, the same for every trial", unset="L", minimum=1, maximum=MAX_LAYER
-    )
+    validation_fraction: float = configs.like(TrialSettings, "validation_fraction")
+    selection_layer: int | None = configs.like(TrialSettings, "selection_layer")
     n_boot: int = configs.n_boot_setting()
-    drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions, in every trial")
+    drift: bool = configs.like(TrialSettings, "drift", ", in every trial")
     address: str | None = setting(
         None, "Ray cluster to join: host:port or auto", unset="start a private local Ray and stop it after"
     )
