@@ -158,16 +158,21 @@ def test_selection_uses_validation_not_control(sig, conds):
     assert best_on_control["target_layer"] == 1  # what selecting on the control set would have picked
 
 
-def test_ties_on_the_objective_are_named_not_hidden(conds):
+def test_ties_on_the_objective_are_named_not_hidden(results, conds):
     chosen = tables.selected(conds)
     assert tables.tied(conds, chosen).empty
-    rival = conds[(conds["pooling_eval"] == "mean_content") & (conds["target_layer"] == 1)].index[0]
-    level = conds.assign(objective=conds["objective"].where(conds.index != rival, chosen["objective"] * (1 + 1e-12)))
+    content = conds["pooling_eval"] == "mean_content"
+    rival = conds[content & (conds["target_layer"] == 1)].index[0]  # a row above the chosen one
+    incomparable = conds[~content].index[0]  # another evaluation pooling: its objective is on another scale
+    assert rival < chosen.name
+    level = conds.assign(
+        objective=conds["objective"].where(~conds.index.isin([rival, incomparable]), chosen["objective"])
+    )
     first = tables.selected(level)
-    ties = tables.tied(level, first)
-    assert (first.name, ties.index.tolist()) == (rival, [chosen.name])  # the first in sweep order is shown
-    note = report._tie_note(ties, BY)
-    assert note.startswith(" It ties with 1 other condition(s)") and "target_layer=3" in note
+    assert (first.name, tables.tied(level, first).index.tolist()) == (rival, [chosen.name])  # first row shown
+    text = render.markdown(report.selection(results, level, BY, first))
+    assert "It ties with another condition on that objective (target_layer=3" in text
+    assert "only the first row of the table" in text
 
 
 def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_margin_dir):

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
+from tli import config as configs
 from tli import loss, models
-from tli.config import ModelConfig
+from tli.config import ModelConfig, TrainConfig
 from tli.errors import TliError
 from tli.sweep import inputs as sweep_inputs
 from tli.sweep import store as sweep_store
@@ -97,14 +98,17 @@ def test_smoke_grid_keeps_two_values_per_axis_and_one_seed():
 
 
 def test_settings_a_sweep_shares_with_its_trials_are_declared_once():
-    sweep = {f.name: f for f in dataclasses.fields(SweepConfig)}
-    for trial in dataclasses.fields(TrialSettings):
-        if trial.name in ("pooling_eval", "validation_fraction", "selection_layer", "n_boot", "drift"):
-            mine = sweep[trial.name]
-            assert mine.default == trial.default and mine.metadata["help"].startswith(trial.metadata["help"])
-            assert {k: v for k, v in mine.metadata.items() if k != "help"} == {
-                k: v for k, v in trial.metadata.items() if k != "help"
-            }
+    trial = {f.name: f for config in (TrialSettings, TrainConfig) for f in dataclasses.fields(config)}
+    shared = [f for f in dataclasses.fields(SweepConfig) if f.name in trial and f.name != "model"]
+    assert {f.name for f in shared} >= {"epochs", "mask_false_negatives", "pooling_eval", "drift", "n_boot"}
+    for mine in shared:
+        theirs = trial[mine.name]
+        assert mine.default == theirs.default and mine.metadata["help"].startswith(theirs.metadata["help"])
+        assert {k: v for k, v in mine.metadata.items() if k != "help"} == {
+            k: v for k, v in theirs.metadata.items() if k != "help"
+        }
+    with pytest.raises(TypeError, match="no setting 'epoch'"):
+        configs.like(TrainConfig, "epoch")
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,14 @@ def like(config: type, name: str, also: str = "") -> Any:
     """A field declared as `config`'s field `name` (default, help, allowed values), its help followed by `also`:
     one declaration for a setting that two configs carry (a trial's and the sweep's flags).
     """
-    field = next(f for f in dataclasses.fields(config) if f.name == name)
-    return dataclasses.field(default=field.default, metadata={**field.metadata, "help": field.metadata["help"] + also})
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if name not in fields:
+        raise TypeError(f"{config.__name__} has no setting {name!r}")
+    field = fields[name]
+    metadata = {**field.metadata, "help": field.metadata["help"] + also}
+    if field.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=field.default_factory, metadata=metadata)
+    return dataclasses.field(default=field.default, metadata=metadata)
 
 
 _BOUNDS = (

@@ -244,9 +244,10 @@ def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
     if ties.empty:
         return ""
     names = "; ".join(label(c, by) for _, c in ties.iterrows())
+    others = "another condition" if len(ties) == 1 else f"{len(ties)} other conditions"
     return (
-        f" It ties with {len(ties)} other condition(s) on that objective ({names}): the validation objective does "
-        "not separate them, and the first in sweep order is shown."
+        f" It ties with {others} on that objective ({names}): the validation objective does not separate them, "
+        "and the one shown as selected here and below is only the first row of the table."
     )
 
 

@@ -199,7 +199,7 @@ def competing(conds: pd.DataFrame) -> pd.DataFrame:
 
 
 def selected(conds: pd.DataFrame) -> pd.Series | None:
-    """The `competing` condition with the highest mean validation objective, the first in sweep order on a tie
+    """The `competing` condition with the highest mean validation objective, the first row of `conds` on a tie
     (None when none has an objective).
     """
     conds = competing(conds)
@@ -212,7 +212,7 @@ def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
     the validation objective does not separate them from it.
     """
     others = competing(conds).drop(index=chosen.name)
-    same = others["objective"].map(lambda value: math.isclose(value, chosen["objective"], rel_tol=1e-9))
+    same = others["objective"].astype(float).map(lambda value: math.isclose(value, chosen["objective"], rel_tol=1e-9))
     return others[same.astype(bool)]
 
 

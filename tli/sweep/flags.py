@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tli import config as configs
-from tli.config import MAX_LAYER, ModelConfig, setting
+from tli.config import MAX_LAYER, ModelConfig, TrainConfig, setting
 from tli.errors import run_command
 from tli.sweep.settings import TrialSettings
 
@@ -40,11 +40,9 @@ class SweepConfig:
         pattern=r"(?!\.\.?$)[A-Za-z0-9._-]+",
     )
     seeds: tuple[int, ...] = setting((0,), "seeds, a grid axis, e.g. 0,1,2", minimum=0, maximum=2**32 - 1)
-    epochs: int = setting(5, "training epochs per trial (the paper: 5)", minimum=1, maximum=1000)
+    epochs: int = configs.like(TrainConfig, "epochs", " per trial (the paper: 5)")
     pooling_eval: str = configs.like(TrialSettings, "pooling_eval", ", unless swept")
-    mask_false_negatives: bool = setting(
-        True, "mask in-batch negatives sharing a word, unless swept (the paper does not mask)"
-    )
+    mask_false_negatives: bool = configs.like(TrainConfig, "mask_false_negatives", ", unless swept")
     validation_fraction: float = configs.like(TrialSettings, "validation_fraction")
     selection_layer: int | None = configs.like(TrialSettings, "selection_layer")
     n_boot: int = configs.n_boot_setting()
