@@ -31,7 +31,7 @@ class AggregateFlags:
         "trials, seed excepted)",
     )
     out: str | None = setting(None, "output folder or URI (none given: RESULTS/report)")
-    n_boot: int = configs.n_boot_setting()
+    n_boot: int = configs.like(configs.EvalConfig, "n_boot")
     seed: int = setting(0, "bootstrap and t-SNE seed", minimum=0, maximum=2**32 - 1)
     tsne: bool = setting(
         False,
@@ -39,7 +39,7 @@ class AggregateFlags:
         "stored adapter, else retrains it with the trial's settings and seed)",
     )
     tsne_pairs: int = setting(40, "evaluation pairs shown in the t-SNE figure", minimum=2, maximum=2_000)
-    device: str = setting("auto", "device for --tsne: auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")
+    device: str = configs.like(configs.ModelConfig, "device", " (for --tsne)")
 
 
 def parser() -> configs.ArgumentParser:

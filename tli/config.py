@@ -1,7 +1,8 @@
 """Strict dataclass configs and the command lines generated from them.
 
 Every setting is declared once, with `setting(...)`: its default, its help, and its allowed values
-(`choices`, or a numeric range `minimum`/`maximum`). The same declaration checks a config built in
+(`choices`, or a numeric range `minimum`/`maximum`); a config that carries another's setting takes it
+with `like(...)`. The same declaration checks a config built in
 Python (`check(config)`, called by each config's ``__post_init__``), builds its command-line flag
 (`add_arguments`, checked at parse time) and reads it back from JSON (`from_dict`: unknown keys and
 wrong types are errors, never silently ignored).
@@ -301,11 +302,6 @@ def from_namespace(cls: type[C], namespace: argparse.Namespace, **values: Any) -
     return from_dict(cls, parsed | values)
 
 
-def n_boot_setting() -> Any:
-    """The bootstrap-resamples setting, declared once for evaluation, trials, sweeps and the aggregator."""
-    return setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
-
-
 # --- the configs of each stage (each checked on construction, each reproducible from its JSON) ----
 
 POOLING_MODES = ("mean", "mean_content", "mean_skip_first", "last")  # see tli.pooling
@@ -406,10 +402,10 @@ class EvalConfig:
     layers: tuple[int, ...] = setting(
         (), "evaluation layers", unset="the target layer and L", minimum=0, maximum=MAX_LAYER
     )
-    batch_size: int = setting(64, "words per forward pass", minimum=1, maximum=4096)
-    n_boot: int = n_boot_setting()
+    batch_size: int = like(ScanConfig, "batch_size")
+    n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
     seed: int = setting(0, "bootstrap seed", minimum=0, maximum=2**32 - 1)
-    csls_k: int = setting(10, "neighbourhood size of CSLS retrieval", minimum=1, maximum=1000)
+    csls_k: int = like(ScanConfig, "csls_k")
 
     def __post_init__(self):
         check(self)

@@ -45,7 +45,7 @@ class SweepConfig:
     mask_false_negatives: bool = configs.like(TrainConfig, "mask_false_negatives", ", unless swept")
     validation_fraction: float = configs.like(TrialSettings, "validation_fraction")
     selection_layer: int | None = configs.like(TrialSettings, "selection_layer")
-    n_boot: int = configs.n_boot_setting()
+    n_boot: int = configs.like(configs.EvalConfig, "n_boot")
     drift: bool = configs.like(TrialSettings, "drift", ", in every trial")
     address: str | None = setting(
         None, "Ray cluster to join: host:port or auto", unset="start a private local Ray and stop it after"

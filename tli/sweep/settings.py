@@ -48,7 +48,7 @@ class TrialSettings:
         minimum=1,
         maximum=MAX_LAYER,
     )
-    n_boot: int = configs.n_boot_setting()
+    n_boot: int = configs.like(configs.EvalConfig, "n_boot")
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions")
     inputs_digest: str = setting("", "hash of the experiment's pairs, evaluation pairs and drift samples")
 
