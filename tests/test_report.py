@@ -6,6 +6,7 @@ and t-SNE through `tli.sweep.replay` on a tiny model.
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import shutil
 import subprocess
@@ -415,6 +416,23 @@ def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "does not contain the condition fixed in advance" in text and not built.verdicts
     assert "8 of 8 planned trials done" in text
+
+
+def test_heldout_bars_stay_readable_for_many_categories():
+    """12 categories x 2 layers: panels stacked, so the figure grows by 0.9 in per category, not 2.4 in per panel."""
+    from PIL import Image
+
+    from tli.report import figures
+
+    rows = [
+        {"set": "heldout", "layer_role": "target", "heldout_category": f"category_{i}", "target_layer": layer}
+        | {f"{p}{m}": v for p in ("", "centered_gap_") for m, v in (("diff", 0.1), ("ci_low", 0.0), ("ci_high", 0.2))}
+        for i in range(12)
+        for layer in (2, 17)
+    ]
+    sig = pd.DataFrame(rows).rename(columns={"diff": "mean_diff"})
+    width, height = Image.open(io.BytesIO(figures.heldout(sig, ["target_layer", "heldout_category"]))).size
+    assert width == round(110 * (0.9 * 12 + 2)) and height == 110 * 7  # 1408 x 770 px at 110 dpi
 
 
 def test_tables_render_through_tabulate():

@@ -150,21 +150,18 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     categories = sorted(rows["heldout_category"].astype(str).unique())
     groups = list(_lines(rows, [c for c in by if c != "heldout_category"]))
     width = 0.8 / len(groups)
-    fig = Figure(figsize=(max(7.0, 2.4 * len(categories) + 3), 4))
-    for ax, prefix in zip(fig.subplots(1, 2), ("", "centered_gap_")):
+    fig = Figure(figsize=(max(7.0, 0.9 * len(categories) + 2), 7))  # panels stacked: the width grows with categories
+    for ax, prefix in zip(fig.subplots(2, 1, sharex=True), ("", "centered_gap_")):
         for i, (label, part) in enumerate(groups):
             part = part.set_index(part["heldout_category"].astype(str)).reindex(categories)
             x = np.arange(len(categories)) + (i - (len(groups) - 1) / 2) * width
             mean = part["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
             err = np.abs(np.vstack([mean - part[f"{prefix}ci_low"], part[f"{prefix}ci_high"] - mean]))
             ax.bar(x, mean, width, yerr=err, capsize=3, label=label)
-        ax.set(
-            xticks=range(len(categories)),
-            xticklabels=categories,
-            xlabel="held-out category",
-            ylabel=f"{GAINS[prefix]} (95% CI)",
-        )
+        ax.set(xticks=range(len(categories)), ylabel=f"{GAINS[prefix]} (95% CI)")
         ax.axhline(0, color="grey", lw=0.6)
+    fig.axes[1].set_xticklabels(categories, rotation=30, ha="right")
+    fig.axes[1].set_xlabel("held-out category")
     fig.axes[0].legend(fontsize=7)
     fig.suptitle("held-out categories: does TLI transfer to words of a category never trained on?")
     return png(fig)
