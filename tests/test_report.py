@@ -152,15 +152,15 @@ def test_unknown_by_column_is_an_error(results):
 
 
 def test_selection_uses_validation_not_control(sig, conds):
-    chosen = tables.selected(conds)
+    chosen = tables.selected(conds, BY)
     assert (chosen["target_layer"], chosen["pooling_eval"]) == (3, "mean_content")
     control = tables.at_target(sig)[lambda t: (t["set"] == "control") & (t["pooling_eval"] == "mean_content")]
     best_on_control = control.loc[control["centered_gap_diff"].idxmax()]
     assert best_on_control["target_layer"] == 1  # what selecting on the control set would have picked
 
 
-def test_ties_on_the_objective_are_named_not_hidden(results, conds):
-    chosen = tables.selected(conds)
+def test_ties_on_the_objective_are_named_and_go_to_the_paper_settings(results, conds):
+    chosen = tables.selected(conds, BY)
     assert tables.tied(conds, chosen).empty
     content = conds["pooling_eval"] == "mean_content"
     rival = conds[content & (conds["target_layer"] == 1)].index[0]  # a row above the chosen one
@@ -169,11 +169,15 @@ def test_ties_on_the_objective_are_named_not_hidden(results, conds):
     level = conds.assign(
         objective=conds["objective"].where(~conds.index.isin([rival, incomparable]), chosen["objective"])
     )
-    first = tables.selected(level)
+    first = tables.selected(level, BY)
     assert (first.name, tables.tied(level, first).index.tolist()) == (rival, [chosen.name])  # first row shown
     text = render.markdown(report.selection(results, level, BY, first))
     assert "It ties with another condition on that objective (target_layer=3" in text
-    assert "only the first row of the table" in text
+    assert "the most settings at the paper's defaults (on equal counts, the first row of the table)" in text
+    paper = conds[content & (conds["target_layer"] == 2)].index[0]  # the paper's layer, below the rival
+    assert rival < paper
+    three = level.assign(objective=level["objective"].where(level.index != paper, chosen["objective"]))
+    assert tables.selected(three, BY).name == paper  # a tie goes to the paper's settings before the first row
 
 
 def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_margin_dir):
@@ -263,7 +267,7 @@ def test_protocol_names():
 
 
 def test_table2_ranks_pair_gains_of_the_selected_condition(results, conds):
-    chosen = tables.selected(conds)
+    chosen = tables.selected(conds, BY)
     table = tables.table2(results, chosen["trial_ids"], k=5)
     assert table["rank"].tolist() == ["largest"] * 5 + ["smallest"] * 5
     assert table["gain"].iloc[:5].is_monotonic_decreasing and table["gain"].iloc[5:].is_monotonic_increasing

@@ -247,7 +247,8 @@ def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
     others = "another condition" if len(ties) == 1 else f"{len(ties)} other conditions"
     return (
         f" It ties with {others} on that objective ({names}): the validation objective does not separate them, "
-        "and the one shown as selected here and below is only the first row of the table."
+        "so the one shown as selected here and below is, of them, the one with the most settings at the paper's "
+        "defaults (on equal counts, the first row of the table)."
     )
 
 
@@ -384,7 +385,7 @@ def build_report(
         blocks.append(("p", "No ok trial yet: nothing to test."))
     else:
         conds = conditions(results, by)
-        chosen = selected(conds)
+        chosen = selected(conds, by)
         found, verdicts = replication(results, sig, conds, by)
         blocks += found + selection(results, conds, by, chosen) + at_a_glance(sig, conds, by)
         blocks += paper_tables(results, sig, conds, by, chosen)

@@ -198,13 +198,18 @@ def competing(conds: pd.DataFrame) -> pd.DataFrame:
     return conds
 
 
-def selected(conds: pd.DataFrame) -> pd.Series | None:
-    """The `competing` condition with the highest mean validation objective, the first row of `conds` on a tie
-    (None when none has an objective).
+def selected(conds: pd.DataFrame, by: list[str]) -> pd.Series | None:
+    """The `competing` condition with the highest mean validation objective (None when none has one). On a tie, the
+    one with the most `by` settings at the paper's defaults (`defaults_of`), then the first row of `conds`.
     """
     conds = competing(conds)
     scores = conds["objective"].astype(float) if "objective" in conds else pd.Series(dtype=float)
-    return None if scores.isna().all() else conds.loc[scores.idxmax()]
+    if scores.isna().all():
+        return None
+    best = conds[_equal(scores, scores.max())]
+    defaults = defaults_of(by)
+    at_defaults = best.apply(lambda row: sum(_same(row[c], value) for c, value in defaults.items()), axis=1)
+    return best.loc[at_defaults.astype(int).idxmax()]
 
 
 def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
@@ -212,8 +217,12 @@ def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
     the validation objective does not separate them from it.
     """
     others = competing(conds).drop(index=chosen.name)
-    same = others["objective"].astype(float).map(lambda value: math.isclose(value, chosen["objective"], rel_tol=1e-9))
-    return others[same.astype(bool)]
+    return others[_equal(others["objective"].astype(float), chosen["objective"])]
+
+
+def _equal(objectives: pd.Series, value: float) -> pd.Series:
+    """Which objectives equal `value` up to a relative tolerance of 1e-9 (NaN equals nothing)."""
+    return objectives.map(lambda objective: math.isclose(objective, value, rel_tol=1e-9)).astype(bool)
 
 
 def _same(value: Any, default: Any) -> bool:
