@@ -200,16 +200,14 @@ def competing(conds: pd.DataFrame) -> pd.DataFrame:
 
 def selected(conds: pd.DataFrame, by: list[str]) -> pd.Series | None:
     """The `competing` condition with the highest mean validation objective (None when none has one). On a tie, the
-    one with the most `by` settings at the paper's defaults (`defaults_of`), then the first row of `conds`.
+    one with the most `by` settings at the paper's defaults (`at_defaults`), then the first row of `conds`.
     """
     conds = competing(conds)
     scores = conds["objective"].astype(float) if "objective" in conds else pd.Series(dtype=float)
     if scores.isna().all():
         return None
     best = conds[_equal(scores, scores.max())]
-    defaults = defaults_of(by)
-    at_defaults = best.apply(lambda row: sum(_same(row[c], value) for c, value in defaults.items()), axis=1)
-    return best.loc[at_defaults.astype(int).idxmax()]
+    return best.loc[at_defaults(best, by).idxmax()]
 
 
 def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
@@ -243,13 +241,18 @@ def defaults_of(by: list[str]) -> dict[str, Any]:
     return {c: defaults[c] for c in by if c not in PROTOCOL and c not in MODEL}
 
 
-def prespecified(conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The conditions fixed in advance: those at `defaults_of(by)` (one per protocol and model present; empty when
-    the sweep has none).
-    """
+def at_defaults(conds: pd.DataFrame, by: list[str]) -> pd.Series:
+    """How many of each condition's `by` settings are at the paper's defaults (`defaults_of(by)`)."""
     defaults = defaults_of(by)
-    mask = [all(_same(row[c], value) for c, value in defaults.items()) for _, row in conds.iterrows()]
-    return conds[np.array(mask, dtype=bool)] if len(conds) else conds
+    counts = [sum(_same(row[c], value) for c, value in defaults.items()) for _, row in conds.iterrows()]
+    return pd.Series(counts, index=conds.index, dtype=int)
+
+
+def prespecified(conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The conditions fixed in advance: those with every `by` setting at `defaults_of(by)` (one per protocol and
+    model present; empty when the sweep has none).
+    """
+    return conds[at_defaults(conds, by) == len(defaults_of(by))]
 
 
 def unlike_defaults(results: Results, by: list[str]) -> dict[str, Any]:
