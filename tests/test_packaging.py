@@ -28,3 +28,11 @@ def test_every_lower_bound_is_a_verified_pin():
 def test_the_quantization_extra_is_named_for_what_it_does():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "nf4" in extras and "cuda" not in extras
+
+
+def test_the_distribution_has_a_name_of_its_own():
+    """`tli` on the package index is an unrelated project: `pip install -U tli` must not be this one's name."""
+    import tli
+
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert name == tli.DISTRIBUTION != "tli"

@@ -60,5 +60,5 @@ def test_a_missing_logger_package_is_one_line_naming_the_extra(tmp_path, capsys,
     monkeypatch.setitem(callbacks.LOGGER_EXTRAS, "wandb", ("no_such_module_for_tli", "wandb"))
     assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), "--callbacks", "wandb"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(err) == 1 and "pip install 'tli[wandb]'" in err[0]
+    assert len(err) == 1 and "pip install 'targeted-lexical-injection[wandb]'" in err[0]
     assert not any(tmp_path.iterdir())  # checked before Ray starts, nothing written

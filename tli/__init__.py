@@ -3,6 +3,9 @@
 import logging
 import warnings
 
+# The name on the package index ("tli" there is an unrelated Twitter client); the import name stays `tli`.
+DISTRIBUTION = "targeted-lexical-injection"
+
 
 class _NoHubKernelNotice(logging.Filter):
     """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning.

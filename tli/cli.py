@@ -31,8 +31,10 @@ Every bad input is one line on stderr and exit code 2."""
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    from tli import DISTRIBUTION
+
     try:
-        return version("tli")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:
         return "unknown"
 

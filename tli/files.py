@@ -203,10 +203,13 @@ def provenance() -> dict[str, str]:
     import importlib.metadata
     import subprocess
 
+    from tli import DISTRIBUTION
+
+    distributions = {"tli": DISTRIBUTION} | {name: name for name in ("torch", "transformers", "peft", "ray")}
     versions = {}
-    for package in ("tli", "torch", "transformers", "peft", "ray"):
+    for package, distribution in distributions.items():
         try:
-            versions[f"version_{package}"] = importlib.metadata.version(package)
+            versions[f"version_{package}"] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
             versions[f"version_{package}"] = "unknown"
     try:

@@ -354,7 +354,8 @@ def _nf4_config(device: torch.device):
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError as error:
-        raise TliError(f"--quantization nf4 needs bitsandbytes: pip install 'tli[nf4]' ({error})") from None
+        install = "pip install 'targeted-lexical-injection[nf4]'"
+        raise TliError(f"--quantization nf4 needs bitsandbytes: {install} ({error})") from None
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 

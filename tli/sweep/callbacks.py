@@ -113,7 +113,7 @@ def logger_callbacks(config: SweepConfig) -> list[tune.Callback]:
     for name in config.callbacks:
         module, extra = LOGGER_EXTRAS[name]
         if importlib.util.find_spec(module) is None:
-            raise TliError(f"--callbacks {name} needs {module}: pip install 'tli[{extra}]'")
+            raise TliError(f"--callbacks {name} needs {module}: pip install 'targeted-lexical-injection[{extra}]'")
     made: list[tune.Callback] = []
     if "tensorboard" in config.callbacks:
         from ray.tune.logger import TBXLoggerCallback
