@@ -346,12 +346,18 @@ def test_saved_adapter_loads_back_identically_and_with_plain_peft(trained, tiny_
     assert any(p.abs().sum() > 0 for n, p in before.items() if "lora_B" in n)  # it learnt something
     folder = adapters.save_adapter(peft_model, tmp_path / "adapter", stored_for(tiny_llama_dir), {"train_log.csv": log})
     assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
         "tli_config.json",
         "train_log.csv",
     ]
     assert adapters.read_adapter_config(folder)["train"]["lora_rank"] == 4
+    peft_config = json.loads((folder / "adapter_config.json").read_text())
+    assert peft_config["task_type"] == "CAUSAL_LM"
+    assert peft_config["base_model_name_or_path"] == str(tiny_llama_dir)  # as the user named it
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\n") and "| `lora_rank` | `4` |" in card
 
     model_config = ModelConfig(model=str(tiny_llama_dir))
     base, _ = models.load_model(model_config)
@@ -375,9 +381,14 @@ def test_saved_adapter_loads_back_identically_and_with_plain_peft(trained, tiny_
 
 def test_adapter_files_are_safetensors_and_touch_nothing(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    contents = adapters.adapter_files(trained[0])
-    assert sorted(contents) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert json.loads(contents["adapter_config.json"])["peft_type"] == "LORA"
+    stored = {"model": {"model": "HuggingFaceTB/SmolLM2-135M"}, "train": {"target_layer": 2}, "metrics": {"loss": 0.4}}
+    contents = adapters.adapter_files(trained[0], stored)
+    assert sorted(contents) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "tli_config.json"]
+    peft_config = json.loads(contents["adapter_config.json"])
+    assert peft_config["peft_type"] == "LORA" and peft_config["task_type"] == "CAUSAL_LM"
+    assert peft_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M"  # a hub id, not a cache path
+    card = contents["README.md"].decode()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M\n" in card and "| `loss` | 0.4 |" in card
     assert not list(tmp_path.iterdir())
 
 

@@ -35,6 +35,7 @@ ADAPTER_CONFIG = "adapter_config.json"  # PEFT's
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's
 PICKLED_WEIGHTS = "adapter_model.bin"  # PEFT's pickle format: refused
 TLI_CONFIG = "tli_config.json"
+MODEL_CARD = "README.md"  # Hugging Face's model card
 LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight")
 REQUIRED_TRAIN_FIELDS = ("target_layer", "lora_rank", "lora_alpha", "target_modules")  # what loading relies on
 # What train.attach_lora leaves at PEFT's defaults (a setting this PEFT version lacks is not compared):
@@ -62,12 +63,66 @@ class _Adapter:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def adapter_files(peft_model: PeftModel) -> dict[str, bytes]:
-    """The PEFT adapter as {file name: contents}: adapter_config.json and adapter_model.safetensors."""
+def adapter_files(peft_model: PeftModel, stored: dict[str, Any]) -> dict[str, bytes]:
+    """An adapter folder as {file name: contents}: PEFT's two files, `stored` as tli_config.json, a model card.
+
+    adapter_config.json names the base model as the user gave it (`stored["model"]["model"]`: an embedded
+    alias, a hub id or a folder, never the cache folder it resolved to) with task_type CAUSAL_LM, as
+    Hugging Face tools expect; README.md is the model card (`model_card`).
+    """
     with tempfile.TemporaryDirectory(prefix="tli-adapter-") as scratch:
         # save_embedding_layers=False: tli never trains embeddings, and "auto" may ask the hub about the base model
         peft_model.save_pretrained(scratch, safe_serialization=True, save_embedding_layers=False)
-        return {name: (Path(scratch) / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+        contents = {name: (Path(scratch) / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+    peft_config = json.loads(contents[ADAPTER_CONFIG])
+    peft_config |= {"base_model_name_or_path": stored["model"]["model"], "task_type": "CAUSAL_LM"}
+    return contents | {
+        ADAPTER_CONFIG: (json.dumps(peft_config, indent=2, sort_keys=True) + "\n").encode(),
+        TLI_CONFIG: (json.dumps(stored, indent=2, default=str) + "\n").encode(),
+        MODEL_CARD: model_card(stored).encode(),
+    }
+
+
+def model_card(stored: dict[str, Any]) -> str:
+    """A Hugging Face model card (README.md) of an adapter from its tli_config.json `stored`.
+
+    YAML front matter (`base_model` only for a hub id, `library_name: peft`, tags, languages), then the
+    base model, the training settings, the training data, the metrics in `stored["metrics"]` and the tli
+    version and commit that wrote it.
+    """
+    model, train = stored["model"]["model"], stored["train"]
+    hub_id = models.looks_like_hub_id(model) and not Path(model).expanduser().exists()
+    front = ["---", *([f"base_model: {model}"] if hub_id else []), "library_name: peft"]
+    front += ["pipeline_tag: text-generation"]
+    front += ["tags:", "  - lora", "  - tli", "  - targeted-lexical-injection"]
+    front += ["language:", "  - sw", "  - en", "---"]
+    settings = "\n".join(f"| `{key}` | `{value}` |" for key, value in sorted(train.items()))
+    metrics = "\n".join(f"| `{key}` | {value:.6g} |" for key, value in stored.get("metrics", {}).items())
+    load = f"tli evaluate --adapter THIS_FOLDER --model {model}"
+    peft = f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{model}"), "THIS_FOLDER")'
+    lines = [
+        *front,
+        "",
+        f"# TLI LoRA adapter of {model}",
+        "",
+        "A LoRA adapter trained by [tli](https://arxiv.org/abs/2506.15415) (Targeted Lexical Injection): a "
+        f"triplet-margin loss on the pooled embeddings of decoder block {train['target_layer']} "
+        "(`hidden_states` index) of Swahili-English word pairs.",
+        "",
+        f"- Base model: `{model}` (quantization {stored['model'].get('quantization', 'none')})",
+        f"- Training data: {stored.get('n_pairs', '?')} pairs from `{Path(stored.get('pairs', '?')).name}`",
+        f"- Written by tli {stored.get('version_tli', 'unknown')}, commit {stored.get('git_commit', 'unknown')}",
+        f"- Load: `{load}`, or with PEFT: `{peft}`",
+        "",
+        "## Training settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        settings,
+    ]
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|", metrics]
+    return "\n".join(lines) + "\n"
 
 
 def save_adapter(
@@ -87,7 +142,7 @@ def save_adapter(
         raise TliError(f"adapter folder {folder} is a file, not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise TliError(f"adapter folder {folder} exists and is not empty: pass --overwrite to replace it")
-    contents = adapter_files(peft_model) | {TLI_CONFIG: (json.dumps(stored, indent=2, default=str) + "\n").encode()}
+    contents = adapter_files(peft_model, stored)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
     staged.mkdir()  # mode 0o777 minus the umask, like any new folder

@@ -157,6 +157,7 @@ def run_train(args: argparse.Namespace) -> None:
     stored = (
         {"model": models.describe(model_config), "train": configs.to_dict(config)}
         | adapters.training_record(args.pairs or data.default_pairs_path(), pairs)
+        | {"metrics": {"final_loss": float(log_table["loss"].iloc[-1]), "steps": len(log_table)}}
         | files.provenance()
     )
     adapters.save_adapter(peft_model, args.output, stored, {"train_log.csv": log_table}, overwrite=args.overwrite)

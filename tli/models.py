@@ -140,7 +140,7 @@ def embedded_model_dir(alias: str) -> Path:
     return target
 
 
-def _looks_like_hub_id(name: str) -> bool:
+def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
@@ -167,7 +167,7 @@ def model_location(name: str) -> Path:
     path = Path(name).expanduser()
     if path.exists():
         return check_model_folder(path)
-    if _looks_like_hub_id(name):
+    if looks_like_hub_id(name):
         return check_model_folder(_cached_hub_folder(name))
     raise TliError(
         f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}), "

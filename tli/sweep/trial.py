@@ -162,7 +162,8 @@ def _train_and_measure(
             else {"drift_kl_sw": float("nan"), "drift_kl_en": float("nan")}
         )
         drifted = time.perf_counter()
-        files = _adapter_folder(peft_model, settings, inputs.pairs_file, train_rows) if keep_adapter else {}
+        metrics = {"final_loss": float(train_log["loss"].iloc[-1]), "objective": objective(summary, selection)}
+        files = _adapter_folder(peft_model, settings, inputs.pairs_file, train_rows, metrics) if keep_adapter else {}
     finally:
         if peft_model is not None:
             cache.models[settings.model] = (peft_model.unload(), tokenizer)
@@ -184,16 +185,17 @@ def _train_and_measure(
     return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log}, files)
 
 
-def _adapter_folder(peft_model, settings: TrialSettings, pairs_file: str, train_rows) -> dict[str, bytes]:
-    """The files of a `tli train` adapter folder (PEFT's, and tli_config.json): `tli evaluate` reads it."""
-    import json
-
+def _adapter_folder(
+    peft_model, settings: TrialSettings, pairs_file: str, train_rows, metrics: dict[str, float]
+) -> dict[str, bytes]:
+    """The files of a `tli train` adapter folder (`adapters.adapter_files`): `tli evaluate` reads it."""
     from tli import adapters, files, models
     from tli.config import to_dict
 
     stored = (
         {"model": models.describe(settings.model), "train": to_dict(settings.train), "trial_id": settings.trial_id}
         | adapters.training_record(pairs_file, train_rows)
+        | {"metrics": metrics}
         | files.provenance()
     )
-    return adapters.adapter_files(peft_model) | {"tli_config.json": json.dumps(stored, indent=2).encode()}
+    return adapters.adapter_files(peft_model, stored)
