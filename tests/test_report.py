@@ -20,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 
 from tli import report
 from tli.errors import TliError
-from tli.report import render, tables, verdict
+from tli.report import render, sections, selection, significance, training, verdict
 
 from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
@@ -37,17 +37,17 @@ def fixture_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def results(fixture_dir):
-    return tables.load_results(str(fixture_dir))
+    return report.load_results(str(fixture_dir))
 
 
 @pytest.fixture(scope="module")
 def sig(results):
-    return tables.significance_table(results, n_boot=N_BOOT, seed=0)
+    return report.significance_table(results, n_boot=N_BOOT, seed=0)
 
 
 @pytest.fixture(scope="module")
 def conds(results):
-    return tables.conditions(results, BY)
+    return report.conditions(results, BY)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +94,9 @@ def _averaged(results, trials, name, layer) -> pd.DataFrame:
 
 
 def test_default_conditions_are_the_varying_settings(results, rank_margin_dir):
-    assert tables.condition_columns(results.trials) == BY
-    other = tables.load_results(str(rank_margin_dir))
-    assert tables.condition_columns(other.trials) == ["lora_rank", "margin", "heldout_category"]  # alpha copies rank
+    assert report.condition_columns(results.trials) == BY
+    other = report.load_results(str(rank_margin_dir))
+    assert report.condition_columns(other.trials) == ["lora_rank", "margin", "heldout_category"]  # alpha copies rank
 
 
 def test_cosine_tests_use_unique_pairs_averaged_over_seeds(results, sig):
@@ -145,23 +145,23 @@ def test_corrections_across_all_rows_match_statsmodels(sig):
 
 def test_unknown_by_column_is_an_error(results):
     with pytest.raises(TliError, match="unknown --by column"):
-        tables.significance_table(results, ["target_layer", "learning_rate"], n_boot=N_BOOT)
+        report.significance_table(results, ["target_layer", "learning_rate"], n_boot=N_BOOT)
 
 
 # --- selection, the condition fixed in advance, the verdict -------------------------------------
 
 
 def test_selection_uses_validation_not_control(sig, conds):
-    chosen = tables.selected(conds, BY)
+    chosen = report.selected(conds, BY)
     assert (chosen["target_layer"], chosen["pooling_eval"]) == (3, "mean_content")
-    control = tables.at_target(sig)[lambda t: (t["set"] == "control") & (t["pooling_eval"] == "mean_content")]
+    control = significance.at_target(sig)[lambda t: (t["set"] == "control") & (t["pooling_eval"] == "mean_content")]
     best_on_control = control.loc[control["centered_gap_diff"].idxmax()]
     assert best_on_control["target_layer"] == 1  # what selecting on the control set would have picked
 
 
 def test_ties_on_the_objective_are_named_and_go_to_the_paper_settings(results, conds):
-    chosen = tables.selected(conds, BY)
-    assert tables.tied(conds, chosen).empty
+    chosen = report.selected(conds, BY)
+    assert selection.tied(conds, chosen).empty
     content = conds["pooling_eval"] == "mean_content"
     rival = conds[content & (conds["target_layer"] == 1)].index[0]  # a row above the chosen one
     incomparable = conds[~content].index[0]  # another evaluation pooling: its objective is on another scale
@@ -169,19 +169,19 @@ def test_ties_on_the_objective_are_named_and_go_to_the_paper_settings(results, c
     level = conds.assign(
         objective=conds["objective"].where(~conds.index.isin([rival, incomparable]), chosen["objective"])
     )
-    first = tables.selected(level, BY)
-    assert (first.name, tables.tied(level, first).index.tolist()) == (rival, [chosen.name])  # first row shown
-    text = render.markdown(report.selection(results, level, BY, first))
+    first = report.selected(level, BY)
+    assert (first.name, selection.tied(level, first).index.tolist()) == (rival, [chosen.name])  # first row shown
+    text = render.markdown(sections.selection(results, level, BY, first))
     assert "It ties with another condition on that objective (target_layer=3" in text
     assert "the most settings at the paper's defaults (on equal counts, the first row of the table)" in text
     paper = conds[content & (conds["target_layer"] == 2)].index[0]  # the paper's layer, below the rival
     assert rival < paper
     three = level.assign(objective=level["objective"].where(level.index != paper, chosen["objective"]))
-    assert tables.selected(three, BY).name == paper  # a tie goes to the paper's settings before the first row
+    assert report.selected(three, BY).name == paper  # a tie goes to the paper's settings before the first row
 
 
 def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_margin_dir):
-    table = tables.overview(sig, conds, BY)
+    table = report.overview(sig, conds, BY)
     assert len(table) == len(conds) == 9
     for _, row in table.iterrows():
         for name in ("trained", "control", "unseen"):
@@ -198,37 +198,37 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
     assert table["objective"].tolist() == pytest.approx(conds["objective"].tolist())
     one_missing = [np.nan] + [0.5] * (len(conds) - 1)
     no_drift = conds.assign(drift_kl_sw=one_missing, drift_kl_en=one_missing)
-    assert tables.overview(sig, no_drift, BY)["drift sw / en"].tolist()[:2] == [" / ", "0.50 / 0.50"]
+    assert report.overview(sig, no_drift, BY)["drift sw / en"].tolist()[:2] == [" / ", "0.50 / 0.50"]
     first = (sig["target_layer"] == 1) & (sig["pooling_eval"] == "mean_content") & (sig["set"] == "unseen")
-    partial = tables.overview(sig[~first], conds, BY).set_index(["target_layer", "pooling_eval"])
+    partial = report.overview(sig[~first], conds, BY).set_index(["target_layer", "pooling_eval"])
     assert partial.loc[(1, "mean_content"), ["unseen cgap", "unseen cP@1"]].tolist() == ["", ""]  # that one only
     assert partial.drop(index=(1, "mean_content"))["unseen cgap"].str.contains(" → ").all()
-    assert "nothing to show" in render.markdown(report.at_a_glance(sig.assign(layer_role="final"), conds, BY))
-    other = tables.load_results(str(rank_margin_dir))
-    by = tables.condition_columns(other.trials)
-    heldout = tables.overview(tables.significance_table(other, by, N_BOOT), tables.conditions(other, by), by)
+    assert "nothing to show" in render.markdown(sections.at_a_glance(sig.assign(layer_role="final"), conds, BY))
+    other = report.load_results(str(rank_margin_dir))
+    by = report.condition_columns(other.trials)
+    heldout = report.overview(report.significance_table(other, by, N_BOOT), report.conditions(other, by), by)
     assert heldout["heldout cgap"].str.contains(" → ").all()
 
 
 def test_a_loss_stuck_at_its_margin_is_reported(results):
     ok = results.ok.iloc[:4]
-    assert not tables.loss_at_margin(results.ok).any()  # the fixture's final losses: 0.3 / target layer, margin 0.4
+    assert not training.loss_at_margin(results.ok).any()  # the fixture's final losses: 0.3 / target layer, margin 0.4
     stuck = ok.assign(margin=[0.4, 0.4, 0.4, 0.0], final_loss=[0.4002, 0.45, 0.35, 0.0])
-    assert tables.loss_at_margin(stuck).tolist() == [True, True, False, False]  # at, above, below; margin 0 never
-    text = render.markdown(report.header(dataclasses.replace(results, trials=stuck), BY))
+    assert training.loss_at_margin(stuck).tolist() == [True, True, False, False]  # at, above, below; margin 0 never
+    text = render.markdown(sections.header(dataclasses.replace(results, trials=stuck), BY))
     assert "Training check: in 2 of 4 trials" in text
 
 
 def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):
-    fixed = tables.prespecified(conds, BY)
+    fixed = report.prespecified(conds, BY)
     assert fixed["target_layer"].tolist() == [2, 2, 2] and fixed["pooling_eval"].nunique() == 3  # every protocol
-    other = tables.load_results(str(rank_margin_dir))
-    by = tables.condition_columns(other.trials)
-    assert tables.prespecified(tables.conditions(other, by), by).empty  # every trial holds a category out
+    other = report.load_results(str(rank_margin_dir))
+    by = report.condition_columns(other.trials)
+    assert report.prespecified(report.conditions(other, by), by).empty  # every trial holds a category out
 
 
 def test_verdict_on_known_answers(sig, conds):
-    table = verdict.verdict_table(sig, tables.prespecified(conds, BY), BY)
+    table = verdict.verdict_table(sig, report.prespecified(conds, BY), BY)
     found = table.groupby("protocol")["verdict"].agg(set).to_dict()
     assert found == {
         "paper as written": {"not specific"},
@@ -267,8 +267,8 @@ def test_protocol_names():
 
 
 def test_table2_ranks_pair_gains_of_the_selected_condition(results, conds):
-    chosen = tables.selected(conds, BY)
-    table = tables.table2(results, chosen["trial_ids"], k=5)
+    chosen = report.selected(conds, BY)
+    table = report.table2(results, chosen["trial_ids"], k=5)
     assert table["rank"].tolist() == ["largest"] * 5 + ["smallest"] * 5
     assert table["gain"].iloc[:5].is_monotonic_decreasing and table["gain"].iloc[5:].is_monotonic_increasing
     assert table["gain"].to_numpy() == pytest.approx((table["cosine_post"] - table["cosine_pre"]).to_numpy())
@@ -279,7 +279,7 @@ def test_table2_ranks_pair_gains_of_the_selected_condition(results, conds):
 
 
 def test_progress_with_an_unfinished_and_an_errored_trial(results, sig):
-    line = tables.progress_line(results)
+    line = report.progress_line(results)
     assert "17 of 18 planned trials done (16 ok, 1 errored)" in line and "1 not finished" in line
     errored = results.errors["trial_id"].iloc[0]
     assert errored not in set(results.pairs["trial_id"])
@@ -296,7 +296,7 @@ def test_corrupt_or_missing_merged_table_is_rebuilt(fixture_dir, results, tmp_pa
         (copy / name).unlink()
     else:
         (copy / name).write_bytes(b"not a parquet file")
-    again = tables.load_results(str(copy))
+    again = report.load_results(str(copy))
     for kind in ("trials", "summary", "pairs"):
         assert getattr(again, kind).shape == getattr(results, kind).shape, kind
     assert len(again.notes) == 1 and name in again.notes[0] and "rebuilt" in again.notes[0]
@@ -308,7 +308,7 @@ def test_trials_committed_after_the_last_merge_are_merged(fixture_dir, results, 
     shutil.copytree(fixture_dir, copy)
     trials = pd.read_parquet(copy / "trials.parquet")
     trials.iloc[1:].to_parquet(copy / "trials.parquet")  # as if the driver died before merging its last commit
-    again = tables.load_results(str(copy))
+    again = report.load_results(str(copy))
     assert again.trials.shape == results.trials.shape and again.pairs.shape == results.pairs.shape
     assert again.notes == ["the merged tables lacked 1 committed trial(s): rebuilt from trials/"]
 

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tli.evaluate import SETS
-from tli.report.tables import at_target
+from tli.report.significance import at_target
 
 GAINS = {  # significance-table prefix -> label
     "": "raw cosine gain",

@@ -17,7 +17,7 @@ import math
 
 import pandas as pd
 
-from tli.report.tables import at_target, rows_of
+from tli.report.significance import at_target, rows_of
 
 NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> name
     ("mean", "mean", False): "paper as written",

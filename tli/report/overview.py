@@ -1,0 +1,50 @@
+"""Every condition at a glance: the centred gap and centred P@1 at the target layer, with drift and objective."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tli.report.significance import at_target, rows_of
+
+OVERVIEW_SETS = ("trained", "heldout", "control", "unseen")  # trained, then the leak-free sets
+
+
+def _before_after(row: pd.Series, metric: str, fmt: str) -> str:
+    """'pre → post' of one significance row's metric in format `fmt` ('' when either is missing)."""
+    pre, post = row[f"{metric}_pre"], row[f"{metric}_post"]
+    return f"{pre:{fmt}} → {post:{fmt}}" if pd.notna(pre) and pd.notna(post) else ""
+
+
+def _ci_mark(row: pd.Series) -> str:
+    """' ↑' / ' ↓' when the centred-gap gain's 95% CI lies above / below 0, else ''."""
+    return " ↑" if row["centered_gap_ci_low"] > 0 else " ↓" if row["centered_gap_ci_high"] < 0 else ""
+
+
+def _nats(kl: float) -> str:
+    """A drift KL to 2 decimals, or 2 significant digits below 0.01 (so a small drift does not read as 0)."""
+    return "" if pd.isna(kl) else f"{kl:.2g}" if 0 < abs(kl) < 0.01 else f"{kl:.2f}"
+
+
+def overview(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One row per condition, at its target layer: the per-language-centred gap ('cgap', marked by `_ci_mark`)
+    and centred P@1 ('cP@1', in percent), pre → post, for each OVERVIEW_SETS set present (pairs averaged over
+    seeds); the mean drift KL on Swahili / English text; the mean validation objective.
+    """
+    target = at_target(sig)
+    names = [name for name in OVERVIEW_SETS if name in set(target["set"])]
+    drift = all(c in conds and conds[c].notna().any() for c in ("drift_kl_sw", "drift_kl_en"))
+    rows = []
+    for _, condition in conds.iterrows():
+        measured = rows_of(target, condition, by).drop_duplicates("set").set_index("set")
+        row = {c: condition[c] for c in by}
+        for metric, short, fmt in (("centered_gap", "cgap", ".3f"), ("p_at_1_centered", "cP@1", ".2%")):
+            for name in names:
+                found = measured.loc[name] if name in measured.index else None
+                mark = _ci_mark(found) if found is not None and short == "cgap" else ""
+                row[f"{name} {short}"] = "" if found is None else _before_after(found, metric, fmt) + mark
+        if drift:
+            row["drift sw / en"] = f"{_nats(condition['drift_kl_sw'])} / {_nats(condition['drift_kl_en'])}"
+        rows.append(row | {"objective": condition.get("objective", math.nan)})
+    return pd.DataFrame(rows)

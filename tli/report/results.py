@@ -1,0 +1,100 @@
+"""Loading an experiment folder: its tables, rebuilt when the merged ones are missing or behind, and its progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from tli.errors import TliError
+from tli.sweep.store import ExperimentStore
+
+
+@dataclass
+class Results:
+    """The tables of one experiment folder, and what had to be rebuilt or ignored to read them."""
+
+    uri: str
+    trials: pd.DataFrame  # every committed trial, ok and errored
+    summary: pd.DataFrame  # ok trial x set x evaluation layer
+    pairs: pd.DataFrame  # ok trial x set x evaluation layer x pair
+    scan: pd.DataFrame  # the base model's layer scan, every pooling mode (empty until written)
+    sweep_config: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # tables rebuilt, files ignored (said in report.md)
+
+    @property
+    def name(self) -> str:
+        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.trials[self.trials["status"] == "ok"]
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.trials[self.trials["status"] != "ok"]
+
+
+def load_results(location: str) -> Results:
+    """Read an experiment folder (a local path or a URI); a missing or unreadable merged table is rebuilt from
+    the per-trial folders and noted. TliError when the folder does not exist or holds no trial.
+    """
+    store = ExperimentStore(str(location))
+    if not store.folder.exists():
+        raise TliError(f"results folder {store.uri} does not exist")
+    if not store.trial_ids() and not store.folder.exists("trials.parquet"):
+        raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
+    kinds = ("trials", "summary", "pairs")
+    try:
+        present = {kind: store.folder.exists(f"{kind}.parquet") for kind in kinds}
+        tables = {kind: store.read(kind) for kind in kinds}
+        unmerged = _unmerged(store, tables["trials"])
+        if unmerged:  # trials committed after the last merge (a driver killed between merges)
+            store.merge()
+            tables = {kind: store.read(kind) for kind in kinds}
+        sweep_config = store.read_json("sweep_config.json")
+        scan = store.read("scan")
+    except OSError as error:
+        raise TliError(f"cannot read {store.uri}: {' '.join(str(error).split())}") from None
+    if tables["trials"].empty or "status" not in tables["trials"]:
+        raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
+    notes = store.notes + [
+        f"{kind}.parquet was missing: rebuilt from trials/"
+        for kind in kinds
+        if not present[kind] and store.folder.exists(f"{kind}.parquet")
+    ]
+    if unmerged:
+        notes.append(f"the merged tables lacked {unmerged} committed trial(s): rebuilt from trials/")
+    if sweep_config is None and not store.folder.exists("sweep_config.json"):
+        notes.append("no sweep_config.json: the number of planned trials is unknown")
+    return Results(store.uri, tables["trials"], tables["summary"], tables["pairs"], scan, sweep_config, notes)
+
+
+def _unmerged(store: ExperimentStore, trials: pd.DataFrame) -> int:
+    """How many committed trials (a row.json under trials/) the merged trials table lacks."""
+    merged = set(trials["trial_id"]) if "trial_id" in trials else set()
+    return sum(store.row(trial_id) is not None for trial_id in store.trial_ids() if trial_id not in merged)
+
+
+def planned_trials(results: Results) -> int | None:
+    """The planned trial count stored in sweep_config.json (grid size, or a search's samples), or None."""
+    planned = (results.sweep_config or {}).get("planned")
+    return planned if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 0 else None
+
+
+def progress_line(results: Results) -> str:
+    """'N of M planned trials done (k ok, e errored)', noting unfinished trials."""
+    done, planned = len(results.trials), planned_trials(results)
+    counts = f"{len(results.ok)} ok, {len(results.errors)} errored"
+    if planned is None:
+        return f"{done} trials done ({counts}); the number planned is unknown (no readable sweep_config.json)."
+    if done > planned:
+        return f"{done} trials done ({counts}); the last run of the sweep planned {planned}."
+    line = f"{done} of {planned} planned trials done ({counts})."
+    if done < planned:
+        line += (
+            f" {planned - done} not finished (the sweep is still running or was stopped): the tables cover "
+            "finished trials only."
+        )
+    return line

@@ -1,0 +1,301 @@
+"""The report's sections, each a list of render blocks: header, replication, selection, every condition at a
+glance, the paper's tables, the figures.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tli.report import figures, render, verdict
+from tli.report.conditions import PROTOCOL, defaults_of, prespecified, unlike_defaults
+from tli.report.overview import overview
+from tli.report.paper import table1, table2
+from tli.report.render import Plot
+from tli.report.results import Results, progress_line
+from tli.report.selection import tied
+from tli.report.significance import at_target, rows_of
+from tli.report.training import MARGIN_TOLERANCE, loss_at_margin
+
+LEGEND = (
+    "One row per condition x set x evaluation layer. Each pair is first averaged over the condition's "
+    "`n_trials` trials (`n_seeds` seeds), then the `n` unique pairs are tested: `mean_pre`/`mean_post` mean "
+    "cosine, `mean_diff` the gain with its seeded BCa bootstrap 95% CI (`ci_low`, `ci_high`), `t`/`p` paired "
+    "t-test, `p_holm`/`p_bh` that p corrected across every row of significance.csv (Holm; Benjamini-Hochberg), "
+    "`wilcoxon_p`, `d_z` = gain / its SD; `gap_*` the same for each pair's cosine minus its mean cosine to every "
+    "non-translation in the pool, `centered_gap_*` after per-language centring. `seed_sd_mean_diff` and "
+    "`seed_sd_centered_gap_diff`: SD over seeds of each seed's mean gain, reproducibility across seeds (not "
+    "generalisation to new words). P@1 counts any gloss of a headword as correct among one fixed pool of "
+    "candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the candidates and the centring "
+    "means, so neither P@1 nor the centred gap depends on the set's size. `n_removed`: rows of the set left out "
+    "for sharing a word with the training pairs (control, held-out, unseen are leak-free; `*_all` keep them; "
+    "the validation set is carved leak-free from the trained pairs, and the rows that took is not counted here)."
+)
+SHORT = [
+    "set",
+    "eval_layer",
+    "n_seeds",
+    "n",
+    "n_removed",
+    "mean_pre",
+    "mean_post",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_holm",
+    "seed_sd_mean_diff",
+    "gap_diff",
+    "gap_ci_low",
+    "centered_gap_diff",
+    "centered_gap_ci_low",
+    "p_at_1_pre",
+    "p_at_1_post",
+    "p_at_1_chance",
+]
+TSNE_HINT = (
+    "pairs.parquet stores cosines, not vectors: `ablations/aggregate.py --tsne` embeds the selected "
+    "condition's best trial again (it loads the model and uses the adapter stored with --save-adapters, "
+    "else retrains it with the trial's settings and seed)"
+)
+
+
+def label(condition: pd.Series, by: list[str]) -> str:
+    return figures.label({c: condition[c] for c in by})
+
+
+def _protocol(condition: pd.Series) -> str:
+    return verdict.protocol_name(*(condition[c] for c in PROTOCOL))
+
+
+def _fixed_in_advance(conds: pd.DataFrame, by: list[str]) -> list[pd.Series]:
+    """The conditions fixed in advance, in the report's protocol order."""
+    fixed = [condition for _, condition in prespecified(conds, by).iterrows()]
+    return sorted(fixed, key=lambda condition: verdict.protocol_rank(_protocol(condition)))
+
+
+def header(results: Results, by: list[str]) -> list[render.Block]:
+    models = ", ".join(map(str, results.ok["model"].unique())) or "-"
+    blocks = [
+        ("h1", f"TLI ablation report: {results.name}"),
+        (
+            "p",
+            f"Model: {models}. {progress_line(results)} Conditions (`by`): {', '.join(by) or 'none'}; "
+            "a condition pools its seeds.",
+        ),
+    ]
+    blocks += [("p", f"Data note: {note}.") for note in results.notes]
+    stuck = loss_at_margin(results.ok)
+    if stuck.any():
+        blocks.append(
+            (
+                "p",
+                f"Training check: in {stuck.sum()} of {len(stuck)} trials the final triplet loss is not below the "
+                f"margin minus {MARGIN_TOLERANCE}, the loss nearly identical pooled vectors give: in the training "
+                "pooling (`pooling_train`) anchors end about as close to their hardest in-batch negative as to their "
+                "translation. While every hinge max(0, d(a, p) - d(a, n) + margin) is active, the margin does not "
+                "enter the gradient (on Gemma 3 270M at layer 2, margins 0.1 to 1.0 trained the same adapter).",
+            )
+        )
+    if not results.errors.empty:
+        shown = [c for c in ("trial_id", *by, "error") if c in results.errors]
+        errors = results.errors[shown].assign(error=results.errors["error"].astype(str).str.slice(0, 200))
+        blocks += [
+            ("p", "Errored trials (not in the tables; the next run of the sweep runs them again):"),
+            ("table", errors),
+        ]
+    return blocks
+
+
+def replication(results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> tuple[list, pd.DataFrame]:
+    """The verdict for the condition fixed in advance, per protocol; (blocks, verdict table)."""
+    blocks: list[render.Block] = [("h2", "Replication: the condition fixed in advance")]
+    fixed = prespecified(conds, by)
+    defaults = ", ".join(f"{c}={value}" for c, value in defaults_of(by).items())
+    table = verdict.verdict_table(sig, fixed, by)
+    if fixed.empty:
+        blocks.append(
+            (
+                "p",
+                f"This sweep does not contain the condition fixed in advance (the paper's defaults: "
+                f"{defaults}): no verdict is given. The condition selected by validation follows, "
+                "labelled as selected.",
+            )
+        )
+    else:
+        trained_on = results.ok["n_train_pairs"].mean()
+        blocks.append(
+            (
+                "p",
+                f"Fixed in advance: the paper's defaults ({defaults or 'the sweep varies no other setting'})"
+                "; every protocol present is reported, each at its target layer. Unlike the paper's, these trials "
+                f"train on {trained_on:.0f} pairs on average: the validation set "
+                f"({results.ok['validation_fraction'].mean():.0%} of the trained pairs) is carved out of them.",
+            )
+        )
+        blocks += [("p", line) for line in verdict.sentences(table)]
+        blocks += [("table", table), ("p", verdict.RULE)]
+    if not any(_protocol(condition) == "paper as written" for condition in _fixed_in_advance(conds, by)):
+        blocks.append(
+            (
+                "p",
+                "The paper as written (mean pooling with BOS for training and evaluation, no "
+                "false-negative mask) is not among the conditions fixed in advance here: "
+                "`ablations/protocol_sweep.py` runs it beside the author's code and the controls.",
+            )
+        )
+    unlike = unlike_defaults(results, by)
+    if unlike:
+        blocks.append(
+            (
+                "p",
+                "Fixed in every trial and unlike the paper's defaults: "
+                + ", ".join(f"{k}={v}" for k, v in unlike.items())
+                + ".",
+            )
+        )
+    return blocks + [("p", verdict.AUTHOR_NOTE)], table
+
+
+def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.Series | None) -> list[render.Block]:
+    ok = results.ok.iloc[0]
+    blocks: list[render.Block] = [
+        ("h2", "Selection by the validation objective"),
+        (
+            "p",
+            f"The objective is the validation set's centred-gap gain at layer {ok['eval_layer_selection']:.0f}, the "
+            f"same layer for every trial; the validation set is {ok['validation_fraction']:.0%} of the trained "
+            f"pairs (whole headwords, seed {ok['validation_seed']:.0f}), so the control, held-out and unseen sets "
+            "play no part in the choice. Objectives measured with another evaluation pooling, or on another "
+            "validation set (another held-out category), are on other scales: where those vary, only the "
+            "conditions at the paper's defaults of them compete.",
+        ),
+    ]
+    if chosen is None:
+        return blocks + [("p", "No comparable condition has a validation objective: nothing is selected.")]
+    also = any(label(c, by) == label(chosen, by) for c in _fixed_in_advance(conds, by))
+    blocks.append(
+        (
+            "p",
+            f"Selected: {label(chosen, by)} ({_protocol(chosen)}), mean objective "
+            f"{chosen['objective']:.4f} over {chosen['n_trials']} trial(s)"
+            + ("; it is also the condition fixed in advance." if also else ".")
+            + _tie_note(tied(conds, chosen), by),
+        )
+    )
+    shown = [*by, "n_trials", "n_seeds", "objective", "objective_sd", "final_loss", "drift_kl_sw", "drift_kl_en"]
+    return blocks + [("table", conds[[c for c in shown if c in conds]])]
+
+
+def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
+    if ties.empty:
+        return ""
+    names = "; ".join(label(c, by) for _, c in ties.iterrows())
+    others = "another condition" if len(ties) == 1 else f"{len(ties)} other conditions"
+    return (
+        f" It ties with {others} on that objective ({names}): the validation objective does not separate them, "
+        "so the one shown as selected here and below is, of them, the one with the most settings at the paper's "
+        "defaults (on equal counts, the first row of the table)."
+    )
+
+
+def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
+    heading = ("h2", "Every condition at a glance: centred gap and P@1 at the target layer")
+    target = at_target(sig)
+    if target.empty:
+        return [heading, ("p", "No condition has one target layer (`--by` leaves target_layer out): nothing to show.")]
+    low, high = target["p_at_1_chance"].agg(["min", "max"])
+    chance = f"{low:.2%}" if f"{low:.2%}" == f"{high:.2%}" else f"{low:.2%} to {high:.2%}"
+    return [
+        heading,
+        (
+            "p",
+            "Per condition, at its target layer, pre → post (pairs averaged over seeds): `cgap` the "
+            "per-language-centred gap (a pair's centred cosine minus its mean to the non-translations), ↑/↓ when "
+            "its gain's 95% CI lies above/below 0; `cP@1` centred P@1 in percent over the candidate pool (chance "
+            f"{chance}); `drift sw / en` the mean KL(base || TLI) in nats per token on Swahili / English text; "
+            "`objective` the mean validation objective. Raw cosines and every test: the tables below.",
+        ),
+        ("table", overview(sig, conds, by)),
+    ]
+
+
+def paper_tables(
+    results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], chosen: pd.Series | None
+) -> list[render.Block]:
+    blocks: list[render.Block] = [
+        ("h2", "Table 1 (paper style): cosine before and after TLI at the target layer"),
+        (
+            "p",
+            "N counts unique pairs (each averaged over the condition's seeds); the paper's control set "
+            "corresponds to `control_all`, `control` leaves out rows sharing a word with the training pairs.",
+        ),
+    ]
+    for condition in _fixed_in_advance(conds, by):
+        blocks += [
+            ("p", f"*Fixed in advance* ({_protocol(condition)}; {label(condition, by)}):"),
+            ("table", table1(rows_of(sig, condition, by))),
+        ]
+    if chosen is not None:
+        blocks += [
+            ("p", f"*Selected by validation* ({_protocol(chosen)}; {label(chosen, by)}):"),
+            ("table", table1(rows_of(sig, chosen, by))),
+            (
+                "h2",
+                f"Table 2 (paper style): largest and smallest per-pair gains, selected condition ({label(chosen, by)})",
+            ),
+            ("p", "Cosines at the target layer, each pair averaged over the condition's seeds."),
+            ("table", table2(results, chosen["trial_ids"])),
+        ]
+    return blocks
+
+
+def best_trial(results: Results, chosen: pd.Series | None) -> str:
+    """The selected condition's trial with the highest objective (else the first ok trial)."""
+    trials = results.ok if chosen is None else results.ok[results.ok["trial_id"].isin(chosen["trial_ids"])]
+    scores = trials["objective"].astype(float)
+    return str(trials.loc[scores.idxmax(), "trial_id"] if scores.notna().any() else trials["trial_id"].iloc[0])
+
+
+def plots(
+    results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], embeddings: dict | None, seed: int
+) -> list[Plot]:
+    tsne = (
+        Plot("tsne.png", None, "t-SNE", TSNE_HINT)
+        if embeddings is None
+        else Plot("tsne.png", figures.tsne(embeddings, seed), embeddings.get("title", "t-SNE").replace("\n", "; "))
+    )
+    return [
+        Plot(
+            "layer_scan.png",
+            figures.layer_scan(results.scan),
+            "Pre-TLI alignment by layer, every pooling mode, raw "
+            "and per-language centred (solid: translation pairs, dashed: mismatched-pair baseline)",
+            "no scan.parquet yet (the sweep writes it beside its trials)",
+        ),
+        Plot(
+            "gain_by_layer.png",
+            figures.gain_by_layer(sig, by),
+            "Gain at the target layer by target layer: raw "
+            "cosine, gap over mismatched pairs, centred gap, with 95% CIs, per set",
+            "target_layer does not vary",
+        ),
+        Plot(
+            "objective_drift.png",
+            figures.objective_and_drift(conds, by),
+            "Validation objective and drift by target layer",
+            "target_layer does not vary",
+        ),
+        Plot(
+            "rank_margin.png",
+            figures.rank_margin(sig, conds, by),
+            "LoRA rank x margin",
+            "LoRA rank and margin do not both vary",
+        ),
+        Plot(
+            "heldout.png",
+            figures.heldout(sig, by),
+            "Gains on each held-out category (trained on all the others)",
+            "no held-out category varies",
+        ),
+        tsne,
+    ]

@@ -1,0 +1,51 @@
+"""The selection rule: the condition with the highest mean validation objective among those whose objectives compare,
+ties going to the paper's defaults.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tli.report.conditions import at_defaults, same
+from tli.sweep.settings import TrialSettings
+
+COMPARABLE = ("pooling_eval", "heldout_category")  # objectives compare only where these agree (same measure, same set)
+
+
+def competing(conds: pd.DataFrame) -> pd.DataFrame:
+    """The conditions whose validation objectives compare: where a COMPARABLE setting varies (another evaluation
+    pooling, or the validation set left when another category is held out, puts objectives on other scales), only
+    those at the paper's default of it.
+    """
+    defaults = TrialSettings()
+    for column in COMPARABLE:
+        if column in conds and conds[column].astype(str).nunique() > 1:
+            conds = conds[conds[column].map(lambda value, c=column: same(value, getattr(defaults, c)))]
+    return conds
+
+
+def selected(conds: pd.DataFrame, by: list[str]) -> pd.Series | None:
+    """The `competing` condition with the highest mean validation objective (None when none has one). On a tie, the
+    one with the most `by` settings at the paper's defaults (`at_defaults`), then the first row of `conds`.
+    """
+    conds = competing(conds)
+    scores = conds["objective"].astype(float) if "objective" in conds else pd.Series(dtype=float)
+    if scores.isna().all():
+        return None
+    best = conds[_equal(scores, scores.max())]
+    return best.loc[at_defaults(best, by).idxmax()]
+
+
+def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
+    """The other `competing` conditions whose mean objective equals the selected one's (relative tolerance 1e-9):
+    the validation objective does not separate them from it.
+    """
+    others = competing(conds).drop(index=chosen.name)
+    return others[_equal(others["objective"].astype(float), chosen["objective"])]
+
+
+def _equal(objectives: pd.Series, value: float) -> pd.Series:
+    """Which objectives equal `value` up to a relative tolerance of 1e-9 (NaN equals nothing)."""
+    return objectives.map(lambda objective: math.isclose(objective, value, rel_tol=1e-9)).astype(bool)

@@ -1,0 +1,139 @@
+"""The significance table: one row per condition x set x evaluation layer.
+
+Seeds are replicates, not extra pairs: each pair is first averaged over the condition's trials, then the
+unique pairs are tested (`tli.evaluate.summary_table`, the same tests a trial runs), so `n` counts pairs once.
+The spread across seeds is its own column (`seed_sd_*`): reproducibility across seeds, not generalisation to
+new words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tli import stats
+from tli.config import EvalConfig
+from tli.evaluate import SETS, summary_table
+from tli.report import multiple
+from tli.report.conditions import check_by, condition_columns, groups, same
+from tli.report.results import Results
+
+PAIR_METRICS = [f"{m}_{when}" for m in stats.PAIR_METRICS if m != "chance" for when in ("pre", "post")] + ["chance"]
+
+
+def _layer_roles(trials: pd.DataFrame, layer: int) -> str:
+    """Which evaluation layer `layer` is for every trial of a condition: target, selection, final (L)."""
+    roles = {"target": "eval_layer_target", "selection": "eval_layer_selection", "final": "eval_layer_final"}
+    return ", ".join(
+        name for name, column in roles.items() if column in trials and (trials[column].astype(float) == layer).all()
+    )
+
+
+def _seed_spread(pairs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per set x layer: SD over seeds of each seed's mean cosine gain and centred-gap gain (NaN for one seed)."""
+    gains = pairs.assign(
+        cosine=pairs["cosine_post"] - pairs["cosine_pre"],
+        centered=pairs["centered_gap_post"] - pairs["centered_gap_pre"],
+    )
+    gains = gains.merge(trials[["trial_id", "seed"]], on="trial_id")
+    per_seed = gains.groupby(["set", "eval_layer", "seed"])[["cosine", "centered"]].mean()
+    spread = per_seed.groupby(["set", "eval_layer"]).std(ddof=1)
+    return spread.rename(columns={"cosine": "seed_sd_mean_diff", "centered": "seed_sd_centered_gap_diff"}).reset_index()
+
+
+def condition_tests(
+    pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, n_boot: int, seed: int
+) -> pd.DataFrame:
+    """One condition's rows: each pair averaged over the condition's trials, then `summary_table`'s tests on the
+    unique pairs (n = pairs, not pairs x seeds), with the seed spread beside them.
+    """
+    averaged = pairs.groupby(["set", "eval_layer", "pair_id"], sort=False)[PAIR_METRICS].mean().reset_index()
+    removed = summary.groupby("set")["n_removed"].max().to_dict()
+    table = summary_table(
+        averaged,
+        EvalConfig(n_boot=n_boot, seed=seed),
+        int(trials["eval_layer_final"].max()),
+        int(summary["n_candidates"].max()),
+        removed,
+    )
+    table = table.merge(_seed_spread(pairs, trials), on=["set", "eval_layer"], how="left")
+    table.insert(2, "layer_role", [_layer_roles(trials, k) for k in table["eval_layer"]])
+    table.insert(3, "n_trials", len(trials))
+    table.insert(4, "n_seeds", trials["seed"].nunique())
+    return table
+
+
+FIRST_COLUMNS = [
+    "set",
+    "eval_layer",
+    "layer_name",
+    "layer_role",
+    "n_trials",
+    "n_seeds",
+    "n",
+    "n_removed",
+    "mean_pre",
+    "mean_post",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "t",
+    "p",
+    "p_holm",
+    "p_bh",
+    "wilcoxon_p",
+    "d_z",
+    "seed_sd_mean_diff",
+    "gap_diff",
+    "gap_ci_low",
+    "gap_ci_high",
+    "gap_p",
+    "centered_gap_diff",
+    "centered_gap_ci_low",
+    "centered_gap_ci_high",
+    "centered_gap_p",
+    "seed_sd_centered_gap_diff",
+    "p_at_1_pre",
+    "p_at_1_post",
+    "p_at_1_chance",
+]
+
+
+def significance_table(
+    results: Results, by: list[str] | None = None, n_boot: int = 10_000, seed: int = 0
+) -> pd.DataFrame:
+    """One row per condition x set x evaluation layer (columns: FIRST_COLUMNS, then every set mean before and
+    after); `p_holm`/`p_bh` correct the raw-cosine `p` across every row of the table.
+    """
+    by = condition_columns(results.trials) if by is None else list(by)
+    check_by(by, results.trials)
+    empty = pd.DataFrame(columns=[*by, *FIRST_COLUMNS])
+    if results.ok.empty or results.pairs.empty or results.summary.empty:
+        return empty
+    frames = []
+    for values, trials in groups(results.ok, by):
+        ids = set(trials["trial_id"])
+        pairs, summary = (t[t["trial_id"].isin(ids)] for t in (results.pairs, results.summary))
+        if len(pairs) and len(summary):
+            frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
+    if not frames:
+        return empty
+    table = pd.concat(frames, ignore_index=True)
+    table = multiple.correct(table)
+    order = table["set"].map({name: i for i, name in enumerate(SETS)}).fillna(len(SETS))
+    table = table.assign(_set=order).sort_values([*by, "_set", "eval_layer"], kind="stable")
+    rest = [c for c in table if c not in (*by, *FIRST_COLUMNS, "_set")]
+    return table[[*by, *FIRST_COLUMNS, *rest]].reset_index(drop=True)
+
+
+def rows_of(sig: pd.DataFrame, condition: pd.Series, by: list[str]) -> pd.DataFrame:
+    """The significance rows of one condition (a row of `conditions`)."""
+    mask = np.ones(len(sig), dtype=bool)
+    for c in by:
+        mask &= np.array([same(v, condition[c]) for v in sig[c]], dtype=bool)
+    return sig[mask]
+
+
+def at_target(sig: pd.DataFrame) -> pd.DataFrame:
+    """Rows measured at their condition's target layer."""
+    return sig[sig["layer_role"].str.contains("target")]
