@@ -390,6 +390,11 @@ def test_ray_tune_sees_every_measurement(layer_smoke):
     grid = ResultGrid(ExperimentAnalysis(str(next((folder / "tune").iterdir()))))
     frame = grid.get_dataframe()
     assert len(frame) == 2 and "tli_archive" not in frame.columns
+    assert {"config/target_layer", "config/seed"} <= set(frame.columns)  # flat: the swept settings
+    assert not [c for c in frame.columns if c.startswith("config/settings")]
+    runs = [p.name for p in next((folder / "tune").iterdir()).iterdir() if p.is_dir()]
+    names = sorted(re.sub(r"_[0-9a-f]+_\d+$", "", name) for name in runs)  # less Tune's own trial id
+    assert names == ["target_layer=1,seed=0", "target_layer=2,seed=0"]  # TensorBoard runs tell trials apart
     for _, result in frame.iterrows():
         row = trials.loc[result["tli_trial_id"]]
         for column in ("objective", "target_trained_cosine_post", "final_control_centered_gap_post", "drift_kl_en"):

@@ -64,8 +64,7 @@ class Progress(tune.Callback):
         self.bar.set_postfix_str(f"errors={self.errors} running: {'; '.join(self.running.values()) or '-'}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        settings = trial.config.get("settings", {})
-        self.running[trial.trial_id] = " ".join(f"{k}={_short(settings.get(k))}" for k in self.axes)
+        self.running[trial.trial_id] = " ".join(f"{k}={short_value(trial.config.get(k))}" for k in self.axes)
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -91,7 +90,8 @@ class Progress(tune.Callback):
             self.bar.close()
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A setting's value as a trial label shows it: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

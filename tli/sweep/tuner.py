@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from ray import tune
 from tli import files, models
 from tli.config import TrainConfig
 from tli.errors import TliError
-from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logger_callbacks
+from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logger_callbacks, short_value
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_drift_samples
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
@@ -86,8 +87,8 @@ class TrialContext:
     save_adapters: str  # none, best, all
 
     def settings(self, config: dict[str, Any]) -> TrialSettings:
-        """A trial's settings from its Tune config: the base with the grid's or the searcher's values."""
-        return TrialSettings.from_flat(self.base).replace(**config["settings"])
+        """A trial's settings from its flat Tune config (the swept settings): the base with the trial's values."""
+        return TrialSettings.from_flat(self.base).replace(**config)
 
 
 _CACHE = WorkerCache()  # one per worker process: the reason trials reuse actors
@@ -291,10 +292,11 @@ def run_sweep(
                 len(planned) - len(todo),
                 len(todo),
             )
-            space, total, axes = {"settings": tune.grid_search(todo)}, len(todo), swept_names(_grid(grid, config))
+            axes = swept_names(_grid(grid, config))
+            space, total = [{name: row[name] for name in axes} for row in todo], len(todo)
             swept = {name: [str(v) for v in values] for name, values in grid.items()}
         else:
-            space, total, axes = {"settings": search.domains}, search.num_samples, list(search.domains)
+            space, total, axes = search.domains, search.num_samples, list(search.domains)
             swept = {name: str(domain) for name, domain in search.domains.items()}
         store.write(
             "sweep_config.json",
@@ -320,6 +322,17 @@ def run_sweep(
     return trials
 
 
+def trial_name(trial) -> str:
+    """A Tune trial's name: its swept settings (`target_layer=2,seed=0`), so TensorBoard and MLflow runs differ."""
+    return ",".join(f"{name}={short_value(value)}" for name, value in trial.config.items()) or trial.trial_id
+
+
+def trial_dirname(trial) -> str:
+    """A Tune trial's folder: its name made safe for a path (at most 100 characters), then Tune's trial id."""
+    safe = re.sub(r"[^\w.=,-]+", "-", trial_name(trial))[:100]
+    return f"{safe}_{trial.trial_id}"
+
+
 def _fit(
     space,
     total: int,
@@ -330,6 +343,13 @@ def _fit(
     callbacks: list,
     store: ExperimentStore,
 ) -> None:
+    """Run the trials on Ray Tune: `space` is the grid's flat trial configs (a list) or a search's domains."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if search_alg is None:  # each grid trial's config is its swept settings, flat: config/target_layer, ...
+        values = {name: list({repr(point[name]): point[name] for point in space}.values()) for name in space[0]}
+        search_alg = BasicVariantGenerator(points_to_evaluate=space)
+        space = {name: tune.choice(choices) for name, choices in values.items()}
     trainable_with_context = tune.with_resources(
         tune.with_parameters(trainable, context=context), {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
     )
@@ -340,8 +360,10 @@ def _fit(
             search_alg=search_alg,
             metric="objective",
             mode="max",
-            num_samples=total if search_alg else 1,
+            num_samples=total,
             reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
             max_concurrent_trials=config.max_concurrent or None,
         ),
         run_config=tune.RunConfig(
