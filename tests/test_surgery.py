@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tli import loss, pooling, surgery, train
+from tli import config, loss, pooling, surgery, train
 from tli.config import TrainConfig
 from tli.errors import TliError
 
@@ -47,7 +47,7 @@ def test_truncation_restores_the_model_and_removes_hooks(tiny_llama):
 
 def test_layer_names_and_range(tiny_llama):
     model, _ = tiny_llama
-    assert [surgery.layer_name(k, 4) for k in (0, 1, 4)] == ["embedding", "block 1", "block 4 + final norm"]
+    assert [config.layer_name(k, 4) for k in (0, 1, 4)] == ["embedding", "block 1", "block 4 + final norm"]
     with pytest.raises(TliError, match="layers 0..4"):
         surgery.check_layer(5, surgery.num_layers(model))
 

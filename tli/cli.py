@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tli import config as configs
-from tli.config import EvalConfig, ModelConfig, ScanConfig, TrainConfig
+from tli.config import EvalConfig, ModelConfig, ScanConfig, TrainConfig, check_layer
 from tli.errors import TliError, run_command
 
 DESCRIPTION = """\
@@ -101,11 +101,11 @@ def _parser() -> configs.ArgumentParser:
 
 def _check_layers(model: str, layers: tuple[int, ...]) -> None:
     """TliError for a layer the model does not have, from its config (before any weights load)."""
-    from tli import models, surgery
+    from tli import models
 
     n_layers = models.num_layers(model)
     for layer in layers:
-        surgery.check_layer(layer, n_layers)
+        check_layer(layer, n_layers)
 
 
 def _load_model(config: ModelConfig):

@@ -308,6 +308,19 @@ POOLING_MODES = ("mean", "mean_content", "mean_skip_first", "last")  # see tli.p
 MAX_LAYER = 1024  # a bound above any real model's depth; the model's own range is checked once it is loaded
 
 
+def layer_name(layer: int, n_layers: int) -> str:
+    """Human name of hidden_states[layer]: 'embedding', 'block k' or 'block L + final norm'."""
+    if layer == 0:
+        return "embedding"
+    return f"block {layer} + final norm" if layer == n_layers else f"block {layer}"
+
+
+def check_layer(layer: int, n_layers: int) -> None:
+    """TliError unless 0 <= layer <= n_layers (hidden_states[0] is the embedding output, [k] block k's)."""
+    if not 0 <= layer <= n_layers:
+        raise TliError(f"layer {layer} is out of range: this model has layers 0..{n_layers}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Which causal LM to load and how. Frozen: a worker's cache key."""

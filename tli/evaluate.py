@@ -17,16 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from peft import PeftModel
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from tli import data, pooling, stats, surgery
-from tli.config import EvalConfig
+from tli import data, stats
+from tli.config import EvalConfig, check_layer, layer_name
 from tli.errors import TliError
+
+if TYPE_CHECKING:  # the tables and their statistics need no torch: the aggregator imports this module
+    from peft import PeftModel
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 Embeddings = dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (Swahili pool [p, d], English pool [m, d])
 SETS = ("trained", "validation", "not_trained", "control", "control_all", "heldout", "heldout_all", "unseen")
@@ -62,7 +65,7 @@ def eval_layers(config: EvalConfig, target_layer: int, n_layers: int) -> list[in
     """The evaluation layers: `config.layers`, or the target layer and the last layer L."""
     layers = list(config.layers) or sorted({target_layer, n_layers})
     for k in layers:
-        surgery.check_layer(k, n_layers)
+        check_layer(k, n_layers)
     return layers
 
 
@@ -122,6 +125,8 @@ def embed_lexicon(
     batch_size: int = 64,
 ) -> Embeddings:
     """{layer: (Swahili pool [p, d], English pool [m, d])}, pooled with `mode`."""
+    from tli import pooling
+
     words = list(lexicon.swahili) + list(lexicon.english)
     vectors = pooling.embed_words(model, tokenizer, words, layers, [mode], batch_size)[mode]
     p = len(lexicon.swahili)
@@ -134,6 +139,11 @@ def pair_table(
     """One row per set x layer x pair: `pair_id` (the row's label in the experiment's pairs) and every
     `stats.pair_metrics` metric before (`_pre`) and after (`_post`) TLI (`chance` once: it does not change).
     """
+    pools = {  # the pool x pool matrices, once per layer and before/after: every set indexes the same ones
+        (layer, when): stats.PoolSimilarities.of(*embeddings[layer], k=csls_k)
+        for layer in pre
+        for when, embeddings in (("pre", pre), ("post", post))
+    }
     frames = []
     for name, rows in sets.items():
         located = lexicon.locate(rows)
@@ -142,8 +152,8 @@ def pair_table(
             frame.insert(0, "pair_id", rows.index)
             frame.insert(0, "eval_layer", layer)
             frame.insert(0, "set", name)
-            for when, embeddings in (("pre", pre), ("post", post)):
-                for metric, values in stats.pair_metrics(*embeddings[layer], *located, k=csls_k).items():
+            for when in ("pre", "post"):
+                for metric, values in pools[layer, when].pair_metrics(*located).items():
                     frame["chance" if metric == "chance" else f"{metric}_{when}"] = values
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -158,7 +168,7 @@ def summary_table(
         row = {
             "set": name,
             "eval_layer": layer,
-            "layer_name": surgery.layer_name(layer, n_layers),
+            "layer_name": layer_name(layer, n_layers),
             "n_candidates": n_candidates,
             "n_removed": (removed or {}).get(name, 0),
         }
@@ -198,6 +208,8 @@ def evaluate_adapter(
 
     `lexicon` defaults to the words of `sets`; `pre` must hold the evaluation layers of `config`.
     """
+    from tli import surgery
+
     n_layers = surgery.num_layers(peft_model)
     layers = eval_layers(config, target_layer, n_layers)
     lexicon = lexicon or Lexicon.from_pairs(pd.concat(list(sets.values())))

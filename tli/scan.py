@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tli import pooling, stats, surgery
-from tli.config import ScanConfig
+from tli.config import ScanConfig, layer_name
 from tli.evaluate import Lexicon
 
 
@@ -46,7 +46,7 @@ def scan_layers(
     vectors = pooling.embed_words(model, tokenizer, words, layers, modes, config.batch_size, progress)
     located, p = lexicon.locate(pairs), len(lexicon.swahili)
     rows = [
-        {"layer": k, "layer_name": surgery.layer_name(k, n_layers), "pooling": mode}
+        {"layer": k, "layer_name": layer_name(k, n_layers), "pooling": mode}
         | stats.set_metrics(stats.pair_metrics(v[:p], v[p:], *located, k=config.csls_k))
         | {"n_candidates": len(lexicon.english)}
         for mode, by_layer in vectors.items()

@@ -18,6 +18,8 @@ Inputs may be numpy arrays, lists or torch tensors; all are converted to float64
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
@@ -93,43 +95,69 @@ def pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, k: 
     Because the pool, not the evaluated set, supplies the candidates and the centring means, a set's mean of
     any of these does not depend on the set's size: sets of 20 and 623 pairs compare.
     """
-    src, tgt = _as_array(src_pool), _as_array(tgt_pool)
-    src_index, tgt_index, gold = np.asarray(src_index), np.asarray(tgt_index), np.asarray(gold, dtype=bool)
-    n, m = len(src_index), len(tgt)
-    if src.ndim != 2 or tgt.ndim != 2 or src.shape[1] != tgt.shape[1]:
-        raise ValueError(f"pools must be [p, d] and [m, d]; got {src.shape} and {tgt.shape}")
-    if gold.shape != (n, m) or len(tgt_index) != n or not gold[np.arange(n), tgt_index].all():
-        raise ValueError("gold must be [n, m] and mark each pair's own translation")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    rows = np.arange(n)
-    joint_mean = np.concatenate([src, tgt]).mean(axis=0)
-    raw_all = cosine_matrix(src, tgt)  # [p, m]
-    raw = raw_all[src_index]  # [n, m]
-    centred = cosine_matrix(*center_per_language(src, tgt))[src_index]
-    csls = 2 * raw - _mean_top_k(raw, k, axis=1)[:, None] - _mean_top_k(raw_all, k, axis=0)[None, :]
-    others = (~gold).sum(axis=1)  # [n]; 0 only when every pool word is a gloss: mismatched is then NaN
+    return PoolSimilarities.of(src_pool, tgt_pool, k).pair_metrics(src_index, tgt_index, gold)
 
-    def mismatched(sim):
-        total = np.where(gold, 0.0, sim).sum(axis=1)
-        return np.divide(total, others, out=np.full(n, np.nan), where=others > 0)
 
-    def hits(sim):
-        return gold[rows, np.argmax(sim, axis=1)].astype(float)
+@dataclass(frozen=True, eq=False)
+class PoolSimilarities:
+    """The pool x pool matrices `pair_metrics` reads: computed once per pool, shared by every set of pairs in it."""
 
-    out = {
-        "cosine": raw[rows, tgt_index],
-        "mismatched": mismatched(raw),
-        "cosine_centered": centred[rows, tgt_index],
-        "mismatched_centered": mismatched(centred),
-    }
-    out["gap"] = out["cosine"] - out["mismatched"]
-    out["centered_gap"] = out["cosine_centered"] - out["mismatched_centered"]
-    out["cosine_joint_centered"] = np.sum(
-        l2_normalize(src[src_index] - joint_mean) * l2_normalize(tgt[tgt_index] - joint_mean), axis=1
-    )
-    out |= {"hit": hits(raw), "hit_csls": hits(csls), "hit_centered": hits(centred), "chance": gold.sum(axis=1) / m}
-    return {name: out[name] for name in PAIR_METRICS}
+    raw: np.ndarray  # [p, m] cos(s_i, e_j)
+    centred: np.ndarray  # [p, m] the same after per-language centring
+    csls: np.ndarray  # [p, m] 2 cos(s, e) - r_T(s) - r_S(e)
+    src_joint: np.ndarray  # [p, d] Swahili vectors minus the joint mean, L2-normalised
+    tgt_joint: np.ndarray  # [m, d] English vectors minus the joint mean, L2-normalised
+
+    @classmethod
+    def of(cls, src_pool, tgt_pool, k: int = 10) -> PoolSimilarities:
+        src, tgt = _as_array(src_pool), _as_array(tgt_pool)
+        if src.ndim != 2 or tgt.ndim != 2 or src.shape[1] != tgt.shape[1]:
+            raise ValueError(f"pools must be [p, d] and [m, d]; got {src.shape} and {tgt.shape}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        raw = cosine_matrix(src, tgt)
+        joint_mean = np.concatenate([src, tgt]).mean(axis=0)
+        return cls(
+            raw=raw,
+            centred=cosine_matrix(*center_per_language(src, tgt)),
+            csls=2 * raw - _mean_top_k(raw, k, axis=1)[:, None] - _mean_top_k(raw, k, axis=0)[None, :],
+            src_joint=l2_normalize(src - joint_mean),
+            tgt_joint=l2_normalize(tgt - joint_mean),
+        )
+
+    def pair_metrics(self, src_index, tgt_index, gold: np.ndarray) -> dict[str, np.ndarray]:
+        """`pair_metrics` of n pairs of this pool (see there)."""
+        src_index, tgt_index, gold = np.asarray(src_index), np.asarray(tgt_index), np.asarray(gold, dtype=bool)
+        n, m = len(src_index), self.raw.shape[1]
+        if gold.shape != (n, m) or len(tgt_index) != n or not gold[np.arange(n), tgt_index].all():
+            raise ValueError("gold must be [n, m] and mark each pair's own translation")
+        rows = np.arange(n)
+        raw, centred = self.raw[src_index], self.centred[src_index]  # [n, m]
+        others = (~gold).sum(axis=1)  # [n]; 0 only when every pool word is a gloss: mismatched is then NaN
+
+        def mismatched(sim):
+            total = np.where(gold, 0.0, sim).sum(axis=1)
+            return np.divide(total, others, out=np.full(n, np.nan), where=others > 0)
+
+        def hits(sim):
+            return gold[rows, np.argmax(sim, axis=1)].astype(float)
+
+        out = {
+            "cosine": raw[rows, tgt_index],
+            "mismatched": mismatched(raw),
+            "cosine_centered": centred[rows, tgt_index],
+            "mismatched_centered": mismatched(centred),
+        }
+        out["gap"] = out["cosine"] - out["mismatched"]
+        out["centered_gap"] = out["cosine_centered"] - out["mismatched_centered"]
+        out["cosine_joint_centered"] = np.sum(self.src_joint[src_index] * self.tgt_joint[tgt_index], axis=1)
+        out |= {
+            "hit": hits(raw),
+            "hit_csls": hits(self.csls[src_index]),
+            "hit_centered": hits(centred),
+            "chance": gold.sum(axis=1) / m,
+        }
+        return {name: out[name] for name in PAIR_METRICS}
 
 
 SET_METRICS = {  # set-level column -> the per-pair metric it averages

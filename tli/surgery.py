@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from tli.config import check_layer
 from tli.errors import TliError
 
 # model_type -> family; every family keeps its stack at `<causal lm>.model` with
@@ -51,19 +52,6 @@ def decoder(model: nn.Module) -> nn.Module:
 def num_layers(model: nn.Module) -> int:
     """L, the number of decoder blocks; valid layer indices are 0..L."""
     return len(decoder(model).layers)
-
-
-def layer_name(layer: int, n_layers: int) -> str:
-    """Human name of hidden_states[layer]: 'embedding', 'block k' or 'block L + final norm'."""
-    if layer == 0:
-        return "embedding"
-    return f"block {layer} + final norm" if layer == n_layers else f"block {layer}"
-
-
-def check_layer(layer: int, n_layers: int) -> None:
-    """TliError unless 0 <= layer <= n_layers."""
-    if not 0 <= layer <= n_layers:
-        raise TliError(f"layer {layer} is out of range: this model has layers 0..{n_layers}")
 
 
 @contextlib.contextmanager
