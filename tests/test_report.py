@@ -381,6 +381,31 @@ def test_one_line_error_for_bad_flags(fixture_dir, tmp_path, capsys, flags, mess
 # --- the files ----------------------------------------------------------------------------------
 
 
+def test_paper_ready_tables_and_vector_figures(built, sig):
+    """LaTeX (booktabs) beside every report table, a compact significance table, PDF and SVG beside each PNG."""
+    tables = sorted((built / "tables").glob("*.tex"))
+    assert len(tables) >= 3 and all("\\toprule" in t.read_text() and "\\bottomrule" in t.read_text() for t in tables)
+    compact = (built / "significance_compact.tex").read_text()
+    assert compact.startswith("\\begin{tabular}") and "centred gap gain [95\\% CI]" in compact
+    md = (built / "significance_compact.md").read_text().splitlines()
+    assert len(md) == 2 + len(sig) and len(md[0].split("|")) - 2 < 20  # one row per test, few columns
+    for png in (built / "figures").glob("*.png"):
+        assert png.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in png.with_suffix(".svg").read_bytes()
+
+
+def test_one_format_per_column():
+    """Effects to fixed decimals, p-values in one format, a column of tiny values all in scientific notation."""
+    table = pd.DataFrame({"gap_p_holm": [0.000878, 0.0019, 1.85e-05], "mean_diff": [0.1, 0.00012, -0.02]})
+    table["drift"] = [1e-7, 2e-6, 3e-4]
+    cells = [line.split("|")[1:-1] for line in render.table_text(table).splitlines()[2:]]
+    assert [[c.strip() for c in row] for row in cells] == [
+        ["<0.001", "0.1000", "1.00e-07"],
+        ["0.002", "0.0001", "2.00e-06"],
+        ["<0.001", "-0.0200", "3.00e-04"],
+    ]
+
+
 def test_report_files_and_embedded_figures(built, sig):
     for name in ("significance.csv", "significance.md", "report.md", "report.html"):
         assert (built / name).stat().st_size > 500, name
@@ -442,7 +467,7 @@ def test_heldout_bars_stay_readable_for_many_categories():
 def test_tables_render_through_tabulate():
     table = pd.DataFrame({"set": ["a|b"], "n": [3], "p": [0.0], "mean_diff": [0.12345], "x": [np.nan]})
     text = render.table_text(table)
-    assert text.splitlines()[0].startswith("| set ") and "a\\|b" in text and "<1e-300" in text and "0.1235" in text
+    assert text.splitlines()[0].startswith("| set ") and "a\\|b" in text and "<0.001" in text and "0.1235" in text
     assert "<td" in render.table_text(table, "html")
     page = render.page([("p", "`gap_*` and `*_all` keep *no rise* for x<y")], "t")
     assert "<code>gap_*</code> and <code>*_all</code> keep <em>no rise</em> for x&lt;y" in page

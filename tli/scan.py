@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pandas as pd
-from matplotlib.figure import Figure
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -56,32 +55,8 @@ def scan_layers(
 
 
 def plot_scan(table: pd.DataFrame, path: Path | BinaryIO, title: str = "") -> Path | BinaryIO:
-    """Matched vs mismatched cosine per layer (raw and per-language centred): the paper's Figure 1 with its control.
+    """`tli.report.figures.scan_figure` as a PNG: `path` is a PNG file's path, or a binary stream."""
+    from tli.report.figures import scan_figure
 
-    `path`: a PNG file's path, or a binary stream the PNG is written to.
-    """
-    fig = Figure(figsize=(11, 4))
-    raw, centred = fig.subplots(1, 2, sharex=True)
-    for mode, rows in table.groupby("pooling", sort=False):
-        line = raw.plot(rows["layer"], rows["cosine_mean"], marker="o", ms=3, label=f"matched ({mode})")[0]
-        raw.plot(
-            rows["layer"], rows["cosine_mismatched"], ls="--", color=line.get_color(), label=f"mismatched ({mode})"
-        )
-        centred.plot(
-            rows["layer"], rows["cosine_centered"], marker="o", ms=3, color=line.get_color(), label=f"matched ({mode})"
-        )
-        centred.plot(
-            rows["layer"],
-            rows["cosine_centered_mismatched"],
-            ls="--",
-            color=line.get_color(),
-            label=f"mismatched ({mode})",
-        )
-    raw.set(title="raw cosine", xlabel="layer (hidden_states index; 0 = embeddings)", ylabel="mean cosine")
-    centred.set(title="per-language centred cosine", xlabel="layer (hidden_states index; 0 = embeddings)")
-    centred.axhline(0, color="grey", lw=0.5)
-    raw.legend(fontsize=7)
-    fig.suptitle(title or "Swahili-English alignment by layer (dashed: mismatched-pair baseline)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
+    scan_figure(table, title).savefig(path, dpi=120, format="png")
     return path

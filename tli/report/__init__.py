@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib
 import pandas as pd
 
 from tli.files import Folder
-from tli.report import render, sections, verdict
+from tli.report import figures, render, sections, verdict
 from tli.report.conditions import condition_columns, conditions, prespecified
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
@@ -97,7 +98,8 @@ def build_report(
         blocks += found + sections.selection(results, conds, by, chosen) + sections.at_a_glance(sig, conds, by)
         blocks += sections.paper_tables(results, sig, conds, by, chosen)
         embeddings = tsne(sections.best_trial(results, chosen)) if tsne is not None else None
-        drawn = sections.plots(results, sig, conds, by, embeddings, seed)
+        with matplotlib.rc_context(figures.PAPER_STYLE):
+            drawn = sections.plots(results, sig, conds, by, embeddings, seed)
         blocks += [("h2", "Figures")] + [("figure", plot) for plot in drawn]
         blocks += [
             ("h2", "Significance at the target layer"),
@@ -105,5 +107,5 @@ def build_report(
             ("p", "Every evaluation layer and every column: significance.csv / significance.md."),
             ("table", at_target(sig)[[*by, *sections.SHORT]]),
         ]
-    files = render.write(folder, blocks, sig, f"TLI report: {results.name}")
+    files = render.write(folder, blocks, sig, f"TLI report: {results.name}", by)
     return Report(files, sig, progress_line(results), verdict.sentences(verdicts))

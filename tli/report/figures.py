@@ -22,11 +22,39 @@ GAINS = {  # significance-table prefix -> label
 }
 
 
-def png(fig: Figure) -> bytes:
+# Fit for a paper: small type (a two-column page shows figures at about half their width), text kept as text
+# in PDF (TrueType, editable and searchable) and SVG. Figures are drawn inside matplotlib.rc_context(PAPER_STYLE).
+PAPER_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 7,
+    "figure.titlesize": 10,
+    "pdf.fonttype": 42,
+    "svg.fonttype": "none",
+}
+
+
+class FigureFiles(bytes):
+    """A figure's PNG bytes (what the report embeds) that also carry its `pdf` and `svg` renderings."""
+
+    pdf: bytes
+    svg: bytes
+
+
+def png(fig: Figure) -> FigureFiles:
+    """The figure as PNG (110 dpi), with its PDF and SVG (vector, for a paper) attached."""
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+    rendered = {}
+    for kind in ("png", "pdf", "svg"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=kind, dpi=110, metadata={"Date": None} if kind == "pdf" else None)
+        rendered[kind] = buffer.getvalue()
+    files = FigureFiles(rendered["png"])
+    files.pdf, files.svg = rendered["pdf"], rendered["svg"]
+    return files
 
 
 def label(values: dict[str, Any]) -> str:
@@ -54,12 +82,36 @@ def layer_scan(scan: pd.DataFrame) -> bytes | None:
     """The paper's Figure 1 with its control: matched vs mismatched cosine by layer, every pooling mode."""
     if scan.empty:
         return None
-    from tli.scan import plot_scan
-
-    buffer = io.BytesIO()
     models = ", ".join(map(str, scan["model"].unique()))
-    plot_scan(scan, buffer, title=f"pre-TLI layer scan of {models} (dashed: mismatched-pair baseline)")
-    return buffer.getvalue()
+    return png(scan_figure(scan, title=f"pre-TLI layer scan of {models} (dashed: mismatched-pair baseline)"))
+
+
+def scan_figure(table: pd.DataFrame, title: str = "") -> Figure:
+    """Matched vs mismatched cosine per layer (raw and per-language centred): the paper's Figure 1 with its control."""
+    fig = Figure(figsize=(11, 4))
+    raw, centred = fig.subplots(1, 2, sharex=True)
+    for mode, rows in table.groupby("pooling", sort=False):
+        line = raw.plot(rows["layer"], rows["cosine_mean"], marker="o", ms=3, label=f"matched ({mode})")[0]
+        raw.plot(
+            rows["layer"], rows["cosine_mismatched"], ls="--", color=line.get_color(), label=f"mismatched ({mode})"
+        )
+        centred.plot(
+            rows["layer"], rows["cosine_centered"], marker="o", ms=3, color=line.get_color(), label=f"matched ({mode})"
+        )
+        centred.plot(
+            rows["layer"],
+            rows["cosine_centered_mismatched"],
+            ls="--",
+            color=line.get_color(),
+            label=f"mismatched ({mode})",
+        )
+    raw.set(title="raw cosine", xlabel="layer (hidden_states index; 0 = embeddings)", ylabel="mean cosine")
+    centred.set(title="per-language centred cosine", xlabel="layer (hidden_states index; 0 = embeddings)")
+    centred.axhline(0, color="grey", lw=0.5)
+    raw.legend(fontsize=7)
+    fig.suptitle(title or "Swahili-English alignment by layer (dashed: mismatched-pair baseline)")
+    fig.tight_layout()
+    return fig
 
 
 def gain_by_layer(sig: pd.DataFrame, by: list[str]) -> bytes | None:

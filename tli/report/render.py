@@ -40,27 +40,37 @@ Block = tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", DataFrame) or ("
 
 
 def _is_p(column: str) -> bool:
-    return column == "p" or column.endswith("_p") or column in ("p_holm", "p_bh")
+    """A p-value column: `p`, `*_p`, and their corrections `*_holm`, `*_bh` (not `p_at_1`, a precision)."""
+    return column in ("p", "p_holm", "p_bh") or column.endswith(("_p", "_p_holm", "_p_bh"))
 
 
-def cell(value: Any, column: str) -> str:
-    """One table cell: p-values to 3 significant digits, other floats to 4 decimals, missing values empty."""
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value))
-    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
-        return ""
-    if isinstance(value, (float, np.floating)) and _is_p(column):
-        return "<1e-300" if value == 0 else f"{value:.3g}"  # 0 is a float underflow, not p = 0
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"  # drift KL: 4 decimals would read 0
-    return str(value)
+def column_cells(values: pd.Series, column: str) -> list[str]:
+    """One column's cells in one format: p-values to 3 decimals (below 0.001: `<0.001`); other floats to 4
+    decimals, or, in a column whose largest magnitude is below 0.001 (drift near its floor), all as `1.23e-05`;
+    lists joined, missing values empty. The exact numbers stay in significance.csv.
+    """
+    numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object else values
+    floats = pd.api.types.is_float_dtype(numbers) and not pd.api.types.is_bool_dtype(values)
+    tiny = floats and 0 < np.nanmax(np.abs(numbers.to_numpy(float)), initial=0) < 1e-3
+
+    def one(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(map(str, value))
+        if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+            return ""
+        if isinstance(value, (float, np.floating)) and _is_p(column):
+            return "<0.001" if value < 1e-3 else f"{value:.3f}"
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.2e}" if tiny else f"{value:.4f}"
+        return str(value)
+
+    return [one(value) for value in values]
 
 
 def table_text(table: pd.DataFrame, fmt: str = "github") -> str:
-    """The table through tabulate: `github` Markdown or `html` (numbers right-aligned)."""
+    """The table through tabulate: `github` Markdown, `html` or `latex_booktabs` (numbers right-aligned)."""
     cells = pd.DataFrame(
-        [[cell(v, c) for c, v in zip(table.columns, row)] for row in table.itertuples(index=False)],
-        columns=[str(c) for c in table.columns],
+        {str(c): column_cells(table.iloc[:, i], str(c)) for i, c in enumerate(table.columns)}, index=table.index
     )
     if fmt == "github":
         cells = cells.apply(lambda column: column.str.replace("|", "\\|", regex=False))
@@ -123,17 +133,74 @@ def page(blocks: list[Block], title: str) -> str:
     )
 
 
-def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: str) -> dict[str, str]:
-    """Write significance.csv/.md, figures/*.png, report.md and report.html to `out`; {kind: URI}."""
+EFFECTS = {"": "cosine", "gap_": "gap", "centered_gap_": "centred gap"}  # significance prefix -> label
+EFFECT_P = {  # the p shown beside each effect: the family-corrected test where the table has it
+    "": ("cosine_p_holm", "p_holm", "p"),
+    "gap_": ("gap_p_holm", "gap_p"),
+    "centered_gap_": ("centered_gap_p_holm", "centered_gap_p"),
+}
+
+
+def compact_significance(sig: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The columns a paper shows: the condition, set, layer, n, then per effect (raw cosine, gap, centred gap)
+    its gain as `0.0620 [0.0270, 0.0950]` and its p (Holm-corrected within its family where computed).
+    """
+    keep = [c for c in [*by, "set", "eval_layer", "n_seeds", "n", "mean_pre", "mean_post"] if c in sig]
+    table = sig[keep].copy()
+    for prefix, name in EFFECTS.items():
+        diff = "mean_diff" if not prefix else f"{prefix}diff"
+        if diff not in sig:
+            continue
+        gains = zip(*(column_cells(sig[c], c) for c in (diff, f"{prefix}ci_low", f"{prefix}ci_high")))
+        table[f"{name} gain [95% CI]"] = [f"{g} [{lo}, {hi}]" if g else "" for g, lo, hi in gains]
+        p = next((c for c in EFFECT_P[prefix] if c in sig), None)
+        if p is not None:
+            table[f"{name} {p}"] = sig[p].to_numpy()
+    return table
+
+
+def latex(table: pd.DataFrame) -> str:
+    """The table as a LaTeX `tabular` with booktabs rules (needs the booktabs package), cells as in Markdown."""
+    return table_text(table, "latex_booktabs") + "\n"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "table"
+
+
+def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: str, by: list[str]) -> dict[str, str]:
+    """Write to `out` (returns {kind: URI}): significance.csv/.md (every column), significance_compact.md/.tex
+    (`compact_significance`), tables/NN-<heading>.tex beside every table of the report, figures/ as PNG, PDF
+    and SVG, report.md and report.html.
+    """
+    compact = compact_significance(significance, by)
     written = {
         "significance_csv": out.write_table("significance.csv", significance),
         "significance_md": out.write_bytes("significance.md", (table_text(significance) + "\n").encode()),
+        "significance_compact_md": out.write_bytes("significance_compact.md", (table_text(compact) + "\n").encode()),
+        "significance_compact_tex": out.write_bytes("significance_compact.tex", latex(compact).encode()),
     }
+    out.delete("tables")  # an earlier report's tables: a table this report lacks must not stay behind
+    heading, number = "report", 0
     for kind, content in blocks:
-        if kind == "figure" and content.data is not None:
-            written[content.name] = out.write_bytes(f"figures/{content.name}", content.data)
-        elif kind == "figure":  # a figure not drawn this time: an earlier run's copy would mislead
-            out.delete(f"figures/{content.name}")
+        if kind in ("h1", "h2"):
+            heading = content
+        elif kind == "table":
+            number += 1
+            name = f"tables/{number:02d}-{_slug(heading)}.tex"
+            written[name] = out.write_bytes(name, latex(content).encode())
+        elif kind == "figure":
+            stem = content.name.rsplit(".", 1)[0]
+            vectors = {"pdf": getattr(content.data, "pdf", None), "svg": getattr(content.data, "svg", None)}
+            if content.data is not None:
+                written[content.name] = out.write_bytes(f"figures/{content.name}", content.data)
+            for suffix, data in vectors.items():  # a figure not drawn this time: an earlier copy would mislead
+                if data is not None:
+                    written[f"{stem}.{suffix}"] = out.write_bytes(f"figures/{stem}.{suffix}", data)
+                else:
+                    out.delete(f"figures/{stem}.{suffix}")
+            if content.data is None:
+                out.delete(f"figures/{content.name}")
     written["report_md"] = out.write_bytes("report.md", markdown(blocks).encode())
     written["report_html"] = out.write_bytes("report.html", page(blocks, title).encode())
     return written
