@@ -13,8 +13,6 @@ import dataclasses
 import json
 import logging
 import re
-import secrets
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -143,33 +141,8 @@ def save_adapter(
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise TliError(f"adapter folder {folder} exists and is not empty: pass --overwrite to replace it")
     contents = adapter_files(peft_model, stored)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staged = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
-    staged.mkdir()  # mode 0o777 minus the umask, like any new folder
-    try:
-        for name, data in contents.items():
-            (staged / name).write_bytes(data)
-        for name, table in tables.items():
-            files.write_table(table, staged / name)
-        _move_into_place(staged, folder)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)  # only left after a failure
-    return folder
-
-
-def _move_into_place(staged: Path, folder: Path) -> None:
-    """Rename `staged` to `folder`; an existing non-empty `folder` is set aside first and restored on failure."""
-    if not (folder.is_dir() and any(folder.iterdir())):
-        staged.rename(folder)  # replaces an empty folder
-        return
-    old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
-    folder.rename(old)
-    try:
-        staged.rename(folder)
-    except OSError:
-        old.rename(folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    contents |= {name: files.table_bytes(table, name) for name, table in tables.items()}
+    return files.write_folder(folder, contents)
 
 
 # --- reading and checking -----------------------------------------------------------------------

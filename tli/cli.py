@@ -5,6 +5,10 @@ transformers, peft) are imported inside the commands, so `--help` and usage erro
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
+import io
+import json
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +30,8 @@ by default) inside a causal language model, with the controls that tell alignmen
 Layers are hidden_states indices: 0 = embedding output, k = output of block k, L = last block after the
 final norm. Sweeps over layers, ranks, margins, seeds and pooling run on Ray Tune: see ablations/.
 Every bad input is one line on stderr and exit code 2."""
+
+EVALUATION_FILE = "evaluation.json"  # what `tli evaluate` ran on (model, adapter, pairs, settings, versions)
 
 
 def _version() -> str:
@@ -85,8 +91,11 @@ def _parser() -> configs.ArgumentParser:
     _add_pairs_arguments(evaluate, default="the file the adapter was trained on")
     configs.add_arguments(evaluate, EvalConfig)
     evaluate.add_argument("--adapter", type=Path, required=True, help="folder written by `tli train`")
-    evaluate.add_argument("--output", type=Path, required=True, help="folder for summary and per-pair tables")
+    evaluate.add_argument(
+        "--output", type=Path, required=True, help=f"folder for the summary and per-pair tables and {EVALUATION_FILE}"
+    )
     evaluate.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default: csv)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --output")
 
     pairs = commands.add_parser("pairs", help="word-pair files").add_subparsers(
         dest="pairs_command", required=True, metavar="COMMAND"
@@ -118,40 +127,63 @@ def _load_model(config: ModelConfig):
     return models.load_model(config)
 
 
-def _load_pairs(args: argparse.Namespace):
+def _load_pairs(args: argparse.Namespace, path: Path | None = None):
+    """The pairs file (`path`, else --pairs, else the paper's), read and checked before any heavy import."""
     from tli import data
 
-    return data.load_pairs(args.pairs, args.source_column, args.target_column)
+    return data.load_pairs(path or args.pairs, args.source_column, args.target_column)
+
+
+def _inputs(args: argparse.Namespace, **more: Path | None) -> dict[str, Path | None]:
+    """The command's inputs that an output must never touch: its pairs file, its model folder, and `more`."""
+    from tli import data
+
+    model = Path(args.model).expanduser() if args.model else None
+    return {"pairs file": args.pairs or data.default_pairs_path(), "model folder": model} | {
+        what.replace("_", " "): path for what, path in more.items()
+    }
 
 
 def run_scan(args: argparse.Namespace) -> None:
-    from tli import files, scan
+    from tli import files
 
+    plot_path = args.output.with_suffix(".png")  # the plot beside the table
     files.check_output_file(args.output)
-    files.check_output_file(args.output.with_suffix(".png"), suffixes=(".png",))  # the plot beside it
+    files.check_output_file(plot_path, suffixes=(".png",))
+    for output in (args.output, plot_path):
+        files.check_not_inputs(output, _inputs(args))
     pairs = _load_pairs(args)
     config = configs.from_namespace(ScanConfig, args)
     model_config = configs.from_namespace(ModelConfig, args)
     _check_layers(model_config.model, config.layers)
+
+    from tli import scan
+
     model, tokenizer = _load_model(model_config)
     table = scan.scan_layers(model, tokenizer, pairs, config)
     table.insert(0, "model", model_config.model)
-    files.write_table(table, args.output)
-    plot = scan.plot_scan(table, args.output.with_suffix(".png"), f"{model_config.model}: {len(pairs)} pairs")
+    plot = scan.plot_scan(table, io.BytesIO(), f"{model_config.model}: {len(pairs)} pairs")
+    files.Folder(args.output.parent).write_files(
+        {args.output.name: files.table_bytes(table, args.output.name), plot_path.name: plot.getvalue()}
+    )  # both or neither
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    print(f"wrote {args.output} and {plot}")
+    print(f"wrote {args.output} and {plot_path}")
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from tli import adapters, data, files, models, train
+    from tli import data, files
 
     files.check_output_dir(args.output, overwrite=args.overwrite, what="adapter folder", marker="tli_config.json")
+    files.check_not_inputs(args.output, _inputs(args), replaced=True)
     pairs = data.split_sets(_load_pairs(args)).get("trained")
     if pairs is None:
         raise TliError(f"{args.pairs} has no rows with split 'trained'")
     config = configs.from_namespace(TrainConfig, args)
     model_config = configs.from_namespace(ModelConfig, args)
     _check_layers(model_config.model, (config.target_layer,))
+
+    from tli import adapters, models, train
+
     model, tokenizer = _load_model(model_config)
     peft_model, log_table = train.train_tli(model, tokenizer, pairs, config)
     stored = (
@@ -167,33 +199,77 @@ def run_train(args: argparse.Namespace) -> None:
     )
 
 
+def _evaluation_pairs(args: argparse.Namespace) -> Path | None:
+    """--pairs, else the file the adapter's tli_config.json records (a glance before any heavy import; the
+    adapter folder is checked in full later). TliError when it records none or the file is gone: an evaluation
+    on other pairs than the adapter's would report sets the user never had.
+    """
+    if args.pairs is not None:
+        return args.pairs
+    try:
+        recorded = json.loads((args.adapter / "tli_config.json").read_text()).get("pairs")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # an unreadable folder: read_adapter_config says what is wrong
+    if recorded is None:
+        return None
+    if not Path(recorded).is_file():
+        raise TliError(
+            f"{recorded}, the pairs file the adapter {args.adapter} was trained on, is gone: pass --pairs "
+            "with the file (or a copy) it was trained on"
+        )
+    return Path(recorded)
+
+
 def run_evaluate(args: argparse.Namespace) -> None:
-    from tli import adapters, data, evaluate, files
+    from tli import files
+
+    files.check_output_dir(args.output, overwrite=args.overwrite, what="evaluation folder", marker=EVALUATION_FILE)
+    origin = _evaluation_pairs(args)
+    inputs = _inputs(args, adapter_folder=args.adapter) | {"pairs file": origin}
+    files.check_not_inputs(args.output, inputs, replaced=True)
+    pairs = _load_pairs(args, origin) if origin is not None else None
+
+    from tli import adapters, evaluate, models
 
     stored = adapters.read_adapter_config(args.adapter)
+    if origin is None:
+        raise TliError(f"{args.adapter}/tli_config.json records no pairs file: pass --pairs")
     model_config = configs.from_namespace(ModelConfig, args, model=args.model or adapters.trained_on(stored))
     adapters.check_base_model(args.adapter, stored, model_config)
+    files.check_not_inputs(args.output, {"model folder": Path(model_config.model)}, replaced=True)
     config = configs.from_namespace(EvalConfig, args)
-    files.check_output_dir(args.output, overwrite=True)
-    recorded = Path(stored.get("pairs") or "")
-    origin = args.pairs or (recorded if recorded.is_file() else data.default_pairs_path())  # the adapter's own file
-    pairs = data.load_pairs(origin, args.source_column, args.target_column)
     trained, others = evaluate.adapter_sets(pairs, stored.get("train_pairs"), str(origin))
     sets, removed = evaluate.evaluation_sets(trained, others)
     _check_layers(model_config.model, config.layers)
     model, tokenizer = _load_model(model_config)
     adapted = adapters.load_adapter(model, args.adapter, model_config)
+    target_layer = stored["train"]["target_layer"]
     summary, table = evaluate.evaluate_adapter(
-        adapted,
-        tokenizer,
-        sets,
-        stored["train"]["target_layer"],
-        config,
-        lexicon=evaluate.Lexicon.from_pairs(pairs),
-        removed=removed,
+        adapted, tokenizer, sets, target_layer, config, lexicon=evaluate.Lexicon.from_pairs(pairs), removed=removed
     )
-    files.write_table(summary, args.output / f"summary.{args.format}")
-    files.write_table(table, args.output / f"pairs.{args.format}")
+    record = {
+        "adapter": str(args.adapter.expanduser().resolve()),
+        "adapter_train": stored["train"],
+        "adapter_tli_version": stored.get("version_tli"),
+        "model": models.describe(model_config),
+        "pairs": str(origin.expanduser().resolve()),
+        "pairs_sha1": hashlib.sha1(origin.read_bytes()).hexdigest(),
+        "evaluate": configs.to_dict(config),
+        "pooling": config.pooling,
+        "target_layer": target_layer,
+        "layers": sorted(int(layer) for layer in summary["eval_layer"].unique()),
+        "sets": {name: len(rows) for name, rows in sets.items()},
+        "files": [f"summary.{args.format}", f"pairs.{args.format}"],
+        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    } | files.provenance()
+    files.write_folder(
+        args.output,
+        {
+            f"summary.{args.format}": files.table_bytes(summary, f"summary.{args.format}"),
+            f"pairs.{args.format}": files.table_bytes(table, f"pairs.{args.format}"),
+            EVALUATION_FILE: (json.dumps(record, indent=2, default=str) + "\n").encode(),
+        },
+    )  # whole: an earlier evaluation (only with --overwrite) is replaced, never mixed
     columns = [
         "set",
         "eval_layer",
@@ -214,7 +290,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         "p_at_1_chance",
     ]
     print(summary[[c for c in columns if c in summary]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"wrote summary.{args.format} and pairs.{args.format} in {args.output}")
+    print(f"wrote summary.{args.format}, pairs.{args.format} and {EVALUATION_FILE} in {args.output}")
 
 
 def run_pairs(args: argparse.Namespace) -> None:

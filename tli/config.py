@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -183,6 +185,41 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        tokens = list(sys.argv[1:] if args is None else args)
+        self._refuse_repeats(tokens)
+        return super().parse_known_args(tokens, namespace)
+
+    def _refuse_repeats(self, tokens: list[str]) -> None:
+        """A usage error for a setting given twice (`--epochs 2 --epochs 3`, `--rank 4 --lora-rank 8`, `--drift
+        --no-drift`): argparse would silently keep the last. A subcommand's own flags are its parser's to check.
+        """
+        commands = {
+            name
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        }
+        seen: dict[str, str] = {}
+        for token in tokens:
+            if token == "--" or token in commands:
+                return
+            if not token.startswith("--"):
+                continue
+            name = token.split("=", 1)[0]
+            matches = {a for option, a in self._option_string_actions.items() if option.startswith(name)}
+            action = self._option_string_actions.get(name) or (matches.pop() if len(matches) == 1 else None)
+            if action is None or action.dest in ("help", "version"):
+                continue
+            if action.dest in seen:
+                first = seen[action.dest]
+                self.error(
+                    f"{name} given twice: give it once"
+                    if first == name
+                    else f"{first} and {name} both given: they set one setting, give one"
+                )
+            seen[action.dest] = name
+
     def parse_or_exit_code(self, args: Sequence[str] | None) -> argparse.Namespace | int:
         """The parsed flags, or the exit code of --help, --version or a usage error (already printed)."""
         try:
@@ -191,9 +228,15 @@ class ArgumentParser(argparse.ArgumentParser):
             return exit_request.code if isinstance(exit_request.code, int) else 2
 
 
-def parse_int_list(text: str) -> tuple[int, ...]:
-    """'0-3,7' -> (0, 1, 2, 3, 7); argparse.ArgumentTypeError for anything else (a reversed range, a repeat)."""
-    values: list[int] = []
+MAX_LIST_ITEMS = 10_000  # values one list flag may hold (a range such as 0-4294967295 is refused, not expanded)
+
+
+def parse_int_list(text: str, meta: dict | None = None) -> tuple[int, ...]:
+    """'0-3,7' -> (0, 1, 2, 3, 7); argparse.ArgumentTypeError for anything else (a reversed range, a repeat, an
+    end outside the field's range in `meta`, more than MAX_LIST_ITEMS values), each checked before a range is
+    expanded.
+    """
+    values: dict[int, None] = {}
     for part in (p.strip() for p in text.split(",")):
         low, dash, high = part.partition("-") if not part.startswith("-") else (part, "", "")
         try:
@@ -202,10 +245,15 @@ def parse_int_list(text: str) -> tuple[int, ...]:
             raise argparse.ArgumentTypeError(f"cannot read {text!r} as integers (e.g. 0-3,7)") from None
         if stop < start:
             raise argparse.ArgumentTypeError(f"reversed range {part!r} in {text!r} (write {stop}-{start})")
-        values.extend(range(start, stop + 1))
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"{', '.join(map(str, repeated))} given twice in {text!r}")
+        problem = value_problem(start, meta or {}) or value_problem(stop, meta or {})
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        if len(values) + stop - start + 1 > MAX_LIST_ITEMS:
+            raise argparse.ArgumentTypeError(f"{text!r} holds more than {MAX_LIST_ITEMS} values")
+        repeated = [v for v in range(start, stop + 1) if v in values]
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{repeated[0]} given twice in {text!r}")
+        values.update(dict.fromkeys(range(start, stop + 1)))
     return tuple(values)
 
 
@@ -225,6 +273,9 @@ def parse_str_list(text: str) -> tuple[str, ...]:
     values = tuple(part.strip() for part in text.split(","))
     if not all(values):
         raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+    repeated = [value for value in dict.fromkeys(values) if values.count(value) > 1]
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{repeated[0]!r} given twice in {text!r}")
     return values
 
 
@@ -286,7 +337,10 @@ def add_arguments(
             continue
         if typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            convert = meta.get("parse") or {int: parse_int_list, float: parse_float_list}.get(item, parse_str_list)
+            convert = meta.get("parse") or {
+                int: functools.partial(parse_int_list, meta=meta),
+                float: parse_float_list,
+            }.get(item, parse_str_list)
             metavar = None
         else:
             convert = meta.get("parse") or _scalar_parser(kind)

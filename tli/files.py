@@ -9,10 +9,14 @@ half a file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,56 @@ import pandas as pd
 from tli.errors import TliError
 
 TABLE_FORMATS = (".csv", ".parquet")
+SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")  # the URI schemes pyarrow.fs opens
+NAME_MAX = 255 - len(".x.00000000.tmp")  # bytes of one path component, room left for the temporary name beside it
+_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+_BROKEN_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")  # s3:/bucket: a URI that lost a slash
 
 
-def _table_bytes(table: pd.DataFrame, name: str) -> bytes:
+class WriteError(TliError, OSError):
+    """A write the machine refused (disk full, file too large, read-only, name too long): path and reason."""
+
+    def __init__(self, path: str, error: Exception):
+        super().__init__(getattr(error, "errno", None) or errno.EIO, reason(error))
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.strerror}"
+
+
+def check_location(text: str) -> str:
+    """`text` as a results location: a local path, or a URI `scheme://bucket/...` with a scheme pyarrow opens.
+
+    TliError for a URI without a bucket (`s3://`), an unknown scheme, a `file://` URI that is not absolute, or
+    a path that looks like a URI missing a slash (`s3:/bucket`). Returns the URI without trailing slashes.
+    """
+    match = _URI.fullmatch(text)
+    if match is None:
+        if _BROKEN_URI.match(text):
+            raise TliError(f"{text!r} is neither a URI (scheme://bucket/...) nor a local folder name")
+        return text
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme not in SCHEMES:
+        raise TliError(f"{text}: unknown URI scheme {scheme!r} (known: {', '.join(SCHEMES)})")
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise TliError(f"{text}: a file:// URI needs an absolute path (file:///path)")
+        return f"file://{rest.rstrip('/') or '/'}"
+    if not rest.split("/", 1)[0]:
+        raise TliError(f"{text}: no bucket (write {scheme}://BUCKET/prefix)")
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def check_names(path: str | Path) -> None:
+    """TliError for a path component longer than a file system takes (ENAMETOOLONG), before anything is made."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise TliError(f"cannot use the name {part[:40]!r}...: {size} bytes, above the {NAME_MAX} of a file name")
+
+
+def table_bytes(table: pd.DataFrame, name: str) -> bytes:
+    """`table` as the bytes of a .csv or .parquet file `name`."""
     suffix = Path(name).suffix
     if suffix not in TABLE_FORMATS:
         raise TliError(f"output {name} must end in {' or '.join(TABLE_FORMATS)}")
@@ -35,7 +86,7 @@ def _table_bytes(table: pd.DataFrame, name: str) -> bytes:
     return buffer.getvalue()
 
 
-def _read_table_bytes(data: bytes, name: str) -> pd.DataFrame:
+def _readtable_bytes(data: bytes, name: str) -> pd.DataFrame:
     reader = pd.read_parquet if name.endswith(".parquet") else pd.read_csv
     return reader(io.BytesIO(data))
 
@@ -46,13 +97,13 @@ class Folder:
     def __init__(self, location: str | Path):
         import pyarrow.fs
 
-        text = str(location)
-        if "://" in text:
+        text = check_location(str(location))
+        if _URI.fullmatch(text):
             try:
                 self.fs, self.path = pyarrow.fs.FileSystem.from_uri(text)
             except (ValueError, OSError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for bad URIs
-                raise TliError(f"cannot use {text}: {str(error).splitlines()[0]}") from None
-            self.uri = text.rstrip("/")
+                raise TliError(f"cannot use {text}: {reason(error)}") from None
+            self.uri = text
         else:
             self.fs, self.path = pyarrow.fs.LocalFileSystem(), str(Path(text).expanduser().resolve())
             self.uri = self.path
@@ -68,23 +119,38 @@ class Folder:
         return f"{self.path}/{name}" if name else self.path
 
     def write_bytes(self, name: str, data: bytes) -> str:
-        """Write `data` to `name` atomically; returns its URI."""
-        full = self._full(name)
-        parent = full.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if self.local:
-            temp = f"{parent}/.{full.rsplit('/', 1)[1]}.{secrets.token_hex(4)}.tmp"
-            try:
-                with open(temp, "xb") as handle:  # mode 0o666 minus the umask, like any new file
+        """Write `data` to `name` atomically; returns its URI. WriteError (path and reason) when the machine says no."""
+        return self.write_files({name: data})[0]
+
+    def write_files(self, contents: dict[str, bytes]) -> list[str]:
+        """Write several files that belong together: on a local disk every one is written to a temporary file
+        first and only then are all renamed into place, so a failure (disk full, a file size limit) leaves each
+        file as it was. Returns their URIs; WriteError names the file and the reason.
+        """
+        temps: dict[str, str] = {}
+        name = ""
+        try:
+            for name, data in contents.items():
+                full = self._full(name)
+                parent, base = full.rsplit("/", 1)
+                check_names(base)
+                self.fs.create_dir(parent, recursive=True)
+                if not self.local:  # one PUT: the object appears whole
+                    with self.fs.open_output_stream(full) as handle:
+                        handle.write(data)
+                    continue
+                temps[full] = f"{parent}/.{base}.{secrets.token_hex(4)}.tmp"
+                with open(temps[full], "xb") as handle:  # mode 0o666 minus the umask, like any new file
                     handle.write(data)
+            for full, temp in temps.items():
                 os.replace(temp, full)
-            finally:
-                if os.path.exists(temp):
+        except (OSError, ValueError) as error:
+            raise WriteError(f"{self.uri}/{name}", error) from None
+        finally:
+            for temp in temps.values():
+                if os.path.lexists(temp):
                     os.unlink(temp)
-        else:
-            with self.fs.open_output_stream(full) as handle:
-                handle.write(data)
-        return f"{self.uri}/{name}"
+        return [f"{self.uri}/{name}" for name in contents]
 
     def read_bytes(self, name: str) -> bytes:
         with self.fs.open_input_stream(self._full(name)) as handle:
@@ -113,10 +179,10 @@ class Folder:
             self.fs.delete_file(info.path)
 
     def write_table(self, name: str, table: pd.DataFrame) -> str:
-        return self.write_bytes(name, _table_bytes(table, name))
+        return self.write_bytes(name, table_bytes(table, name))
 
     def read_table(self, name: str) -> pd.DataFrame:
-        return _read_table_bytes(self.read_bytes(name), name)
+        return _readtable_bytes(self.read_bytes(name), name)
 
     def write_json(self, name: str, values: Any) -> str:
         return self.write_bytes(name, (json.dumps(values, indent=2, default=str) + "\n").encode())
@@ -127,6 +193,8 @@ class Folder:
     def check_writable(self) -> None:
         """TliError unless a file can be created (and removed) in this folder; leaves no folder it created."""
         probe = f".tli-write-probe-{secrets.token_hex(4)}"
+        if self.local:
+            check_names(self.path)
         created = [p for p in (Path(self.path), *Path(self.path).parents) if not p.exists()] if self.local else []
         try:
             self.write_bytes(probe, b"")
@@ -135,8 +203,9 @@ class Folder:
             raise TliError(f"cannot write to {self.uri}: {reason(error)}") from None
         finally:
             for folder in created:  # innermost first
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+                with contextlib.suppress(OSError):
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
 
 
 def reason(error: Exception) -> str:
@@ -150,6 +219,7 @@ def reason(error: Exception) -> str:
 
 def check_output_file(path: Path, suffixes: tuple[str, ...] = TABLE_FORMATS) -> None:
     """TliError unless `path` (with one of `suffixes`) can be written, checked before any work is done."""
+    check_names(path)
     if path.suffix not in suffixes:
         raise TliError(f"output {path} must end in {' or '.join(suffixes)}")
     if path.is_dir():
@@ -164,6 +234,7 @@ def check_output_dir(
     """TliError unless folder `path` can be written; an existing non-empty folder only with `overwrite`, and
     then only if it holds `marker` (the file that shows it is a folder of this kind, e.g. tli_config.json).
     """
+    check_names(path)
     if path.exists() and not path.is_dir():
         raise TliError(f"{what} {path} is a file, not a folder")
     if path.is_dir() and any(path.iterdir()):
@@ -182,6 +253,57 @@ def _check_parent(path: Path) -> None:
             if not ancestor.is_dir():
                 raise TliError(f"cannot write {path}: {ancestor} is a file, not a folder")
             return
+
+
+def check_not_inputs(output: Path, inputs: dict[str, str | Path | None], replaced: bool = False) -> None:
+    """TliError when writing `output` would touch an input (`inputs`: what it is -> its path): the output is an
+    input, lies inside an input folder, or (`replaced`: a folder written whole) holds an input.
+    """
+    target = Path(output).expanduser().resolve()
+    for what, given in inputs.items():
+        if given is None or not Path(given).expanduser().exists():
+            continue
+        source = Path(given).expanduser().resolve()
+        if target == source or (target.exists() and os.path.samefile(target, source)):
+            raise TliError(f"output {output} is the {what} {given}: choose another output")
+        if source.is_dir() and source in target.parents:
+            raise TliError(f"output {output} lies inside the {what} {given}: choose another output")
+        if replaced and target in source.parents:
+            raise TliError(f"output {output} holds the {what} {given}, which replacing it would delete")
+
+
+def write_folder(folder: Path, contents: dict[str, bytes]) -> Path:
+    """Write `contents` (file name -> bytes) as folder `folder`, whole: into a temporary folder beside it, which
+    then takes its place (an existing folder is set aside and removed only once the new one is in place). A
+    failure leaves `folder` as it was; WriteError names the file and the reason.
+    """
+    check_names(folder.name)
+    staged = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staged.mkdir()  # mode 0o777 minus the umask, like any new folder
+        Folder(staged).write_files(contents)
+        _move_into_place(staged, folder)
+    except OSError as error:
+        raise error if isinstance(error, WriteError) else WriteError(str(folder), error) from None
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # only left after a failure
+    return folder
+
+
+def _move_into_place(staged: Path, folder: Path) -> None:
+    """Rename `staged` to `folder`; an existing non-empty `folder` is set aside first and restored on failure."""
+    if not (folder.is_dir() and any(folder.iterdir())):
+        staged.rename(folder)  # replaces an empty folder
+        return
+    old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
+    folder.rename(old)
+    try:
+        staged.rename(folder)
+    except OSError:
+        old.rename(folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:

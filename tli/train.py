@@ -10,6 +10,7 @@ block with LoRA everywhere, as a check (same losses, same gradients).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,6 +25,8 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from tli import loss, pooling, surgery
 from tli.config import TrainConfig
 from tli.errors import TliError
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(TliError):
@@ -120,6 +123,18 @@ def train_tli(
     per_epoch = steps_per_epoch(len(pairs), config.batch_size)
     total = config.epochs * per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, total)
+    if config.warmup_steps >= total:  # step s trains at lr * (s - 1) / warmup_steps
+        logger.warning(
+            "%d warm-up steps but only %d steps in all (%d pairs, batch %d, %d epochs): the learning rate peaks "
+            "at %.2g and never reaches --lr %.2g; lower --warmup-steps",
+            config.warmup_steps,
+            total,
+            len(pairs),
+            config.batch_size,
+            config.epochs,
+            config.lr * (total - 1) / config.warmup_steps,
+            config.lr,
+        )
     mask = (
         loss.false_negative_mask(list(pairs["swahili"]), list(pairs["english"]))
         if config.mask_false_negatives
