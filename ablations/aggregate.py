@@ -3,6 +3,7 @@ self-contained report.html (see `tli.report`).
 
     python ablations/aggregate.py results/layer_sweep
     python ablations/aggregate.py results/rank_sweep --by lora_rank,margin --out paper/rank --tsne
+    python ablations/aggregate.py results/rank_sweep results/margin_sweep --out paper/ablations   # one report
 
 Works on a sweep still running (it says how many of the planned trials are done) and skips errored trials.
 Imports neither Ray nor the sweep's runner (the planned trial count is in sweep_config.json); only --tsne loads a
@@ -46,7 +47,12 @@ def parser() -> configs.ArgumentParser:
     parser = configs.ArgumentParser(
         prog="aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("results", help="the experiment folder or URI, e.g. results/layer_sweep")
+    parser.add_argument(
+        "results",
+        nargs="+",
+        help="the experiment folder or URI, e.g. results/layer_sweep; several: one report across them (needs --out; "
+        "conditions labelled by experiment)",
+    )
     configs.add_arguments(parser, AggregateFlags)
     return parser
 
@@ -62,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     def tsne(trial_id: str) -> dict:
         from tli.sweep.replay import trial_embeddings
 
-        return trial_embeddings(args.results, trial_id, flags.tsne_pairs, flags.device)
+        return trial_embeddings(args.results[0], trial_id, flags.tsne_pairs, flags.device)
 
     def command() -> None:
         from tli import report  # torch comes with the tables: --help answers at once
 
+        where = args.results if len(args.results) > 1 else args.results[0]
         built = report.build_report(
-            args.results, flags.out, list(flags.by) or None, flags.n_boot, flags.seed, tsne if flags.tsne else None
+            where, flags.out, list(flags.by) or None, flags.n_boot, flags.seed, tsne if flags.tsne else None
         )
         print("\n".join([built.progress, *built.verdicts, *(f"wrote {uri}" for uri in built.files.values())]))
 

@@ -538,3 +538,27 @@ def test_tsne_through_trial_embeddings_on_a_tiny_model(tmp_path, tiny_llama_dir,
     assert load_ablation("aggregate").main(argv) == 0
     assert (out / "figures" / "tsne.png").stat().st_size > 10_000
     assert source in (out / "report.md").read_text()
+
+
+def test_one_report_across_experiments(tmp_path, capsys):
+    """`aggregate.py A B --out DIR`: conditions labelled by experiment, trials of equal settings kept apart."""
+    space = {"target_layer": [1, 2], "seed": [0]}
+    first = make_results(tmp_path, space, errored=0, unfinished=0, name="layers")
+    second = make_results(tmp_path, space, errored=0, unfinished=0, name="layers_again")
+    out = tmp_path / "paper"
+    assert load_ablation("aggregate").main([str(first), str(second), "--out", str(out), "--n-boot", "100"]) == 0
+    sig = pd.read_csv(out / "significance.csv")
+    assert list(sig.columns[:2]) == ["experiment", "target_layer"]
+    assert set(sig["experiment"]) == {"layers", "layers_again"}
+    one = pd.read_csv(first / "report" / "significance.csv") if (first / "report").exists() else None
+    assert one is None  # nothing written into the experiments themselves
+    per_experiment = sig.groupby("experiment").size()
+    assert per_experiment["layers"] == per_experiment["layers_again"]  # same settings, two trials each kept
+    assert (
+        "2 of 2 planned" not in (out / "report.md").read_text() and "4 of 4 planned" in (out / "report.md").read_text()
+    )
+    capsys.readouterr()
+    assert load_ablation("aggregate").main([str(first), str(second)]) == 2  # where would the report go?
+    assert "needs --out" in capsys.readouterr().err
+    assert load_ablation("aggregate").main([str(first), str(first), "--out", str(tmp_path / "x")]) == 2
+    assert "two results folders are named layers" in capsys.readouterr().err

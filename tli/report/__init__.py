@@ -27,12 +27,13 @@ from typing import Any
 import matplotlib
 import pandas as pd
 
+from tli.errors import TliError
 from tli.files import Folder
 from tli.report import figures, render, sections, verdict
 from tli.report.conditions import condition_columns, conditions, prespecified
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
-from tli.report.results import Results, load_results, progress_line
+from tli.report.results import Results, combine, load_results, progress_line
 from tli.report.selection import selected
 from tli.report.significance import at_target, significance_table
 
@@ -64,7 +65,7 @@ class Report:
 
 
 def build_report(
-    location: str,
+    location: str | list[str],
     out: str | None = None,
     by: list[str] | None = None,
     n_boot: int = 10_000,
@@ -73,9 +74,15 @@ def build_report(
 ) -> Report:
     """Write significance.csv/.md, report.md, report.html and figures/ to `out` (default: <location>/report).
 
-    `tsne(trial_id)` returns that trial's embeddings (`tli.sweep.replay.trial_embeddings`) for the t-SNE figure.
+    `location`: one experiment folder or URI, or a list of them for one report across sweeps (conditions told
+    apart by `experiment`: `results.combine`; `out` then required). `tsne(trial_id)` returns that trial's
+    embeddings (`tli.sweep.replay.trial_embeddings`) for the t-SNE figure (one experiment only).
     """
-    results = load_results(location)
+    locations = [location] if isinstance(location, str) else list(location)
+    if len(locations) > 1 and (out is None or tsne is not None):
+        raise TliError("a report over several experiments needs --out and cannot draw --tsne")
+    parts = [load_results(where) for where in locations]
+    results = parts[0] if len(parts) == 1 else combine(parts)
     folder = Folder(out) if out is not None else Folder(results.uri).child("report")
     folder.check_writable()  # before any work
     by = condition_columns(results.trials) if by is None else list(by)

@@ -27,11 +27,16 @@ def _copies(a: pd.Series, b: pd.Series) -> bool:
     return len(set(zip(a, b))) == a.nunique() == b.nunique()
 
 
+def condition_names() -> list[str]:
+    """What can tell conditions apart: the experiment (in a report over several) and every trial setting."""
+    return ["experiment", *setting_names()]
+
+
 def condition_columns(trials: pd.DataFrame) -> list[str]:
     """Trial settings that vary across the ok trials (seed excepted, and a setting that merely copies another)."""
     ok = trials[trials["status"] == "ok"].astype(str)
     columns: list[str] = []
-    for name in setting_names():
+    for name in condition_names():
         if (
             name in ok
             and name not in NOT_CONDITIONS
@@ -44,9 +49,9 @@ def condition_columns(trials: pd.DataFrame) -> list[str]:
 
 def check_by(by: list[str], trials: pd.DataFrame) -> None:
     """TliError naming the `by` columns that are not trial settings."""
-    unknown = [c for c in by if c not in setting_names() or c not in trials]
+    unknown = [c for c in by if c not in condition_names() or c not in trials]
     if unknown:
-        known = ", ".join(c for c in setting_names() if c in trials)
+        known = ", ".join(c for c in condition_names() if c in trials)
         raise TliError(f"unknown --by column(s) {', '.join(unknown)}; trial settings: {known}")
 
 
@@ -93,11 +98,11 @@ def same(value: Any, default: Any) -> bool:
 
 
 def defaults_of(by: list[str]) -> dict[str, Any]:
-    """The paper's defaults (`TrialSettings()`) of the `by` columns that fix a condition in advance: protocol and
-    model columns excepted (every protocol and model present is reported).
+    """The paper's defaults (`TrialSettings()`) of the `by` columns that fix a condition in advance: protocol,
+    model and experiment columns excepted (every protocol, model and experiment present is reported).
     """
     defaults = TrialSettings().row()
-    return {c: defaults[c] for c in by if c not in PROTOCOL and c not in MODEL}
+    return {c: defaults[c] for c in by if c not in PROTOCOL and c not in MODEL and c != "experiment"}
 
 
 def at_defaults(conds: pd.DataFrame, by: list[str]) -> pd.Series:

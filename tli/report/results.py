@@ -22,10 +22,10 @@ class Results:
     scan: pd.DataFrame  # the base model's layer scan, every pooling mode (empty until written)
     sweep_config: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # tables rebuilt, files ignored (said in report.md)
+    name: str = ""  # the experiment: its folder's name (set from `uri` when not given)
 
-    @property
-    def name(self) -> str:
-        return self.uri.rstrip("/").rsplit("/", 1)[-1]
+    def __post_init__(self):
+        self.name = self.name or self.uri.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -69,6 +69,42 @@ def load_results(location: str) -> Results:
     if sweep_config is None and not store.folder.exists("sweep_config.json"):
         notes.append("no sweep_config.json: the number of planned trials is unknown")
     return Results(store.uri, tables["trials"], tables["summary"], tables["pairs"], scan, sweep_config, notes)
+
+
+def combine(parts: list[Results]) -> Results:
+    """Several experiments as one: each trial's `experiment` is its folder's name (a condition column of the
+    report) and its `trial_id` becomes `<experiment>/<trial_id>` (the same settings in two sweeps are two
+    trials). The planned count is the sum of the planned counts; the scans of distinct models are kept.
+    TliError when two folders share a name.
+    """
+    names = [part.name for part in parts]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise TliError(f"two results folders are named {twice[0]}: a report over several needs distinct names")
+
+    def tag(table: pd.DataFrame, name: str) -> pd.DataFrame:
+        if "trial_id" not in table:
+            return table
+        return table.assign(trial_id=name + "/" + table["trial_id"].astype(str))
+
+    tables = {
+        kind: pd.concat([tag(getattr(part, kind), part.name) for part in parts], ignore_index=True)
+        for kind in ("summary", "pairs")
+    }
+    trials = pd.concat([tag(part.trials, part.name).assign(experiment=part.name) for part in parts], ignore_index=True)
+    planned = [planned_trials(part) for part in parts]
+    scans = [part.scan for part in parts if not part.scan.empty]
+    scan = pd.concat(scans, ignore_index=True).drop_duplicates(["model", "pooling", "layer"]) if scans else None
+    return Results(
+        ", ".join(part.uri for part in parts),
+        trials,
+        tables["summary"],
+        tables["pairs"],
+        parts[0].scan if scan is None else scan,
+        {"planned": sum(planned)} if None not in planned else None,
+        [f"{part.name}: {note}" for part in parts for note in part.notes],
+        name=" + ".join(names),
+    )
 
 
 def _unmerged(store: ExperimentStore, trials: pd.DataFrame) -> int:
