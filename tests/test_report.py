@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
+from test_stats import exact_bootstrap_variance
 
 from tli import report
+from tli import stats as tli_stats
 from tli.errors import TliError
 from tli.report import render, sections, selection, significance, training, verdict
 
@@ -83,6 +85,15 @@ def _row(sig, target_layer, pooling_eval, name, eval_layer=None):
     return rows.iloc[0]
 
 
+def _seed_matrix(results, trials, name, layer, metric) -> tuple[np.ndarray, np.ndarray]:
+    """([seeds, pairs] gains of `metric`, one trial per seed; the pairs' Swahili headwords), built here by hand."""
+    pairs = results.pairs.merge(trials[["trial_id", "seed"]], on="trial_id")
+    pairs = pairs[(pairs["set"] == name) & (pairs["eval_layer"] == layer)].sort_values(["seed", "pair_id"])
+    gains = (pairs[f"{metric}_post"] - pairs[f"{metric}_pre"]).to_numpy()
+    n_seeds = pairs["seed"].nunique()
+    return gains.reshape(n_seeds, -1), pairs["swahili"].to_numpy()[: len(pairs) // n_seeds]
+
+
 def _averaged(results, trials, name, layer) -> pd.DataFrame:
     """The set's pairs at `layer`, each averaged over `trials` (computed here independently of tli.report)."""
     pairs = results.pairs[results.pairs["trial_id"].isin(trials["trial_id"])]
@@ -113,8 +124,25 @@ def test_cosine_tests_use_unique_pairs_averaged_over_seeds(results, sig):
     assert (row["t"], row["p"]) == pytest.approx((test.statistic, test.pvalue))
     assert row["wilcoxon_p"] == pytest.approx(scipy_stats.wilcoxon(post, pre).pvalue)
     assert row["d_z"] == pytest.approx(diff.mean() / np.std(diff, ddof=1))
-    boot = scipy_stats.bootstrap((diff,), np.mean, n_resamples=N_BOOT, method="BCa", rng=np.random.default_rng(0))
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(boot.confidence_interval))
+    values, headwords = _seed_matrix(results, trials, "trained", 2, "cosine")
+    se = np.std(tli_stats.seed_pair_bootstrap([(values, headwords)], n_boot=N_BOOT, seed=0), ddof=1)
+    z = scipy_stats.norm.ppf(0.975)
+    assert (row["se"], row["ci_low"], row["ci_high"]) == pytest.approx((se, diff.mean() - z * se, diff.mean() + z * se))
+    assert row["cosine_p"] == pytest.approx(2 * scipy_stats.norm.sf(diff.mean() / se))
+    assert row["mde"] == pytest.approx((z + scipy_stats.norm.ppf(0.8)) * se)
+
+
+def test_seed_variance_is_in_the_ci(results, sig):
+    """Seeds 0 and 1 scale every gain by 1 and 1.25: the SE is the exact two-level bootstrap SE (up to Monte Carlo
+    error), above the pairs-only SE of the seed-averaged pairs (the paper's t-test SE), which leaves that spread out.
+    """
+    for name in ("trained", "unseen"):
+        row, trials = _row(sig, 2, "mean_content", name), _condition(results, 2, "mean_content")
+        values, headwords = _seed_matrix(results, trials, name, 2, "cosine")
+        assert len(set(headwords)) == values.shape[1]  # one pair per headword here: the closed form applies
+        exact = np.sqrt(exact_bootstrap_variance(values))
+        pairs_only = np.std(values.mean(axis=0), ddof=1) / np.sqrt(values.shape[1])
+        assert row["se"] == pytest.approx(exact, rel=0.2) and exact > 1.2 * pairs_only
 
 
 def test_gap_tests_set_means_and_seed_spread(results, sig, conds):
@@ -122,9 +150,11 @@ def test_gap_tests_set_means_and_seed_spread(results, sig, conds):
     row = _row(sig, 3, "mean_content", "control")
     pairs = _averaged(results, trials, "control", 3)
     for prefix, metric in (("gap_", "gap"), ("centered_gap_", "centered_gap")):
-        test = scipy_stats.ttest_rel(pairs[f"{metric}_post"], pairs[f"{metric}_pre"])
-        assert row[f"{prefix}diff"] == pytest.approx((pairs[f"{metric}_post"] - pairs[f"{metric}_pre"]).mean())
-        assert row[f"{prefix}p"] == pytest.approx(test.pvalue)
+        gain = (pairs[f"{metric}_post"] - pairs[f"{metric}_pre"]).mean()
+        values, headwords = _seed_matrix(results, trials, "control", 3, metric)
+        se = np.std(tli_stats.seed_pair_bootstrap([(values, headwords)], n_boot=N_BOOT, seed=0), ddof=1)
+        assert (row[f"{prefix}diff"], row[f"{prefix}se"]) == pytest.approx((gain, se))
+        assert row[f"{prefix}p"] == pytest.approx(2 * scipy_stats.norm.sf(abs(gain) / se))
     assert (row["p_at_1_pre"], row["p_at_1_post"]) == pytest.approx((pairs["hit_pre"].mean(), pairs["hit_post"].mean()))
     assert row["p_at_1_chance"] == pytest.approx(pairs["chance"].mean())
     summary = results.summary[results.summary["trial_id"].isin(trials["trial_id"])]
@@ -136,11 +166,41 @@ def test_gap_tests_set_means_and_seed_spread(results, sig, conds):
     assert one_seed["n_seeds"] == 1 and np.isnan(one_seed["seed_sd_mean_diff"])
 
 
-def test_corrections_across_all_rows_match_statsmodels(sig):
-    tested = sig["p"].notna()
-    assert tested.sum() > 40 and sig.loc[~tested, "mean_diff"].eq(0).all()  # untestable: no change at all
-    assert sig.loc[tested, "p_holm"].to_numpy() == pytest.approx(multipletests(sig.loc[tested, "p"], method="holm")[1])
-    assert sig.loc[tested, "p_bh"].to_numpy() == pytest.approx(multipletests(sig.loc[tested, "p"], method="fdr_bh")[1])
+def test_corrections_within_families_match_statsmodels(sig):
+    """A family: one set at the target layer (or at one fixed layer) across the 9 conditions."""
+    trained = sig[(sig["set"] == "trained") & (sig["eval_layer"] == sig["target_layer"])]
+    assert set(trained["family"]) == {"trained @ target"} and (trained["family_size"] == 9).all()
+    final = sig[(sig["set"] == "control") & (sig["eval_layer"] == 4)]
+    assert set(final["family"]) == {"control @ layer 4"} and len(final) == 9  # target layer 4 is not swept
+    for family in (trained, final):
+        for column in ("p", "cosine_p", "gap_p", "centered_gap_p"):
+            tested = family[column].notna()
+            assert tested.sum() >= 6 and family.loc[~tested, "mean_diff"].eq(0).all()  # untestable: no change at all
+            expected = multipletests(family.loc[tested, column], method="holm")[1]
+            assert family.loc[tested, f"{column}_holm" if column != "p" else "p_holm"].to_numpy() == pytest.approx(
+                expected
+            )
+    assert sig.groupby("family")["family_size"].first().sum() == len(sig)
+
+
+def test_gain_against_the_trained_set_and_equivalence(results, sig):
+    """The control set's gain minus the trained set's: difference, CI from the joint bootstrap, TOST by hand."""
+    trials = _condition(results, 3, "mean_content")
+    row, trained = _row(sig, 3, "mean_content", "control"), _row(sig, 3, "mean_content", "trained")
+    for prefix, metric in (("", "cosine"), ("centered_gap_", "centered_gap")):
+        gain = "mean_diff" if not prefix else f"{prefix}diff"
+        groups = [_seed_matrix(results, trials, name, 3, metric) for name in ("control", "trained")]
+        se = np.std(tli_stats.seed_pair_bootstrap(groups, [1.0, -1.0], n_boot=N_BOOT, seed=0), ddof=1)
+        difference, margin = row[gain] - trained[gain], 0.5 * abs(trained[gain])
+        assert (row[f"{prefix}vs_trained_diff"], row[f"{prefix}vs_trained_margin"]) == pytest.approx(
+            (difference, margin)
+        )
+        z = scipy_stats.norm.ppf(0.975)
+        low, high = row[f"{prefix}vs_trained_ci_low"], row[f"{prefix}vs_trained_ci_high"]
+        assert (low, high) == pytest.approx((difference - z * se, difference + z * se))
+        tost = max(scipy_stats.norm.sf((difference + margin) / se), scipy_stats.norm.cdf((difference - margin) / se))
+        assert row[f"{prefix}vs_trained_tost_p"] == pytest.approx(tost)
+    assert np.isnan(trained["vs_trained_diff"])  # the trained set is the reference
 
 
 def test_unknown_by_column_is_an_error(results):
@@ -239,19 +299,21 @@ def test_verdict_on_known_answers(sig, conds):
 
 
 @pytest.mark.parametrize(
-    "cosine, gap, centred, expected",
+    "n, cosine, gap, centred, expected",  # (gain, Holm-corrected p) of each
     [
-        (np.nan, 1, 1, "untested"),
-        (0.0, 1, 1, "no rise"),
-        (-0.1, 1, 1, "no rise"),
-        (0.1, 0.1, 0.1, "specific"),
-        (0.1, 0.1, -0.1, "partly specific"),
-        (0.1, -0.1, 0.0, "not specific"),
+        (1, (0.1, 0.01), (0.1, 0.01), (0.1, 0.01), "untested"),
+        (9, (0.0, np.nan), (0.1, 0.01), (0.1, 0.01), "no rise"),  # no change at all
+        (9, (-0.1, 0.01), (0.1, 0.01), (0.1, 0.01), "no rise"),  # a significant fall
+        (9, (0.1, 0.06), (0.1, 0.01), (0.1, 0.01), "no rise"),  # significant uncorrected, not after correction
+        (9, (0.1, 0.01), (0.1, 0.01), (0.1, 0.049), "specific"),
+        (9, (0.1, 0.01), (0.1, 0.01), (-0.1, 0.01), "partly specific"),
+        (9, (0.1, 0.01), (0.1, 0.2), (0.1, np.nan), "not specific"),
     ],
 )
-def test_verdict_rule(cosine, gap, centred, expected):
-    row = pd.Series({"ci_low": cosine, "gap_ci_low": gap, "centered_gap_ci_low": centred})
-    assert verdict.verdict(row) == expected
+def test_verdict_rule_uses_the_corrected_p(n, cosine, gap, centred, expected):
+    row = {"n": n, "mean_diff": cosine[0], "cosine_p_holm": cosine[1], "gap_diff": gap[0], "gap_p_holm": gap[1]}
+    row |= {"centered_gap_diff": centred[0], "centered_gap_p_holm": centred[1]}
+    assert verdict.verdict(pd.Series(row)) == expected
 
 
 def test_protocol_names():

@@ -15,9 +15,13 @@ from tli.stats import (
     center_per_language,
     cosine_matrix,
     l2_normalize,
+    minimum_detectable_effect,
     pair_metrics,
     paired_tests,
+    seed_pair_bootstrap,
     set_metrics,
+    tost,
+    z_inference,
 )
 
 
@@ -240,6 +244,9 @@ def _holm_by_hand(p):
 def test_adjust_pvalues():
     p = np.array([0.01, 0.04, 0.03, 0.005, 0.2])
     assert np.allclose(adjust_pvalues(p, "holm"), _holm_by_hand(list(p)))
+    assert np.allclose(adjust_pvalues(p, "holm"), multipletests(p, method="holm")[1])
+    ties = np.array([0.01, 0.04, 0.01, 0.9, 0.04, 0.2])
+    assert np.allclose(adjust_pvalues(ties, "holm"), multipletests(ties, method="holm")[1])
     assert np.allclose(adjust_pvalues(p, "fdr_bh"), multipletests(p, method="fdr_bh")[1])
     with_nan = np.array([0.01, np.nan, 0.04, 0.03, np.nan, 0.005, 0.2])
     out = adjust_pvalues(with_nan, "holm")
@@ -264,3 +271,83 @@ def test_paired_tests_without_bootstrap_keep_the_tests_and_leave_the_ci_undefine
     full, quick = paired_tests(pre, post, n_boot=500), paired_tests(pre, post, n_boot=0)
     assert np.isnan(quick["ci_low"]) and np.isnan(quick["ci_high"])
     assert {k: quick[k] for k in ("t", "p", "d_z", "mean_diff")} == {k: full[k] for k in ("t", "p", "d_z", "mean_diff")}
+
+
+def exact_bootstrap_variance(values: np.ndarray) -> float:
+    """The variance of sum(w_s v_i x_si) / (S n) over w ~ Multinomial(S, 1/S), v ~ Multinomial(n, 1/n), by hand:
+    E[w w^T] = 1 1^T + I - 1 1^T / S (likewise for v), so E[theta^2] = sum(E[w w^T] * (X E[v v^T] X^T)) / (S n)^2.
+    """
+    n_seeds, n_pairs = values.shape
+
+    def second_moment(k):
+        return np.ones((k, k)) + np.eye(k) - np.ones((k, k)) / k
+
+    squared = np.sum(second_moment(n_seeds) * (values @ second_moment(n_pairs) @ values.T)) / (n_seeds * n_pairs) ** 2
+    return float(squared - values.mean() ** 2)
+
+
+def test_seed_pair_bootstrap_matches_the_closed_form():
+    values = np.random.default_rng(6).normal(size=(3, 20)) * np.array([[1.0], [1.5], [0.5]]) + np.array([[0], [1], [2]])
+    replicates = seed_pair_bootstrap([(values, np.arange(20))], n_boot=40_000, seed=0)
+    assert replicates.var() == pytest.approx(exact_bootstrap_variance(values), rel=0.03)
+
+
+def test_seed_pair_bootstrap_variance_is_the_two_levels():
+    """Values a_c + b_s: the bootstrap variance is var_pop(b) / S + var_pop(a) / C (independent draws of each)."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=40), rng.normal(scale=0.5, size=3)
+    values = a[None, :] + b[:, None]  # [3 seeds, 40 pairs]
+    replicates = seed_pair_bootstrap([(values, np.arange(40))], n_boot=40_000, seed=0)
+    expected = np.var(b) / 3 + np.var(a) / 40
+    assert replicates.var() == pytest.approx(expected, rel=0.03)
+    assert replicates.mean() == pytest.approx(values.mean(), abs=0.01)
+    assert np.array_equal(replicates, seed_pair_bootstrap([(values, np.arange(40))], n_boot=40_000, seed=0))
+    one_seed = seed_pair_bootstrap([(values[:1], np.arange(40))], n_boot=40_000, seed=0)
+    assert one_seed.var() == pytest.approx(np.var(a) / 40, rel=0.03)  # one seed: pairs only, the plain bootstrap
+
+
+def test_seed_pair_bootstrap_clusters_pairs_that_share_a_headword():
+    """Each pair duplicated under one headword: clustered, the variance is the undoubled one; unclustered, half."""
+    a = np.random.default_rng(2).normal(size=30)
+    doubled = np.repeat(a, 2)[None, :]
+    clustered = seed_pair_bootstrap([(doubled, np.repeat(np.arange(30), 2))], n_boot=40_000, seed=0)
+    naive = seed_pair_bootstrap([(doubled, np.arange(60))], n_boot=40_000, seed=0)
+    assert clustered.var() == pytest.approx(np.var(a) / 30, rel=0.03)
+    assert naive.var() == pytest.approx(np.var(a) / 60, rel=0.03)
+
+
+def test_seed_pair_bootstrap_difference_shares_the_seed_draw():
+    """Two sets shifted by the same seed effect: their difference carries no seed variance."""
+    rng = np.random.default_rng(3)
+    b, a1, a2 = rng.normal(size=4), rng.normal(size=25), rng.normal(size=35)
+    groups = [(a1[None, :] + b[:, None], np.arange(25)), (a2[None, :] + b[:, None], np.arange(35))]
+    difference = seed_pair_bootstrap(groups, [1.0, -1.0], n_boot=40_000, seed=0)
+    assert difference.mean() == pytest.approx(a1.mean() - a2.mean(), abs=0.02)
+    assert difference.var() == pytest.approx(np.var(a1) / 25 + np.var(a2) / 35, rel=0.03)
+    with_nan = groups[0][0].copy()
+    with_nan[0, 0] = np.nan  # a pair one seed lacks: averaged over the seeds that have it
+    assert np.isfinite(seed_pair_bootstrap([(with_nan, np.arange(25))], n_boot=100)).all()
+    with pytest.raises(ValueError):
+        seed_pair_bootstrap([(groups[0][0], np.arange(24))], n_boot=10)
+    stacked = np.stack([groups[0][0], 2 * groups[0][0]], axis=-1)  # K metrics at once: the same draws for each
+    both = seed_pair_bootstrap([(stacked, np.arange(25))], n_boot=500, seed=5)
+    assert both.shape == (500, 2) and np.allclose(both[:, 1], 2 * both[:, 0])
+    assert np.allclose(both[:, 0], seed_pair_bootstrap([(groups[0][0], np.arange(25))], n_boot=500, seed=5))
+
+
+def test_z_inference_tost_and_mde_match_statsmodels():
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.weightstats import DescrStatsW, ztest, ztost
+
+    x = np.random.default_rng(4).normal(0.05, 0.3, size=50)
+    se = x.std(ddof=1) / np.sqrt(len(x))
+    found = z_inference(x.mean(), se)
+    low, high = DescrStatsW(x).zconfint_mean(alpha=0.05)
+    assert (found["ci_low"], found["ci_high"]) == pytest.approx((low, high), rel=1e-12)
+    assert found["p"] == pytest.approx(ztest(x)[1], rel=1e-12)
+    assert tost(x.mean(), se, 0.1) == pytest.approx(ztost(x, -0.1, 0.1)[0], rel=1e-12)
+    effect = NormalIndPower().solve_power(nobs1=len(x), alpha=0.05, power=0.8, ratio=0, alternative="two-sided")
+    assert minimum_detectable_effect(se) == pytest.approx(effect * x.std(ddof=1), rel=1e-3)  # one tail ignored
+    assert minimum_detectable_effect(1.0) == pytest.approx(sps.norm.ppf(0.975) + sps.norm.ppf(0.8))
+    assert z_inference(0.1, 0.0) == pytest.approx({"ci_low": 0.1, "ci_high": 0.1, "p": np.nan}, nan_ok=True)
+    assert np.isnan(tost(0.1, 0.1, 0.0))

@@ -160,9 +160,16 @@ def pair_table(
 
 
 def summary_table(
-    pairs: pd.DataFrame, config: EvalConfig, n_layers: int, n_candidates: int, removed: dict[str, int] | None = None
+    pairs: pd.DataFrame,
+    config: EvalConfig,
+    n_layers: int,
+    n_candidates: int,
+    removed: dict[str, int] | None = None,
+    bootstrap: bool = True,
 ) -> pd.DataFrame:
-    """One row per set x layer: set means before/after, and paired tests of cosine, gap and centred gap."""
+    """One row per set x layer: set means before/after, and paired tests of cosine, gap and centred gap (CIs NaN
+    without `bootstrap`: the report computes its own).
+    """
     rows = []
     for (name, layer), group in pairs.groupby(["set", "eval_layer"], sort=False):
         row = {
@@ -173,7 +180,8 @@ def summary_table(
             "n_removed": (removed or {}).get(name, 0),
         }
         for prefix, metric in TESTED.items():
-            tests = stats.paired_tests(group[f"{metric}_pre"], group[f"{metric}_post"], config.n_boot, config.seed)
+            n_boot = config.n_boot if bootstrap else 0
+            tests = stats.paired_tests(group[f"{metric}_pre"], group[f"{metric}_post"], n_boot, config.seed)
             if prefix:
                 tests = {
                     f"{prefix}diff": tests["mean_diff"],

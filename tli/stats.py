@@ -244,8 +244,20 @@ def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0, confidence: flo
     return out
 
 
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values of a 1-d array without NaN: sorted ascending, p_(i) (m - i + 1), running
+    maximum, capped at 1 (statsmodels' "holm" gives the same numbers, but calls gc.collect() each time: 0.7 s
+    per call in a process holding torch).
+    """
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1)))
+    out = np.empty_like(stepped)
+    out[order] = stepped
+    return out
+
+
 def adjust_pvalues(p, method: str) -> np.ndarray:
-    """Multiple-comparison adjusted p-values ("holm", "fdr_bh", ...: statsmodels multipletests).
+    """Multiple-comparison adjusted p-values ("holm": `holm`; "fdr_bh", ...: statsmodels multipletests).
 
     Same shape as p; NaN entries are passed through and excluded from the family.
     """
@@ -254,5 +266,85 @@ def adjust_pvalues(p, method: str) -> np.ndarray:
     adjusted = flat.copy()
     ok = ~np.isnan(flat)
     if ok.any():
-        adjusted[ok] = multipletests(flat[ok], method=method)[1]
+        adjusted[ok] = holm(flat[ok]) if method == "holm" else multipletests(flat[ok], method=method)[1]
     return adjusted.reshape(p.shape)
+
+
+# --- inference across seeds and pairs -------------------------------------------------------------
+
+
+def seed_pair_bootstrap(
+    groups: list[tuple[np.ndarray, np.ndarray]], coefs=None, n_boot: int = 10_000, seed: int = 0, chunk: int = 500
+) -> np.ndarray:
+    """[n_boot] (or [n_boot, K]) bootstrap replicates of sum_g coefs[g] * mean_g, resampling seeds, then clusters.
+
+    Each group g is (values [S, n_g] or [S, n_g, K], clusters [n_g]): the per-seed value of each of its pairs (K
+    metrics at once; NaN where a seed lacks a pair) and each pair's cluster label (e.g. its Swahili headword:
+    pairs sharing one are not independent). A replicate draws S seeds with replacement (the same draw for every
+    group: seeds are shared), and within each group C_g clusters with replacement; mean_g* is the mean of the drawn
+    seeds' values over the drawn clusters' pairs (a pair drawn w times counts w times). For values a_c + b_s its
+    variance is var_pop(b) / S + var_pop(a) / C: the two levels of variation a mean over seeds and words has.
+    Seeded (`np.random.default_rng(seed)`), vectorised in chunks of `chunk` replicates.
+    """
+    coefs = np.ones(len(groups)) if coefs is None else np.asarray(coefs, dtype=np.float64)
+    arrays = [(_as_array(values), np.unique(np.asarray(labels), return_inverse=True)[1]) for values, labels in groups]
+    scalar = arrays[0][0].ndim == 2
+    arrays = [(values[..., None] if values.ndim == 2 else values, cluster) for values, cluster in arrays]
+    shapes = {(values.shape[0], values.shape[2]) for values, _ in arrays}
+    if len(shapes) != 1 or any(values.ndim != 3 or values.shape[1] != len(c) for values, c in arrays):
+        raise ValueError("every group must be values [S, n] or [S, n, K] with the same S and K, and clusters [n]")
+    ((n_seeds, n_metrics),) = shapes
+    rng, out = np.random.default_rng(seed), np.empty((n_boot, n_metrics))
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=size)  # [B, S]
+        total = np.zeros((size, n_metrics))
+        for coef, (values, cluster) in zip(coefs, arrays):
+            present = ~np.isnan(values)
+            n_clusters = cluster.max() + 1
+            pair_weights = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=size)[:, cluster]
+            drawn = _weighted_sum(seed_weights, pair_weights, np.where(present, values, 0.0))
+            total += coef * drawn / _weighted_sum(seed_weights, pair_weights, present.astype(float))
+        out[start : start + size] = total
+    return out[:, 0] if scalar else out
+
+
+def _weighted_sum(seed_weights: np.ndarray, pair_weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """sum_s sum_i seed_weights[b, s] pair_weights[b, i] x[s, i, k]: [B, S], [B, n], [S, n, K] -> [B, K]."""
+    by_seed = (seed_weights @ x.reshape(x.shape[0], -1)).reshape(len(seed_weights), *x.shape[1:])
+    return np.einsum("bnk,bn->bk", by_seed, pair_weights)
+
+
+def z_inference(estimate: float, se: float, confidence: float = 0.95) -> dict[str, float]:
+    """Normal-approximation CI and two-sided p of an estimate with standard error `se`:
+    ci = estimate -/+ z_{(1+confidence)/2} se, p = 2 (1 - Phi(|estimate| / se)). se 0 (every replicate equal):
+    the CI is [estimate, estimate] and p NaN; se NaN: all NaN.
+    """
+    nan = float("nan")
+    if not np.isfinite(se):
+        return {"ci_low": nan, "ci_high": nan, "p": nan}
+    if se <= 0:
+        return {"ci_low": float(estimate), "ci_high": float(estimate), "p": nan}
+    z = stats.norm.ppf((1 + confidence) / 2)
+    return {
+        "ci_low": estimate - z * se,
+        "ci_high": estimate + z * se,
+        "p": float(2 * stats.norm.sf(abs(estimate) / se)),
+    }
+
+
+def tost(estimate: float, se: float, margin: float) -> float:
+    """Two one-sided tests (normal approximation) of equivalence |true difference| < margin: the larger of
+    P(Z >= (estimate + margin) / se) and P(Z <= (estimate - margin) / se); small p: equivalent within the margin.
+    NaN when se or margin is not a positive number.
+    """
+    if not (np.isfinite(se) and se > 0 and np.isfinite(margin) and margin > 0):
+        return float("nan")
+    return float(max(stats.norm.sf((estimate + margin) / se), stats.norm.cdf((estimate - margin) / se)))
+
+
+def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The true effect a two-sided z-test at `alpha` detects with probability `power`:
+    (z_{1-alpha/2} + z_{power}) se (2.80 se at the defaults; the negligible opposite tail ignored).
+    """
+    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se) if np.isfinite(se) else float("nan")

@@ -29,7 +29,7 @@ import pandas as pd
 
 from tli.errors import TliError
 from tli.files import Folder
-from tli.report import figures, render, sections, verdict
+from tli.report import figures, multiple, render, sections, verdict
 from tli.report.conditions import condition_columns, conditions, prespecified
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
@@ -111,8 +111,9 @@ def build_report(
         blocks += [
             ("h2", "Significance at the target layer"),
             ("p", sections.LEGEND),
+            ("p", multiple.description(sig)),
             ("p", "Every evaluation layer and every column: significance.csv / significance.md."),
-            ("table", at_target(sig)[[*by, *sections.SHORT]]),
+            ("table", at_target(sig)[[*by, *(c for c in sections.SHORT if c in sig)]]),
         ]
     files = render.write(folder, blocks, sig, f"TLI report: {results.name}", by)
     return Report(files, sig, progress_line(results), verdict.sentences(verdicts))

@@ -17,18 +17,23 @@ from tli.report.significance import at_target, rows_of
 from tli.report.training import MARGIN_TOLERANCE, loss_at_margin
 
 LEGEND = (
-    "One row per condition x set x evaluation layer. Each pair is first averaged over the condition's "
-    "`n_trials` trials (`n_seeds` seeds), then the `n` unique pairs are tested: `mean_pre`/`mean_post` mean "
-    "cosine, `mean_diff` the gain with its seeded BCa bootstrap 95% CI (`ci_low`, `ci_high`), `t`/`p` paired "
-    "t-test, `p_holm`/`p_bh` that p corrected across every row of significance.csv (Holm; Benjamini-Hochberg), "
-    "`wilcoxon_p`, `d_z` = gain / its SD; `gap_*` the same for each pair's cosine minus its mean cosine to every "
-    "non-translation in the pool, `centered_gap_*` after per-language centring. `seed_sd_mean_diff` and "
-    "`seed_sd_centered_gap_diff`: SD over seeds of each seed's mean gain, reproducibility across seeds (not "
-    "generalisation to new words). P@1 counts any gloss of a headword as correct among one fixed pool of "
-    "candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the candidates and the centring "
-    "means, so neither P@1 nor the centred gap depends on the set's size. `n_removed`: rows of the set left out "
-    "for sharing a word with the training pairs (control, held-out, unseen are leak-free; `*_all` keep them; "
-    "the validation set is carved leak-free from the trained pairs, and the rows that took is not counted here)."
+    "One row per condition x set x evaluation layer; `n` counts unique pairs. `mean_pre`/`mean_post` mean cosine, "
+    "`mean_diff` the gain; `se` its standard error from a bootstrap that draws the condition's seeds with "
+    "replacement, then the set's Swahili headwords (pairs sharing one go together), so seed-to-seed variation is "
+    "in it; `ci_low`/`ci_high` the 95% CI and `cosine_p` the two-sided p from that SE (normal approximation), "
+    "`mde` the gain a 5% test would detect with 80% power (2.80 se). `t`/`p`/`wilcoxon_p`/`d_z`: the paper's "
+    "paired tests on each pair averaged over seeds (no seed variance). `gap_*` the same for each pair's cosine "
+    "minus its mean cosine to every non-translation in the pool, `centered_gap_*` after per-language centring. "
+    "`*_holm`: Holm-corrected within the row's `family` (one set at one evaluation layer across the sweep's "
+    "conditions; `family_size` tests). `vs_trained_*` (raw) and `centered_gap_vs_trained_*`: the set's gain minus "
+    "the trained set's at the same layer (seeds drawn together), its CI, and TOST p of equivalence within "
+    "±`*_margin` (half the trained gain): a small p says the gains are comparable. `seed_sd_mean_diff` and "
+    "`seed_sd_centered_gap_diff`: SD over seeds of each seed's mean gain. P@1 counts any gloss of a headword as "
+    "correct among one fixed pool of candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the "
+    "candidates and the centring means, so neither P@1 nor the centred gap depends on the set's size. "
+    "`n_removed`: rows of the set left out for sharing a word with the training pairs (control, held-out, unseen "
+    "are leak-free; `*_all` keep them; the validation set is carved leak-free from the trained pairs, and the "
+    "rows that took is not counted here)."
 )
 SHORT = [
     "set",
@@ -41,13 +46,19 @@ SHORT = [
     "mean_diff",
     "ci_low",
     "ci_high",
+    "cosine_p_holm",
     "p",
-    "p_holm",
     "seed_sd_mean_diff",
     "gap_diff",
     "gap_ci_low",
+    "gap_p_holm",
     "centered_gap_diff",
     "centered_gap_ci_low",
+    "centered_gap_ci_high",
+    "centered_gap_p_holm",
+    "centered_gap_mde",
+    "vs_trained_diff",
+    "vs_trained_tost_p",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",

@@ -1,9 +1,10 @@
 """The significance table: one row per condition x set x evaluation layer.
 
-Seeds are replicates, not extra pairs: each pair is first averaged over the condition's trials, then the
-unique pairs are tested (`tli.evaluate.summary_table`, the same tests a trial runs), so `n` counts pairs once.
-The spread across seeds is its own column (`seed_sd_*`): reproducibility across seeds, not generalisation to
-new words.
+Seeds are replicates, not extra pairs: `n` counts unique pairs. The paper's tests (`t`, `p`, `wilcoxon_p`,
+`d_z`: `tli.evaluate.summary_table`) run on each pair averaged over the condition's trials; every CI and the
+p-values the verdict uses (`cosine_p`, `gap_p`, `centered_gap_p`) come from the two-level bootstrap over seeds
+and headword clusters (`tli.report.uncertainty`), corrected within the families of `tli.report.multiple`. The
+spread across seeds is also its own column (`seed_sd_*`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 from tli import stats
 from tli.config import EvalConfig
 from tli.evaluate import SETS, summary_table
-from tli.report import multiple
+from tli.report import multiple, uncertainty
 from tli.report.conditions import check_by, condition_columns, groups, same
 from tli.report.results import Results
 
@@ -45,17 +46,22 @@ def condition_tests(
     pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, n_boot: int, seed: int
 ) -> pd.DataFrame:
     """One condition's rows: each pair averaged over the condition's trials, then `summary_table`'s tests on the
-    unique pairs (n = pairs, not pairs x seeds), with the seed spread beside them.
+    unique pairs (n = pairs, not pairs x seeds); CIs, bootstrap p-values, MDEs and the comparison with the trained
+    set from `uncertainty.set_rows`; the seed spread beside them.
     """
     averaged = pairs.groupby(["set", "eval_layer", "pair_id"], sort=False)[PAIR_METRICS].mean().reset_index()
     removed = summary.groupby("set")["n_removed"].max().to_dict()
     table = summary_table(
         averaged,
-        EvalConfig(n_boot=n_boot, seed=seed),
+        EvalConfig(seed=seed),
         int(trials["eval_layer_final"].max()),
         int(summary["n_candidates"].max()),
         removed,
+        bootstrap=False,  # its CIs are replaced by the two-level ones
     )
+    replaced = [c for c in table if c.endswith(("ci_low", "ci_high")) or c in ("gap_p", "centered_gap_p")]
+    two_level = uncertainty.set_rows(uncertainty.per_seed_gains(pairs, trials), n_boot, seed)
+    table = table.drop(columns=replaced).merge(two_level, on=["set", "eval_layer"], how="left")
     table = table.merge(_seed_spread(pairs, trials), on=["set", "eval_layer"], how="left")
     table.insert(2, "layer_role", [_layer_roles(trials, k) for k in table["eval_layer"]])
     table.insert(3, "n_trials", len(trials))
@@ -68,6 +74,8 @@ FIRST_COLUMNS = [
     "eval_layer",
     "layer_name",
     "layer_role",
+    "family",
+    "family_size",
     "n_trials",
     "n_seeds",
     "n",
@@ -75,24 +83,43 @@ FIRST_COLUMNS = [
     "mean_pre",
     "mean_post",
     "mean_diff",
+    "se",
     "ci_low",
     "ci_high",
+    "cosine_p",
+    "cosine_p_holm",
+    "mde",
     "t",
     "p",
     "p_holm",
-    "p_bh",
     "wilcoxon_p",
     "d_z",
     "seed_sd_mean_diff",
     "gap_diff",
+    "gap_se",
     "gap_ci_low",
     "gap_ci_high",
     "gap_p",
+    "gap_p_holm",
+    "gap_mde",
     "centered_gap_diff",
+    "centered_gap_se",
     "centered_gap_ci_low",
     "centered_gap_ci_high",
     "centered_gap_p",
+    "centered_gap_p_holm",
+    "centered_gap_mde",
     "seed_sd_centered_gap_diff",
+    "vs_trained_diff",
+    "vs_trained_ci_low",
+    "vs_trained_ci_high",
+    "vs_trained_margin",
+    "vs_trained_tost_p",
+    "centered_gap_vs_trained_diff",
+    "centered_gap_vs_trained_ci_low",
+    "centered_gap_vs_trained_ci_high",
+    "centered_gap_vs_trained_margin",
+    "centered_gap_vs_trained_tost_p",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",
@@ -103,7 +130,8 @@ def significance_table(
     results: Results, by: list[str] | None = None, n_boot: int = 10_000, seed: int = 0
 ) -> pd.DataFrame:
     """One row per condition x set x evaluation layer (columns: FIRST_COLUMNS, then every set mean before and
-    after); `p_holm`/`p_bh` correct the raw-cosine `p` across every row of the table.
+    after; a column no row has, e.g. the comparison with an absent trained set, is left out); `*_holm` correct
+    each p within its family (`multiple.correct`).
     """
     by = condition_columns(results.trials) if by is None else list(by)
     check_by(by, results.trials)
@@ -122,8 +150,9 @@ def significance_table(
     table = multiple.correct(table)
     order = table["set"].map({name: i for i, name in enumerate(SETS)}).fillna(len(SETS))
     table = table.assign(_set=order).sort_values([*by, "_set", "eval_layer"], kind="stable")
+    first = [c for c in FIRST_COLUMNS if c in table]
     rest = [c for c in table if c not in (*by, *FIRST_COLUMNS, "_set")]
-    return table[[*by, *FIRST_COLUMNS, *rest]].reset_index(drop=True)
+    return table[[*by, *first, *rest]].reset_index(drop=True)
 
 
 def rows_of(sig: pd.DataFrame, condition: pd.Series, by: list[str]) -> pd.DataFrame:

@@ -1,14 +1,15 @@
 """The replication verdict: is TLI's rise in cosine specific to translation pairs? A test, not a ratio.
 
-Per protocol x set of the condition fixed in advance (the paper's defaults), from the seed-averaged
-unique-pair tests of the significance table, at the target layer:
+Per protocol x set of the condition fixed in advance (the paper's defaults), at the target layer, from the
+significance table's two-level bootstrap p-values (seeds, then headword clusters), Holm-corrected within
+their family (`tli.report.multiple`). A gain *holds* when it is positive and its corrected p is below ALPHA:
 
-  no rise          the raw cosine's 95% CI of the gain includes 0 or lies below it
-  specific         the cosine rises, and the CIs of both the gap over mismatched pairs and the
-                   per-language-centred gap lie above 0
-  partly specific  the cosine rises, and one of the two gap CIs lies above 0
-  not specific     the cosine rises, neither gap CI lies above 0: non-translations rose as much
-  untested         no CI (fewer than 2 pairs)
+  no rise          the raw cosine's gain does not hold
+  specific         the cosine rises, and both the gap over mismatched pairs and the per-language-centred
+                   gap gains hold
+  partly specific  the cosine rises, and one of the two gap gains holds
+  not specific     the cosine rises, neither gap gain holds: non-translations rose as much
+  untested         fewer than 2 pairs
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 
 import pandas as pd
 
+from tli.report.multiple import ALPHA
 from tli.report.significance import at_target, rows_of
 
 NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> name
@@ -26,11 +28,13 @@ NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> na
 }
 CONTROLS = {"mean_skip_first": "control: first position dropped", "last": "control: last token"}
 RULE = (
-    "Verdict rule (seed-averaged unique pairs, 95% bootstrap CIs, at the target layer): *no rise* when the raw "
-    "cosine's CI includes 0 or lies below it; otherwise *specific* when the CIs of both the gap over mismatched "
-    "pairs (each pair's cosine minus its mean cosine to every non-translation in the pool) and the "
-    "per-language-centred gap lie above 0, *partly specific* when one does, *not specific* when neither does "
-    "(non-translations rose as much)."
+    "Verdict rule (at the target layer): a gain *holds* when it is positive and its p-value, from the bootstrap "
+    "over seeds and then headword clusters and Holm-corrected within its family (`*_p_holm`), is below "
+    f"{ALPHA}. *No rise* when the raw cosine's gain does not hold; otherwise *specific* when both the gap over "
+    "mismatched pairs (each pair's cosine minus its mean cosine to every non-translation in the pool) and the "
+    "per-language-centred gap gains hold, *partly specific* when one does, *not specific* when neither does "
+    "(non-translations rose as much). A gain that does not hold is not shown absent: it was not detectable above "
+    "its `*_mde` (80% power)."
 )
 AUTHOR_NOTE = (
     "What the author's code shows and the paper does not say. The paper's Table 1 is measured at layer 2, the "
@@ -60,17 +64,19 @@ def protocol_rank(name: str) -> int:
     return order.index(name) if name in order else len(order)
 
 
-def _above_zero(low: float) -> bool:
-    return not math.isnan(low) and low > 0
+def holds(row: pd.Series, prefix: str) -> bool:
+    """Whether a gain (`mean_diff` for prefix '', else `{prefix}diff`) is positive with corrected p below ALPHA."""
+    gain, p = row["mean_diff" if not prefix else f"{prefix}diff"], row[f"{prefix or 'cosine_'}p_holm"]
+    return bool(gain > 0 and not math.isnan(p) and p < ALPHA)
 
 
 def verdict(row: pd.Series) -> str:
     """The verdict of one significance row (see the module docstring)."""
-    if math.isnan(row["ci_low"]):
+    if not row["n"] >= 2:
         return "untested"
-    if not _above_zero(row["ci_low"]):
+    if not holds(row, ""):
         return "no rise"
-    gap, centred = _above_zero(row["gap_ci_low"]), _above_zero(row["centered_gap_ci_low"])
+    gap, centred = holds(row, "gap_"), holds(row, "centered_gap_")
     return "specific" if gap and centred else "partly specific" if gap or centred else "not specific"
 
 
@@ -80,15 +86,27 @@ VERDICT_COLUMNS = [
     "set",
     "n",
     "n_seeds",
+    "family_size",
     "mean_diff",
     "ci_low",
     "ci_high",
+    "cosine_p_holm",
     "gap_diff",
     "gap_ci_low",
     "gap_ci_high",
+    "gap_p_holm",
     "centered_gap_diff",
     "centered_gap_ci_low",
     "centered_gap_ci_high",
+    "centered_gap_p_holm",
+    "centered_gap_mde",
+    "mde",
+    "gap_mde",
+    "vs_trained_diff",
+    "vs_trained_ci_low",
+    "vs_trained_ci_high",
+    "vs_trained_margin",
+    "vs_trained_tost_p",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",
@@ -112,11 +130,31 @@ def verdict_table(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.D
         return pd.DataFrame(columns=VERDICT_COLUMNS)
     table = pd.concat(frames, ignore_index=True)
     rank = table["protocol"].map(protocol_rank)
-    return table.assign(_rank=rank).sort_values("_rank", kind="stable")[VERDICT_COLUMNS].reset_index(drop=True)
+    columns = [c for c in VERDICT_COLUMNS if c in table]
+    return table.assign(_rank=rank).sort_values("_rank", kind="stable")[columns].reset_index(drop=True)
 
 
 def _ci(row: pd.Series, prefix: str) -> str:
     return f"95% CI {row[f'{prefix}ci_low']:+.4f} to {row[f'{prefix}ci_high']:+.4f}"
+
+
+def _gain(row: pd.Series, prefix: str, name: str) -> str:
+    """'<name> by +0.0123 (95% CI ..., Holm p ...)', or '...; not detectable above <mde>' when it does not hold."""
+    gain, p = row["mean_diff" if not prefix else f"{prefix}diff"], row[f"{prefix or 'cosine_'}p_holm"]
+    found = f"{name} by {gain:+.4f} ({_ci(row, prefix)}, Holm p {p:.2g}"
+    return found + (")" if holds(row, prefix) else f"; not detectable above {row[f'{prefix}mde']:.4f})")
+
+
+def _against_trained(row: pd.Series) -> str:
+    """The raw gain against the trained set's, with the equivalence test ('' for the trained set)."""
+    if "vs_trained_diff" not in row or pd.isna(row["vs_trained_diff"]):
+        return ""
+    shown = row["vs_trained_tost_p"] < ALPHA
+    return (
+        f"; its raw gain minus the trained set's is {row['vs_trained_diff']:+.4f} "
+        f"({_ci(row, 'vs_trained_')}), {'equivalent' if shown else 'not shown equivalent'} within "
+        f"±{row['vs_trained_margin']:.4f} (TOST p {row['vs_trained_tost_p']:.2g})"
+    )
 
 
 def sentence(row: pd.Series) -> str:
@@ -124,9 +162,9 @@ def sentence(row: pd.Series) -> str:
     seeds = f", each averaged over {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
     return (
         f"{row['protocol'][0].upper()}{row['protocol'][1:]}, target layer {row['target_layer']}, "
-        f"{row['set']} set ({int(row['n'])} pairs{seeds}): the raw cosine moves by {row['mean_diff']:+.4f} "
-        f"({_ci(row, '')}), the gap over mismatched pairs by {row['gap_diff']:+.4f} ({_ci(row, 'gap_')}) and the "
-        f"per-language-centred gap by {row['centered_gap_diff']:+.4f} ({_ci(row, 'centered_gap_')}); P@1 "
+        f"{row['set']} set ({int(row['n'])} pairs{seeds}): {_gain(row, '', 'the raw cosine moves')}, "
+        f"{_gain(row, 'gap_', 'the gap over mismatched pairs')} and "
+        f"{_gain(row, 'centered_gap_', 'the per-language-centred gap')}{_against_trained(row)}; P@1 "
         f"{row['p_at_1_pre']:.2%} -> {row['p_at_1_post']:.2%} (chance {row['p_at_1_chance']:.2%}). "
         f"Verdict: {row['verdict']}."
     )
