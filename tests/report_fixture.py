@@ -27,8 +27,8 @@ from tli.config import EvalConfig, ModelConfig
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings, expand_grid, swept_names
-from tli.sweep.store import ExperimentStore, pack
-from tli.sweep.trial import TrialRecord, objective, wide_metrics
+from tli.sweep.store import ExperimentStore
+from tli.sweep.trial import TrialRecord, objective, pack, wide_metrics
 
 N_LAYERS = 4  # a 4-block model: layers 0..4; the selection layer is L = 4
 DIM = 24

@@ -349,8 +349,8 @@ def test_progress_with_an_unfinished_and_an_errored_trial(results, sig):
     assert per_condition.sum() == 16
 
 
-@pytest.mark.parametrize("damage", ["trials.parquet", "summary.parquet", "pairs.parquet", "missing trials.parquet"])
-def test_corrupt_or_missing_merged_table_is_rebuilt(fixture_dir, results, tmp_path, damage):
+@pytest.mark.parametrize("damage", ["trials.parquet", "missing trials.parquet"])
+def test_corrupt_or_missing_trials_table_is_rebuilt(fixture_dir, results, tmp_path, damage):
     copy = tmp_path / "copy"
     shutil.copytree(fixture_dir, copy)
     name = damage.split()[-1]
@@ -362,7 +362,17 @@ def test_corrupt_or_missing_merged_table_is_rebuilt(fixture_dir, results, tmp_pa
     for kind in ("trials", "summary", "pairs"):
         assert getattr(again, kind).shape == getattr(results, kind).shape, kind
     assert len(again.notes) == 1 and name in again.notes[0] and "rebuilt" in again.notes[0]
-    assert pd.read_parquet(copy / name).shape == getattr(results, name.split(".")[0]).shape  # rewritten intact
+    assert pd.read_parquet(copy / name).shape == results.trials.shape  # rewritten intact
+
+
+def test_a_trial_whose_table_cannot_be_read_is_left_out_and_named(fixture_dir, results, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fixture_dir, copy)
+    damaged = results.ok["trial_id"].iloc[0]
+    (copy / "summary.parquet" / f"{damaged}.parquet").write_bytes(b"not a parquet file")
+    again = report.load_results(str(copy))
+    assert damaged not in set(again.summary["trial_id"]) and len(again.pairs) == len(results.pairs)
+    assert len(again.notes) == 1 and f"summary.parquet/{damaged}.parquet cannot be read" in again.notes[0]
 
 
 def test_trials_committed_after_the_last_merge_are_merged(fixture_dir, results, tmp_path):
@@ -382,9 +392,9 @@ def test_rebuild_notes_survive_a_library_that_disabled_existing_loggers(fixture_
     logging.disable(logging.CRITICAL)  # and what some libraries do to every logger
     copy = tmp_path / "copy"
     shutil.copytree(fixture_dir, copy)
-    (copy / "summary.parquet").write_bytes(b"not a parquet file")
+    (copy / "trials.parquet").write_bytes(b"not a parquet file")
     try:
-        assert any("summary.parquet is unreadable" in note for note in report.load_results(str(copy)).notes)
+        assert any("trials.parquet is unreadable" in note for note in report.load_results(str(copy)).notes)
     finally:
         logging.getLogger("tli.sweep.store").disabled = False
         logging.disable(logging.NOTSET)
@@ -393,12 +403,12 @@ def test_rebuild_notes_survive_a_library_that_disabled_existing_loggers(fixture_
 def test_report_says_what_was_rebuilt_or_ignored(fixture_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(fixture_dir, copy)
-    (copy / "summary.parquet").write_bytes(b"not a parquet file")
+    (copy / "trials.parquet").write_bytes(b"not a parquet file")
     (copy / "sweep_config.json").write_text("{not json")
     built = report.build_report(str(copy), str(tmp_path / "out"), n_boot=100)
     assert "17 trials done" in built.progress and "the number planned is unknown" in built.progress
     notes = [line for line in (tmp_path / "out" / "report.md").read_text().splitlines() if line.startswith("Data note")]
-    assert len(notes) == 2 and "summary.parquet is unreadable" in notes[0] and "rebuilt" in notes[0]
+    assert len(notes) == 2 and "trials.parquet is unreadable" in notes[0] and "rebuilt" in notes[0]
     assert "sweep_config.json is unreadable" in notes[1]
 
 
@@ -575,8 +585,8 @@ def test_tsne_through_trial_embeddings_on_a_tiny_model(tmp_path, tiny_llama_dir,
     from tli.sweep.flags import SweepConfig
     from tli.sweep.inputs import load_inputs
     from tli.sweep.settings import TrialSettings
-    from tli.sweep.store import ExperimentStore, pack
-    from tli.sweep.trial import WorkerCache, run_trial
+    from tli.sweep.store import ExperimentStore
+    from tli.sweep.trial import WorkerCache, pack, run_trial
 
     sweep = SweepConfig(
         model=ModelConfig(model=str(tiny_llama_dir), device="cpu"), pairs=str(small_pairs[0]), n_boot=100, drift=False

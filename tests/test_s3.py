@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,8 @@ def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path,
     assert len(trials) == 2 and trials["trial_id"].is_unique and set(trials["status"]) == {"ok"}
     assert committed[0] in set(trials["trial_id"])
     row = folder.read_json(f"trials/{committed[0]}/row.json")
-    assert row["finished_at"] == trials.set_index("trial_id").loc[committed[0], "finished_at"]  # not re-run
+    stored = trials.set_index("trial_id").loc[committed[0], "finished_at"]
+    assert pd.Timestamp(row["finished_at"]) == stored  # not re-run
 
     report = tmp_path / "report"
     command = [

@@ -9,8 +9,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 from tli import stats
+from tli.sweep import trial
+from tli.sweep.settings import TrialSettings
+from tli.sweep.store import ExperimentStore
+from tli.sweep.trial import TrialRecord, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +51,82 @@ def test_pool_similarities_shared_by_sets_give_each_sets_pair_metrics():
         csls = 2 * cos[src_index] - r_t[src_index, None] - r_s[None, :]
         np.testing.assert_array_equal(shared["hit_csls"], gold[np.arange(len(rows)), csls.argmax(axis=1)])
         assert set(shared) == set(stats.PAIR_METRICS)
+
+
+def _row(trial_id: str, objective: float, sets: tuple[str, ...]) -> dict:
+    row = TrialSettings().row() | {
+        "trial_id": trial_id,
+        "status": "ok",
+        "error": None,
+        "objective": objective,
+        "finished_at": "2026-01-01T00:00:00+00:00",
+    }
+    return row | {f"target_{name}_cosine_post": 0.5 for name in sets} | {f"target_{name}_n": 3 for name in sets}
+
+
+def _archive(trial_id: str, objective: float = 0.1, sets: tuple[str, ...] = ("trained",)) -> bytes:
+    pairs = pd.DataFrame({"set": ["trained"] * 2, "pair_id": [0, 1], "cosine_pre": [0.1, 0.2], "pos": [None, None]})
+    tables = {"summary": pd.DataFrame({"set": ["trained"], "mean_pre": [0.5]}), "pairs": pairs}
+    adapter = {"adapter_config.json": b"{}", "adapter_model.safetensors": b"x"}
+    return pack(TrialRecord(_row(trial_id, objective, sets), tables, adapter))
+
+
+def test_tables_keep_one_schema_whatever_the_sets_and_type_empty_columns(tmp_path):
+    schemas = []
+    for name, sets in (("a", ("trained",)), ("b", ("trained", "unseen", "heldout"))):
+        store = ExperimentStore(str(tmp_path / name))
+        store.commit(_archive("aaaaaaaaaaaa", sets=sets), experiment=name)
+        store.merge()
+        schemas.append(pq.read_schema(tmp_path / name / "trials.parquet").remove_metadata())
+    assert schemas[0] == schemas[1]  # polars.read_parquet("*/trials.parquet") reads both
+    assert not [f.name for f in schemas[0] if pa.types.is_null(f.type)]  # error, heldout_category: text
+    assert schemas[0].field("finished_at").type == pa.timestamp("us", tz="UTC")
+    assert schemas[0].field("target_unseen_n").type == pa.int64()
+    pairs = pq.read_table(tmp_path / "a" / "pairs.parquet")  # the dataset, as pandas or DuckDB read it
+    assert pairs.column_names[0] == "trial_id" and pairs.schema.field("pos").type == pa.string()
+    trials = pd.read_parquet(tmp_path / "b" / "trials.parquet")
+    assert trials["target_unseen_cosine_post"].iloc[0] == 0.5 and trials["target_control_cosine_post"].isna().all()
+
+
+def test_a_trial_row_names_its_code():
+    assert {"version_tli", "git_commit"} <= set(trial._provenance()) <= set(trial.trials_schema().names)
+
+
+def test_best_adapter_costs_one_comparison_per_commit(tmp_path, monkeypatch):
+    store = ExperimentStore(str(tmp_path))
+    store.commit(_archive("000000000000", 0.0), save_adapters="best")  # the first reads what is stored, once
+    monkeypatch.setattr(store, "rows", lambda: pytest.fail("rows read again"))
+    monkeypatch.setattr(store, "trial_ids", lambda: pytest.fail("trial folders walked again"))
+    scores = [0.3, 0.1, 0.5, 0.5, 0.2]
+    for index, score in enumerate(scores, 1):
+        store.commit(_archive(f"{index:012x}", score), save_adapters="best")
+    kept = sorted(p.parent.name for p in tmp_path.glob("trials/*/adapter"))
+    assert kept == [f"{3:012x}"]  # the highest objective; on a tie the first keeps it
+    again = ExperimentStore(str(tmp_path))  # a new driver finds the stored best
+    again.commit(_archive(f"{9:012x}", 0.4), save_adapters="best")
+    assert sorted(p.parent.name for p in tmp_path.glob("trials/*/adapter")) == kept
+
+
+def test_merge_reads_only_rows_committed_since_the_last(tmp_path, monkeypatch):
+    store = ExperimentStore(str(tmp_path))
+    for index in range(3):
+        store.commit(_archive(f"{index:012x}"))
+    assert len(store.merge()) == 3
+    reads = []
+    monkeypatch.setattr(store, "row", lambda trial_id: reads.append(trial_id))
+    store.commit(_archive(f"{7:012x}"))
+    trials = store.merge()
+    assert reads == [] and list(trials["trial_id"])[-1] == f"{7:012x}" and len(trials) == 4
+    assert sorted(p.name for p in (tmp_path / "pairs.parquet").iterdir()) == [f"{i:012x}.parquet" for i in (0, 1, 2, 7)]
+
+
+def test_an_older_layout_is_moved_into_the_datasets(tmp_path):
+    store = ExperimentStore(str(tmp_path))
+    store.commit(_archive("aaaaaaaaaaaa"))
+    store.merge()
+    (tmp_path / "pairs.parquet" / "aaaaaaaaaaaa.parquet").rename(tmp_path / "trials" / "aaaaaaaaaaaa" / "pairs.parquet")
+    (tmp_path / "pairs.parquet").rmdir()
+    pd.DataFrame({"stale": [1]}).to_parquet(tmp_path / "pairs.parquet")  # the merged file of the older layout
+    ExperimentStore(str(tmp_path)).merge()
+    assert list(pd.read_parquet(tmp_path / "pairs.parquet")["trial_id"]) == ["aaaaaaaaaaaa"] * 2
+    assert not (tmp_path / "trials" / "aaaaaaaaaaaa" / "pairs.parquet").exists()

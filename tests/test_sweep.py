@@ -169,14 +169,15 @@ def _record(trial_id: str, status: str = "ok", objective: float = 0.0, adapter: 
 
 def test_store_commits_merges_and_survives_a_crash(tmp_path):
     store = sweep_store.ExperimentStore(str(tmp_path))
-    store.commit(sweep_store.pack(_record("aaaaaaaaaaaa", "error")))
-    store.commit(sweep_store.pack(_record("aaaaaaaaaaaa")), experiment="x")  # an errored trial re-run
-    store.commit(sweep_store.pack(_record("bbbbbbbbbbbb", "error")))
+    store.commit(sweep_trial.pack(_record("aaaaaaaaaaaa", "error")))
+    store.commit(sweep_trial.pack(_record("aaaaaaaaaaaa")), experiment="x")  # an errored trial re-run
+    store.commit(sweep_trial.pack(_record("bbbbbbbbbbbb", "error")))
     # what a kill leaves behind: temp files of interrupted writes, a trial folder without its row, a missing merge
     (tmp_path / "trials" / "aaaaaaaaaaaa" / ".row.json.1234.tmp").write_text('{"trial_id": "aa')
     (tmp_path / "trials" / "cccccccccccc").mkdir()
-    (tmp_path / "trials" / "cccccccccccc" / "pairs.parquet").write_bytes(b"half")
+    (tmp_path / "pairs.parquet" / "cccccccccccc.parquet").write_bytes(b"half")  # tables of an uncommitted trial
     trials = store.merge()
+    assert not (tmp_path / "pairs.parquet" / "cccccccccccc.parquet").exists()
     assert list(trials["trial_id"]) == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"] and trials.columns[:4].tolist() == [
         "trial_id",
         "experiment",
@@ -186,17 +187,18 @@ def test_store_commits_merges_and_survives_a_crash(tmp_path):
     fresh = sweep_store.ExperimentStore(str(tmp_path))
     assert {row["trial_id"]: row["status"] for row in fresh.rows()} == {"aaaaaaaaaaaa": "ok", "bbbbbbbbbbbb": "error"}
     (tmp_path / "trials.parquet").unlink()
-    (tmp_path / "pairs.parquet").write_bytes(b"PAR1 not parquet")  # a corrupt merged table
     assert len(fresh.read("trials")) == 2 and len(fresh.read("pairs")) == 3
     assert list(fresh.read("train_log")["trial_id"]) == ["aaaaaaaaaaaa"]
+    (tmp_path / "pairs.parquet" / "aaaaaaaaaaaa.parquet").write_bytes(b"PAR1 not parquet")  # a corrupt table
+    assert fresh.read("pairs").empty and "pairs.parquet/aaaaaaaaaaaa.parquet cannot be read" in fresh.notes[-1]
 
 
 def test_best_adapter_policy_keeps_only_the_best_objective(tmp_path):
     store = sweep_store.ExperimentStore(str(tmp_path))
     for trial_id, score in (("aaaaaaaaaaaa", 0.1), ("bbbbbbbbbbbb", 0.3), ("cccccccccccc", 0.2)):
-        store.commit(sweep_store.pack(_record(trial_id, objective=score, adapter=True)), save_adapters="best")
+        store.commit(sweep_trial.pack(_record(trial_id, objective=score, adapter=True)), save_adapters="best")
     assert [t for t in store.trial_ids() if store.adapter_folder(t)] == ["bbbbbbbbbbbb"]
-    store.commit(sweep_store.pack(_record("dddddddddddd", objective=0.1, adapter=True)), save_adapters="all")
+    store.commit(sweep_trial.pack(_record("dddddddddddd", objective=0.1, adapter=True)), save_adapters="all")
     assert store.adapter_folder("dddddddddddd") is not None
 
 
@@ -413,7 +415,6 @@ def test_rerun_adds_no_rows_and_restores_a_killed_run(layer_smoke):
     before = pd.read_parquet(folder / "trials.parquet")
     assert _run_again(results).equals(before)  # finished trials are skipped: nothing re-run, nothing added
     (folder / "trials.parquet").unlink()  # as if killed between a trial and the merge
-    (folder / "pairs.parquet").unlink()
     (folder / ".trials.parquet.abcd.tmp").write_bytes(b"half")
     assert _run_again(results).equals(before)
     assert set(pd.read_parquet(folder / "pairs.parquet")["trial_id"]) == set(before["trial_id"])

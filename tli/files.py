@@ -161,6 +161,11 @@ class Folder:
 
         return self.fs.get_file_info(self._full(name)).type != pyarrow.fs.FileType.NotFound
 
+    def is_file(self, name: str) -> bool:
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self._full(name)).type == pyarrow.fs.FileType.File
+
     def names(self, sub: str = "") -> list[str]:
         """Names of the entries directly inside `sub` (files and folders), sorted; [] if it does not exist."""
         import pyarrow.fs
@@ -183,6 +188,12 @@ class Folder:
 
     def read_table(self, name: str) -> pd.DataFrame:
         return _readtable_bytes(self.read_bytes(name), name)
+
+    def read_parquet(self, name: str, columns: list[str] | None = None):
+        """A Parquet file as a pyarrow Table (only `columns`, when given), read without a copy in memory."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self._full(name), filesystem=self.fs, columns=columns)
 
     def write_json(self, name: str, values: Any) -> str:
         return self.write_bytes(name, (json.dumps(values, indent=2, default=str) + "\n").encode())

@@ -37,8 +37,9 @@ class Results:
 
 
 def load_results(location: str) -> Results:
-    """Read an experiment folder (a local path or a URI); a missing or unreadable merged table is rebuilt from
-    the per-trial folders and noted. TliError when the folder does not exist or holds no trial.
+    """Read an experiment folder (a local path or a URI); a missing or unreadable trials.parquet is rebuilt from
+    the per-trial rows and noted, an ok trial whose table cannot be read is left out and noted. TliError when
+    the folder does not exist or holds no trial.
     """
     store = ExperimentStore(str(location))
     if not store.folder.exists():
@@ -47,7 +48,7 @@ def load_results(location: str) -> Results:
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
     kinds = ("trials", "summary", "pairs")
     try:
-        present = {kind: store.folder.exists(f"{kind}.parquet") for kind in kinds}
+        present = store.folder.exists("trials.parquet")
         tables = {kind: store.read(kind) for kind in kinds}
         unmerged = _unmerged(store, tables["trials"])
         if unmerged:  # trials committed after the last merge (a driver killed between merges)
@@ -59,11 +60,9 @@ def load_results(location: str) -> Results:
         raise TliError(f"cannot read {store.uri}: {' '.join(str(error).split())}") from None
     if tables["trials"].empty or "status" not in tables["trials"]:
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
-    notes = store.notes + [
-        f"{kind}.parquet was missing: rebuilt from trials/"
-        for kind in kinds
-        if not present[kind] and store.folder.exists(f"{kind}.parquet")
-    ]
+    notes = store.notes
+    if not present and store.folder.exists("trials.parquet"):
+        notes.append("trials.parquet was missing: rebuilt from trials/")
     if unmerged:
         notes.append(f"the merged tables lacked {unmerged} committed trial(s): rebuilt from trials/")
     if sweep_config is None and not store.folder.exists("sweep_config.json"):

@@ -19,11 +19,11 @@ from tli.sweep.store import ExperimentStore
 from tli.sweep.trial import OUTCOMES
 
 ARCHIVE_KEY = "tli_archive"
-MERGE_SECONDS = 30  # the merged tables are refreshed at most this often while trials finish (and at the end)
+MERGE_SECONDS = 30  # trials.parquet is refreshed at most this often while trials finish (and at the end)
 
 
 class ResultSink(tune.Callback):
-    """Commits each trial's archive to the store (the driver is the one writer) and refreshes the merged tables."""
+    """Commits each trial's archive to the store (the driver is the one writer) and refreshes trials.parquet."""
 
     def __init__(self, location: str, save_adapters: str, experiment: str):
         self.location, self.save_adapters, self.experiment = location, save_adapters, experiment

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -20,7 +21,9 @@ from tli.errors import TliError
 from tli.evaluate import Lexicon, evaluation_sets
 from tli.sweep.flags import SweepConfig
 from tli.sweep.settings import TrialSettings
-from tli.sweep.store import ExperimentStore
+
+if TYPE_CHECKING:
+    from tli.sweep.store import ExperimentStore
 
 log = logging.getLogger(__name__)
 

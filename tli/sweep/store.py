@@ -2,80 +2,63 @@
 
 Layout of ``<results>/<experiment>/`` (a local folder or a URI such as ``s3://bucket/prefix/<experiment>``)::
 
-    trials/<trial_id>/summary.parquet    the trial's summary rows (set x evaluation layer)
-    trials/<trial_id>/pairs.parquet      its per-pair table
-    trials/<trial_id>/train_log.parquet  its training log (step, epoch, loss, lr, seconds)
-    trials/<trial_id>/adapter/           its PEFT adapter (with --save-adapters best or all)
-    trials/<trial_id>/row.json           its row, written LAST: its presence commits the trial
-    trials.parquet, summary.parquet,     merged views (a trial_id column added), rebuilt from trials/
-    pairs.parquet, train_log.parquet     after trials finish and whenever missing or unreadable
-    scan.parquet                         the base model's layer scan in every pooling mode
-    drift_samples.parquet                the base model's continuations that drift is measured on
-    sweep_config.json                    the resolved settings, the swept space, the planned trial count
-    tune/                                Ray Tune's own experiment folder (TensorBoard files, ...)
+    trials/<trial_id>/row.json             a trial's row, written LAST: its presence commits the trial
+    trials/<trial_id>/adapter/             its PEFT adapter (with --save-adapters best or all)
+    trials.parquet                         every committed trial's row (one schema: `trial.trials_schema`)
+    summary.parquet/<trial_id>.parquet     Parquet datasets, one file per ok trial, each with a trial_id
+    pairs.parquet/<trial_id>.parquet       column: the summary (set x evaluation layer), the per-pair table,
+    train_log.parquet/<trial_id>.parquet   the training log (step, epoch, loss, lr, seconds)
+    scan.parquet                           the base model's layer scan in every pooling mode
+    drift_samples.parquet                  the base model's continuations that drift is measured on
+    sweep_config.json                      the resolved settings, the swept space, the planned trial count
+    tune/                                  Ray Tune's own experiment folder (TensorBoard files, ...)
+
+The datasets grow by one file per table and trial, so a commit costs the same at the 5,000th trial as at
+the first and nothing is rewritten; `pandas.read_parquet("pairs.parquet")`, DuckDB's
+``read_parquet('pairs.parquet/*.parquet')`` and polars read them whole, one schema per table. Only
+trials.parquet (about 3 KB a trial) is rewritten when the driver merges the rows committed since.
 
 A trial travels from its worker to the driver as one zip archive inside its last Ray Tune report
-(`pack`); the driver `commit`s it. Every file is written atomically, so a driver killed at any moment
-leaves each file absent, old or new: the next run skips trials committed as ok, re-runs errored and
-missing ones, and never duplicates a trial_id.
+(`trial.pack`); the driver `commit`s it. Every file is written atomically, so a driver killed at any
+moment leaves each file absent, old or new: the next run skips trials committed as ok, re-runs errored
+and missing ones, and never duplicates a trial_id; its first merge reads every row.json again and drops
+dataset files of trials not committed as ok.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
 import re
 import zipfile
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tli.files import Folder
+from tli.sweep.trial import TABLES, trials_table
 
 log = logging.getLogger(__name__)
 
-TABLES = ("summary", "pairs", "train_log")
 _MEMBER = re.compile(r"row\.json|(summary|pairs|train_log)\.parquet|adapter/[\w.-]+")
 _TRIAL_ID = re.compile(r"[0-9a-f]{12}")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TrialRecord:
-    """What a trial sends back: its row, its tables and (optionally) its adapter's files."""
-
-    row: dict[str, Any]
-    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # summary, pairs, train_log
-    adapter: dict[str, bytes] = dataclasses.field(default_factory=dict)  # PEFT file name -> content
-
-
-def pack(record: TrialRecord) -> bytes:
-    """The trial's files as one zip archive: row.json, its tables as Parquet, adapter/<file>."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, table in record.tables.items():
-            table_buffer = io.BytesIO()
-            table.to_parquet(table_buffer, index=False)
-            archive.writestr(f"{name}.parquet", table_buffer.getvalue())
-        for name, content in record.adapter.items():
-            archive.writestr(f"adapter/{name}", content)
-        archive.writestr("row.json", json.dumps(record.row, default=_json_value))
-    return buffer.getvalue()
-
-
-def _json_value(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else str(value)
+_ROWS_AT_ONCE = 500  # rows turned into Arrow at a time when every row.json is read (bounds the Python objects)
 
 
 class ExperimentStore:
-    """Per-trial folders under `trials/` (the source of truth) and their merged views."""
+    """Per-trial rows under `trials/` (the source of truth), the trials table and the per-trial datasets."""
 
     def __init__(self, location: str):
         self.folder = Folder(location)
         self.notes: list[str] = []  # what reading had to rebuild or leave out, as logged (a report says it)
-        self._loaded: dict[str, tuple[str, dict[str, pd.DataFrame]]] = {}  # trial_id -> (finished_at, tables)
+        self._trials: pa.Table | None = None  # every committed row, once this process has read them (merge)
+        self._pending: list[dict[str, Any]] = []  # rows committed since the last merge
+        self._best: tuple[float, str] | None = None  # (objective, trial_id) whose adapter --save-adapters best keeps
+        self._best_known = False
 
     def _warn(self, message: str, *args: Any) -> None:
         """Log a warning and keep it in `notes`."""
@@ -86,13 +69,18 @@ class ExperimentStore:
     def uri(self) -> str:
         return self.folder.uri
 
+    @staticmethod
+    def table_name(kind: str, trial_id: str) -> str:
+        """Where one trial's table of `kind` (summary, pairs, train_log) lives."""
+        return f"{kind}.parquet/{trial_id}.parquet"
+
     # --- writing (the driver) -------------------------------------------------------------------
 
     def commit(self, archive: bytes, save_adapters: str = "none", experiment: str | None = None) -> dict[str, Any]:
         """Write a packed trial (tables and adapter first, row last); returns its row.
 
-        `save_adapters`: "all" keeps every adapter, "best" only that of the highest `objective` so far,
-        "none" none.
+        `save_adapters`: "all" keeps every adapter, "best" only that of the highest `objective` so far (one
+        comparison and at most one deletion per commit), "none" none.
         """
         with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
             members = {name: zipped.read(name) for name in zipped.namelist()}
@@ -100,66 +88,116 @@ class ExperimentStore:
         row = json.loads(members.pop("row.json"))
         if bad or not _TRIAL_ID.fullmatch(str(row.get("trial_id"))):
             raise ValueError(f"unexpected trial archive: {bad or row.get('trial_id')}")
-        trial = f"trials/{row['trial_id']}"
-        self.folder.delete(f"{trial}/row.json")  # uncommitted while its files change (a re-run errored trial)
-        self.folder.delete(f"{trial}/adapter")
+        trial_id = row["trial_id"]
+        self.folder.delete(f"trials/{trial_id}/row.json")  # uncommitted while its files change (a re-run)
+        self.folder.delete(f"trials/{trial_id}/adapter")
+        self._delete_tables(trial_id, keep=members)
         keep_adapter = save_adapters == "all" or (save_adapters == "best" and self._is_best(row))
         for name, content in members.items():
-            if keep_adapter or not name.startswith("adapter/"):
-                self.folder.write_bytes(f"{trial}/{name}", content)
+            if name.endswith(".parquet"):
+                self.folder.write_bytes(self.table_name(name.removesuffix(".parquet"), trial_id), content)
+            elif keep_adapter:
+                self.folder.write_bytes(f"trials/{trial_id}/{name}", content)
         if save_adapters == "best" and keep_adapter:
-            for other in self.trial_ids():
-                if other != row["trial_id"]:
-                    self.folder.delete(f"trials/{other}/adapter")
+            previous, self._best = self._best, (float(row["objective"]), trial_id)
+            if previous is not None and previous[1] != trial_id:
+                self.folder.delete(f"trials/{previous[1]}/adapter")
         if experiment is not None:
             row["experiment"] = experiment
-        self.write_row(row)
+        self.folder.write_json(f"trials/{trial_id}/row.json", row)
+        self._pending.append(row)
         return row
 
     def write_row(self, row: dict[str, Any]) -> None:
-        """Commit a row (alone, for a trial that failed after its retries: its old tables no longer count)."""
+        """Commit a row alone (a trial that failed after its retries): its old tables no longer count."""
+        self._delete_tables(row["trial_id"])
         self.folder.write_json(f"trials/{row['trial_id']}/row.json", row)
+        self._pending.append(row)
+
+    def _delete_tables(self, trial_id: str, keep: Iterable[str] = ()) -> None:
+        """Remove a trial's dataset files, except the kinds about to be rewritten (`keep`: archive members)."""
+        for kind in TABLES:
+            if f"{kind}.parquet" not in keep:
+                self.folder.delete(self.table_name(kind, trial_id))
 
     def _is_best(self, row: dict[str, Any]) -> bool:
+        """Whether `row` beats the best objective stored so far (found once per process, then kept)."""
         score = row.get("objective")
         if row.get("status") != "ok" or score is None or score != score:
             return False
-        others = [
-            r.get("objective") for r in self.rows() if r.get("status") == "ok" and r["trial_id"] != row["trial_id"]
-        ]
-        return all(o is None or o != o or score > o for o in others)
+        if not self._best_known:
+            self._best, self._best_known = self._stored_best(), True
+        return self._best is None or self._best[1] == row["trial_id"] or score > self._best[0]
+
+    def _stored_best(self) -> tuple[float, str] | None:
+        """The stored ok trial with the highest objective (the first on a tie); adapters of others removed."""
+        best = None
+        for row in self.rows():
+            score = row.get("objective")
+            if row.get("status") == "ok" and isinstance(score, (int, float)) and score == score:
+                if best is None or score > best[0]:
+                    best = (float(score), row["trial_id"])
+        for trial_id in self.trial_ids():  # a driver killed between keeping one adapter and removing another
+            if (best is None or trial_id != best[1]) and self.folder.exists(f"trials/{trial_id}/adapter"):
+                self.folder.delete(f"trials/{trial_id}/adapter")
+        return best
 
     def merge(self) -> pd.DataFrame:
-        """Rebuild trials/summary/pairs/train_log.parquet from trials/; returns the trials table."""
-        rows = sorted(self.rows(), key=lambda row: (str(row.get("finished_at")), row["trial_id"]))
-        trials = pd.DataFrame(rows)
-        if not trials.empty:
-            first = ["trial_id", "experiment", "status", "error"]
-            trials = trials[[c for c in first if c in trials] + [c for c in trials if c not in first]]
-        self.folder.write_table("trials.parquet", trials)
-        ok = [row for row in rows if row.get("status") == "ok"]
-        for kind in TABLES:
-            frames = [self._trial_table(row, kind) for row in ok]
-            frames = [frame for frame in frames if frame is not None]
-            if frames:
-                self.folder.write_table(f"{kind}.parquet", pd.concat(frames, ignore_index=True))
-        return trials
+        """Write trials.parquet: the rows committed since the last merge over those before (the first merge of
+        a process reads every row.json, moves tables of an older layout into the datasets and removes dataset
+        files of trials not committed as ok); returns the trials table.
+        """
+        if self._trials is None:
+            self._pending = []
+            self._trials = self._every_row()
+            self._tidy_datasets(self._trials)
+        elif self._pending:
+            fresh = trials_table(self._pending)
+            ids = pa.array(fresh["trial_id"].to_pylist())
+            kept = self._trials.filter(pa.compute.invert(pa.compute.is_in(self._trials["trial_id"], value_set=ids)))
+            self._trials = _sorted(pa.concat_tables([kept, fresh], promote_options="permissive"))
+            self._pending = []
+        buffer = io.BytesIO()
+        pq.write_table(self._trials, buffer)
+        self.folder.write_bytes("trials.parquet", buffer.getvalue())
+        return self._trials.to_pandas()
 
-    def _trial_table(self, row: dict[str, Any], kind: str) -> pd.DataFrame | None:
-        trial_id, finished = row["trial_id"], str(row.get("finished_at"))
-        if self._loaded.get(trial_id, ("", {}))[0] != finished:
-            self._loaded[trial_id] = (finished, {})
-        tables = self._loaded[trial_id][1]
-        if kind not in tables:
-            name = f"trials/{trial_id}/{kind}.parquet"
-            try:
-                frame = self.folder.read_table(name)
-            except (OSError, ValueError) as error:
-                self._warn("trial %s is ok but %s cannot be read (%s): left out", trial_id, name, error)
-                return None
+    def _every_row(self) -> pa.Table:
+        """Every committed row as one table, read in chunks of _ROWS_AT_ONCE."""
+        ids = self.trial_ids()
+        chunks = []
+        for start in range(0, len(ids), _ROWS_AT_ONCE):
+            rows = [self.row(trial_id) for trial_id in ids[start : start + _ROWS_AT_ONCE]]
+            chunks.append(trials_table([row for row in rows if row is not None]))
+        return _sorted(pa.concat_tables(chunks, promote_options="permissive") if chunks else trials_table([]))
+
+    def _tidy_datasets(self, trials: pa.Table) -> None:
+        """Dataset files only for ok trials; per-trial tables of the older layout (trials/<id>/<kind>.parquet,
+        merged files at the top) moved into the datasets.
+        """
+        ok = {t for t, s in zip(trials["trial_id"].to_pylist(), trials["status"].to_pylist()) if s == "ok"}
+        for kind in TABLES:
+            top = f"{kind}.parquet"
+            if self.folder.is_file(top):  # the merged file of the older layout
+                self.folder.delete(top)
+            for name in self.folder.names(top):
+                if name.endswith(".parquet") and name.removesuffix(".parquet") not in ok:
+                    self.folder.delete(f"{top}/{name}")
+            for trial_id in sorted(ok):
+                old = f"trials/{trial_id}/{kind}.parquet"
+                if self.folder.exists(old):
+                    self._adopt(old, kind, trial_id)
+
+    def _adopt(self, old: str, kind: str, trial_id: str) -> None:
+        try:
+            frame = self.folder.read_table(old)
+        except (OSError, ValueError) as error:
+            self._warn("trial %s is ok but %s cannot be read (%s): left out", trial_id, old, error)
+            return
+        if "trial_id" not in frame:
             frame.insert(0, "trial_id", trial_id)
-            tables[kind] = frame
-        return tables[kind]
+        self.folder.write_table(self.table_name(kind, trial_id), frame)
+        self.folder.delete(old)
 
     def write(self, name: str, value: pd.DataFrame | dict) -> str:
         """An experiment-level file (scan.parquet, drift_samples.parquet, sweep_config.json)."""
@@ -198,9 +236,14 @@ class ExperimentStore:
         return row
 
     def read(self, kind: str = "trials") -> pd.DataFrame:
-        """A merged table (trials, summary, pairs, train_log) or scan; a missing or unreadable merged table is
-        rebuilt from trials/ (with a warning); an absent scan is an empty frame.
+        """The trials table (rebuilt from trials/ with a warning when missing or unreadable), a whole dataset of
+        the ok trials (summary, pairs, train_log: `tables` reads parts of one), or an experiment-level table such
+        as scan (absent: an empty frame).
         """
+        if kind in TABLES:
+            trials = self.read("trials")
+            ok = trials[trials["status"] == "ok"]["trial_id"] if "status" in trials else []
+            return self.tables(kind, list(ok))
         name = f"{kind}.parquet"
         try:
             if self.folder.exists(name):
@@ -208,18 +251,28 @@ class ExperimentStore:
             problem = "missing"
         except (OSError, ValueError) as error:
             problem = f"unreadable ({error})"
-        if kind not in ("trials", *TABLES):
+        if kind != "trials":
             if problem != "missing":
                 self._warn("%s/%s is %s: ignored", self.uri, name, problem)
             return pd.DataFrame()
         if problem != "missing":
             self._warn("%s/%s is %s: rebuilt from %s/trials/", self.uri, name, problem, self.uri)
-        trials = self.merge()
-        return (
-            trials
-            if kind == "trials"
-            else (self.folder.read_table(name) if self.folder.exists(name) else pd.DataFrame())
-        )
+        return self.merge()
+
+    def tables(self, kind: str, trial_ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """The `kind` tables of some trials, one frame (only `columns`, when given); a trial whose file is
+        missing or unreadable is left out with a warning.
+        """
+        parts = []
+        for trial_id in trial_ids:
+            name = self.table_name(kind, trial_id)
+            try:
+                parts.append(self.folder.read_parquet(name, columns))
+            except (OSError, ValueError) as error:
+                self._warn("trial %s is ok but %s cannot be read (%s): left out", trial_id, name, _short(error))
+        if not parts:
+            return pd.DataFrame(columns=columns or ["trial_id"])
+        return pa.concat_tables(parts, promote_options="permissive").to_pandas()
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """An experiment-level JSON file, or None (with a warning) when absent or unreadable."""
@@ -234,3 +287,12 @@ class ExperimentStore:
         """The stored adapter of a trial, or None."""
         folder = self.folder.child("trials", trial_id, "adapter")
         return folder if folder.exists("adapter_model.safetensors") else None
+
+
+def _sorted(trials: pa.Table) -> pa.Table:
+    """Rows in the order trials finished (then by trial_id)."""
+    return trials.sort_by([("finished_at", "ascending"), ("trial_id", "ascending")]) if trials.num_rows else trials
+
+
+def _short(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]

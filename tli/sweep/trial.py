@@ -10,20 +10,28 @@ a lost node) propagates so Tune retries the trial.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
+import json
 import os
 import socket
 import time
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from tli.config import EvalConfig, ModelConfig
+from tli.config import EvalConfig, ModelConfig, TrainConfig
 from tli.errors import TliError
+from tli.evaluate import SETS
 from tli.sweep.inputs import ExperimentInputs, trial_sets
-from tli.sweep.settings import TrialSettings
-from tli.sweep.store import TrialRecord
+from tli.sweep.settings import TrialSettings, setting_names
 
+TABLES = ("summary", "pairs", "train_log")  # a trial's tables (beside its row)
 OUTCOMES = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")  # per trial, beside the wide metrics
 PLACES = ("target", "final")  # evaluation layers named in trial rows: the target layer and the last layer L
 WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
@@ -47,6 +55,117 @@ WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "p_at_1_centered_post": "p_at_1_centered_post",
     "p_at_1_chance": "p_at_1_chance",
 }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrialRecord:
+    """What a trial sends back: its row, its tables and (optionally) its adapter's files."""
+
+    row: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # summary, pairs, train_log
+    adapter: dict[str, bytes] = dataclasses.field(default_factory=dict)  # PEFT file name -> content
+
+
+def pack(record: TrialRecord) -> bytes:
+    """The trial's files as one zip archive: row.json, its tables as Parquet (a `trial_id` column first,
+    text columns typed as text even when empty), adapter/<file>.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, table in record.tables.items():
+            archive.writestr(f"{name}.parquet", _parquet(table, record.row["trial_id"]))
+        for name, content in record.adapter.items():
+            archive.writestr(f"adapter/{name}", content)
+        archive.writestr("row.json", json.dumps(record.row, default=_json_value))
+    return buffer.getvalue()
+
+
+def _parquet(frame: pd.DataFrame, trial_id: str) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.add_column(0, "trial_id", pa.array([trial_id] * len(frame), pa.string()))
+    for index, field in enumerate(table.schema):
+        if pa.types.is_null(field.type):  # e.g. a pos column no row fills: text, not Parquet's null type
+            table = table.set_column(index, field.name, table.column(index).cast(pa.string()))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def _json_value(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+# --- the trials table: one schema whatever the sets present ----------------------------------------
+
+ROW_FIRST = {"trial_id": pa.string(), "experiment": pa.string(), "status": pa.string(), "error": pa.string()}
+ROW_OUTCOMES = {
+    "n_train_pairs": pa.int64(),
+    "final_loss": pa.float64(),
+    "objective": pa.float64(),
+    "drift_kl_sw": pa.float64(),
+    "drift_kl_en": pa.float64(),
+    "train_seconds": pa.float64(),
+    "eval_seconds": pa.float64(),
+    "drift_seconds": pa.float64(),
+    "eval_layer_target": pa.int64(),
+    "eval_layer_final": pa.int64(),
+    "eval_layer_selection": pa.int64(),
+    "node": pa.string(),
+    "worker": pa.string(),
+    "worker_trial": pa.int64(),
+    "finished_at": pa.timestamp("us", tz="UTC"),
+    **{name: pa.string() for name in ("version_tli", "version_torch", "version_transformers", "version_peft")},
+    "version_ray": pa.string(),
+    "git_commit": pa.string(),
+}  # beside the settings: what a trial measured, where and when it ran, with which code
+
+
+_TYPES = (("bool", pa.bool_()), ("float", pa.float64()), ("int", pa.int64()))  # a setting's type hint -> Arrow
+
+
+@functools.cache
+def trials_schema() -> pa.Schema:
+    """The columns of trials.parquet: ROW_FIRST, every setting (typed by TrialSettings), ROW_OUTCOMES, then
+    `{place}_{set}_{metric}` for every place, set and WIDE_METRICS metric (null where a trial lacks the set).
+    """
+    hints = {}
+    for part in (ModelConfig, TrainConfig, TrialSettings):
+        hints |= {f.name: str(f.type) for f in dataclasses.fields(part)}
+    columns = dict(ROW_FIRST)
+    for name in setting_names():
+        typed = (kind for word, kind in _TYPES if word in hints[name])
+        columns[name] = next(typed, pa.string())
+    columns |= ROW_OUTCOMES
+    for place in PLACES:
+        for name in SETS:
+            columns |= {
+                f"{place}_{name}_{metric}": pa.int64() if metric in ("n", "n_removed") else pa.float64()
+                for metric in WIDE_METRICS
+            }
+    return pa.schema(list(columns.items()))
+
+
+def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Trial rows as one Arrow table of `trials_schema()`, then any other column the rows carry (in order of
+    first appearance; one no row fills is text).
+    """
+    frame = pd.DataFrame(rows)
+    schema = trials_schema()
+    arrays, fields = [], []
+    for field in schema:
+        values = frame[field.name] if field.name in frame else pd.Series([None] * len(frame), dtype=object)
+        if pa.types.is_timestamp(field.type):
+            values = pd.to_datetime(values, utc=True, format="ISO8601")
+        elif field.type == pa.string():
+            values = values.map(lambda v: v if v is None or isinstance(v, str) or v != v else str(v))
+        arrays.append(pa.array(values, type=field.type, from_pandas=True))
+        fields.append(field)
+    for name in frame.columns:
+        if name not in schema.names:
+            array = pa.array(frame[name], from_pandas=True)
+            arrays.append(array.cast(pa.string()) if pa.types.is_null(array.type) else array)
+            fields.append(pa.field(name, arrays[-1].type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
 class WorkerCache:
@@ -105,7 +224,11 @@ def run_trial(
     keep_adapter: bool = False,
 ) -> TrialRecord:
     """Train, evaluate and measure one trial; a TliError becomes an `error` record (nothing else is caught)."""
-    row = settings.row() | {"status": "error", "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    row = (
+        settings.row()
+        | {"status": "error", "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        | _provenance()
+    )
     try:
         record = _train_and_measure(settings, inputs, cache, on_epoch_end, keep_adapter)
     except TliError as error:  # deterministic: retrying cannot help
@@ -116,6 +239,14 @@ def run_trial(
         record,
         row=row | record.row | {"worker_trial": cache.trials, "finished_at": pd.Timestamp.now(tz="UTC").isoformat()},
     )
+
+
+@functools.cache
+def _provenance() -> dict[str, str]:
+    """The worker's library versions and git commit (`files.provenance`), once per process."""
+    from tli import files
+
+    return files.provenance()
 
 
 def _train_and_measure(

@@ -32,8 +32,8 @@ from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logge
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_drift_samples
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
-from tli.sweep.store import ExperimentStore, pack
-from tli.sweep.trial import WorkerCache, run_trial
+from tli.sweep.store import ExperimentStore
+from tli.sweep.trial import WorkerCache, pack, run_trial
 
 log = logging.getLogger(__name__)
 
