@@ -110,6 +110,25 @@ def test_default_conditions_are_the_varying_settings(results, rank_margin_dir):
     assert report.condition_columns(other.trials) == ["lora_rank", "margin", "heldout_category"]  # alpha copies rank
 
 
+def test_a_search_s_conditions_are_every_setting_it_drew(results):
+    """An Optuna-style search: rank, margin and lr drawn with each trial, so each maps one-to-one onto target_layer;
+    every one is a condition, and no trial at rank 4 / margin 0.494 is called the paper's defaults.
+    """
+    drawn = {1: (4, 0.494, 7.2e-4), 2: (8, 0.7, 1e-4), 3: (32, 0.25, 3e-4)}
+    trials = results.trials.assign(
+        lora_rank=results.trials["target_layer"].map(lambda t: drawn[t][0]),
+        lora_alpha=results.trials["target_layer"].map(lambda t: 2 * drawn[t][0]),
+        margin=results.trials["target_layer"].map(lambda t: drawn[t][1]),
+        lr=results.trials["target_layer"].map(lambda t: drawn[t][2]),
+    )
+    search = dataclasses.replace(results, trials=trials)
+    by = report.condition_columns(trials)
+    assert by == ["target_layer", "lr", "lora_rank", "margin", "pooling_train", "pooling_eval"]
+    assert report.prespecified(report.conditions(search, by), by).empty
+    text = render.markdown(sections.header(search, by))
+    assert "Conditions (`by`): target_layer, lr, lora_rank, margin, pooling_train, pooling_eval" in text
+
+
 def test_cosine_tests_use_unique_pairs_averaged_over_seeds(results, sig):
     trials = _condition(results, 2, "mean_content")
     assert sorted(trials["seed"]) == [0, 1]
@@ -482,10 +501,10 @@ def test_report_files_and_embedded_figures(built, sig):
     for name in ("significance.csv", "significance.md", "report.md", "report.html"):
         assert (built / name).stat().st_size > 500, name
     figures = sorted(f.name for f in (built / "figures").glob("*.png"))
-    assert figures == ["gain_by_layer.png", "layer_scan.png", "objective_drift.png"]
+    assert figures == ["gain_by_layer.png", "gain_by_protocol.png", "layer_scan.png", "objective_drift.png"]
     assert all(f.stat().st_size > 10_000 for f in (built / "figures").glob("*.png"))
     page = (built / "report.html").read_text()
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3 and "figures/" not in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 4 and "figures/" not in page
     assert len(pd.read_csv(built / "significance.csv")) == len(sig) == 9 * 5 * 2  # conditions x sets x eval layers
     text = (built / "report.md").read_text()
     for expected in (
@@ -498,7 +517,8 @@ def test_report_files_and_embedded_figures(built, sig):
         "*Fixed in advance* (paper as written",
         "*Selected by validation*",
         "0.3211 -> 0.4113",
-        "`hidden_states[31]`",
+        "`hidden_states[0..31]`",
+        "StanNgugi/tli_project, commit e158b76",
         "Figure skipped (t-SNE)",
         "p_at_1_chance",
         "| set ",
@@ -513,9 +533,12 @@ def test_report_files_and_embedded_figures(built, sig):
 def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):
     built = report.build_report(str(rank_margin_dir), str(tmp_path / "out"), n_boot=100)
     figures = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
-    assert figures == {"layer_scan.png", "rank_margin.png", "heldout.png"}
+    swept = {"gain_by_lora_rank.png", "gain_by_margin.png"}
+    assert figures == {"layer_scan.png", "rank_margin.png", "heldout.png", *swept}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "does not contain the condition fixed in advance" in text and not built.verdicts
+    assert "Nothing is selected, although 8 conditions have an objective: heldout_category vary" in text
+    assert "No Table 1 here: the sweep holds no condition fixed in advance and selects none" in text
     assert "8 of 8 planned trials done" in text
 
 
@@ -570,7 +593,7 @@ def test_report_html_images_load_in_headless_chromium(built, tmp_path):
         path.as_uri(),
     ]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
-    assert "<title>loaded 3 of 3</title>" in dom, dom[:300]
+    assert "<title>loaded 4 of 4</title>" in dom, dom[:300]
 
 
 # --- t-SNE through the sweep side ---------------------------------------------------------------
@@ -634,3 +657,39 @@ def test_one_report_across_experiments(tmp_path, capsys):
     assert "needs --out" in capsys.readouterr().err
     assert load_ablation("aggregate").main([str(first), str(first), "--out", str(tmp_path / "x")]) == 2
     assert "two results folders are named layers" in capsys.readouterr().err
+
+
+def test_author_note_is_computed_from_the_author_s_files(tmp_path):
+    """The paragraph's numbers are the author's files' (checked here with pandas/scipy), and follow the files."""
+    from tli.report import author
+
+    quantitative = pd.read_csv(author.FOLDER / "quantitative_results.csv")
+    trained = quantitative[quantitative["group"] == "trained"]
+    t = scipy_stats.ttest_rel(trained["sim_post_tli"], trained["sim_pre_tli"]).statistic
+    text = author.note()
+    assert "StanNgugi/tli_project, commit e158b76" in text
+    assert f"trained {trained['sim_pre_tli'].mean():.4f} -> {trained['sim_post_tli'].mean():.4f} over 623 pairs" in text
+    assert f"t = {t:.2f}" in text and "t = 54.88" in text and "t = 18.45" in text and "0.99998" in text
+    assert "`hidden_states[0..31]`" in text
+    small = quantitative.groupby("group").head(3).assign(sim_post_tli=lambda q: q["sim_pre_tli"] + [0.1, 0.2, 0.3] * 2)
+    small.to_csv(tmp_path / "quantitative_results.csv", index=False)
+    shutil.copy(author.FOLDER / "layer_alignment_results.csv", tmp_path)
+    assert "over 3 pairs, paired t = 3.46" in author.note(tmp_path)  # mean 0.2, SD 0.1: t = 0.2 / (0.1 / sqrt 3)
+    assert author.note(tmp_path / "missing") is None
+    assert author.concerns(["target_layer"]) and author.concerns(["pooling_eval"]) and not author.concerns(["margin"])
+
+
+def test_a_rank_only_sweep_draws_its_axis(tmp_path):
+    """One target layer, ranks swept: the rank figure is drawn (categorical positions), nothing joins layers."""
+    from tli.report import figures
+
+    folder = make_results(tmp_path, {"lora_rank": [4, 16], "seed": [0]}, errored=0, unfinished=0, name="rank")
+    report.build_report(str(folder), str(tmp_path / "out"), n_boot=100)
+    drawn = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
+    assert drawn == {"layer_scan.png", "gain_by_lora_rank.png"}
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Figure skipped (Gain at the target layer by target layer" in text  # the layer figure needs layers
+    assert "gain_by_lora_rank.png" in text and "Replication: the condition fixed in advance" in text
+    assert figures.swept_axes(["target_layer", "pooling_eval", "lora_rank"]) == ["lora_rank", "protocol"]
+    assert [(r.start, r.stop) for r in figures._runs(np.array([2, 17, 18]))] == [(0, 1), (1, 3)]  # 2 and 17 apart
+    assert len(set(figures.colours(12))) == 12 and len(set(figures.colours(30))) == 30

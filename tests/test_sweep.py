@@ -90,10 +90,27 @@ def test_impossible_trial_settings_are_errors(change, message):
         TrialSettings().replace(**change)
 
 
-def test_smoke_grid_keeps_two_values_per_axis_and_one_seed():
+def test_smoke_grid_keeps_two_values_per_axis_with_the_paper_s_default_and_one_seed():
     assert cut_for_smoke_test({"target_layer": list(range(1, 31)), "seed": [3, 4, 5]}) == {
         "target_layer": [1, 2],
         "seed": [3],
+    }
+    protocols = [
+        {"pooling_train": "mean", "pooling_eval": "mean", "mask_false_negatives": False},
+        {"pooling_train": "mean", "pooling_eval": "mean_content", "mask_false_negatives": False},
+        {"pooling_train": "mean", "pooling_eval": "mean_content", "mask_false_negatives": True},  # the default
+    ]
+    grid = {
+        "lora_rank": [4, 8, 16, 32],
+        "margin": [0.1, 0.2, 0.3, 0.4],
+        "protocol": protocols,
+        "heldout_category": ["a", "b", "c"],
+    }
+    assert cut_for_smoke_test(grid) == {
+        "lora_rank": [4, 16],
+        "margin": [0.1, 0.4],
+        "protocol": [protocols[0], protocols[2]],
+        "heldout_category": ["a", "b"],  # no axis value is the default (nothing held out): the first two
     }
 
 

@@ -20,6 +20,7 @@ from tli.sweep.trial import OUTCOMES
 PROTOCOL = ("pooling_train", "pooling_eval", "mask_false_negatives")  # every protocol present is reported
 MODEL = ("model", "device", "dtype", "quantization")  # every model present is reported
 NOT_CONDITIONS = ("seed", "device")  # seed: the replicate; device does not change what a trial measures
+DERIVED = {"lora_alpha": "lora_rank"}  # a setting derived from another when not set (alpha = 2 x rank)
 
 
 def _copies(a: pd.Series, b: pd.Series) -> bool:
@@ -33,17 +34,19 @@ def condition_names() -> list[str]:
 
 
 def condition_columns(trials: pd.DataFrame) -> list[str]:
-    """Trial settings that vary across the ok trials (seed excepted, and a setting that merely copies another)."""
+    """Every trial setting that varies across the ok trials: seed and device excepted, and a DERIVED setting that
+    only follows the one it derives from (lora_alpha = 2 x lora_rank). Settings that happen to vary together, as
+    every setting of a search does (each trial draws its own), are each a condition column.
+    """
     ok = trials[trials["status"] == "ok"].astype(str)
     columns: list[str] = []
     for name in condition_names():
-        if (
-            name in ok
-            and name not in NOT_CONDITIONS
-            and ok[name].nunique() > 1
-            and not any(_copies(ok[name], ok[other]) for other in columns)
-        ):
-            columns.append(name)
+        if name not in ok or name in NOT_CONDITIONS or ok[name].nunique() < 2:
+            continue
+        source = DERIVED.get(name)
+        if source in columns and _copies(ok[name], ok[source]):
+            continue
+        columns.append(name)
     return columns
 
 

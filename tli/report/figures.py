@@ -13,7 +13,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tli.evaluate import SETS
+from tli.report.conditions import PROTOCOL
+from tli.report.selection import competing
 from tli.report.significance import at_target
+from tli.report.verdict import protocol_name
 
 GAINS = {  # significance-table prefix -> label
     "": "raw cosine gain",
@@ -63,19 +66,41 @@ def label(values: dict[str, Any]) -> str:
 
 
 def _lines(rows: pd.DataFrame, others: list[str]):
-    """(label, rows) per setting of the `others` columns."""
+    """(label, rows, colour) per setting of the `others` columns, each its own colour (`colours`)."""
     if not others:
-        yield "all trials", rows
+        yield "all trials", rows, colours(1)[0]
         return
-    for key, part in rows.groupby(others, dropna=False, sort=True):
-        yield label(dict(zip(others, key))), part
+    groups = list(rows.groupby(others, dropna=False, sort=True))
+    for (key, part), colour in zip(groups, colours(len(groups))):
+        yield label(dict(zip(others, key if isinstance(key, tuple) else (key,)))), part, colour
 
 
-def _errorbar(ax, x: pd.Series, rows: pd.DataFrame, prefix: str, label: str) -> None:
-    """Gain `{prefix}diff` (the raw cosine's `mean_diff`) against x with its 95% CI."""
+def colours(n: int) -> list[tuple]:
+    """`n` distinct colours: tab10 up to 10, tab20 up to 20, else n evenly spaced on turbo (no colour repeats)."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        cycle = colormaps["tab10" if n <= 10 else "tab20"]
+        return [cycle(i) for i in range(n)]
+    return [colormaps["turbo"](x) for x in np.linspace(0.0, 1.0, n)]
+
+
+def _runs(layers: np.ndarray) -> list[slice]:
+    """Slices of ascending integer `layers` whose layers are consecutive: a line joins measured neighbours only."""
+    edges = [0, *(np.flatnonzero(np.diff(layers) != 1) + 1), len(layers)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _errorbar(ax, x: np.ndarray, rows: pd.DataFrame, prefix: str, label: str, colour, layers=None) -> None:
+    """Gain `{prefix}diff` (the raw cosine's `mean_diff`) against x with its 95% CI, as points; with `layers`
+    (ascending, one per row), lines join runs of consecutive layers, never across a layer not measured.
+    """
     mean = rows["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
     low, high = rows[f"{prefix}ci_low"].to_numpy(float), rows[f"{prefix}ci_high"].to_numpy(float)
-    ax.errorbar(x, mean, yerr=np.abs(np.vstack([mean - low, high - mean])), marker="o", ms=4, capsize=3, label=label)
+    yerr = np.abs(np.vstack([mean - low, high - mean]))
+    ax.errorbar(x, mean, yerr=yerr, marker="o", ms=4, capsize=3, ls="none", color=colour, label=label)
+    for run in _runs(np.asarray(layers)) if layers is not None else []:
+        ax.plot(np.asarray(x)[run], mean[run], color=colour, lw=1)
 
 
 def layer_scan(scan: pd.DataFrame) -> bytes | None:
@@ -124,11 +149,12 @@ def gain_by_layer(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     fig = Figure(figsize=(3.6 * len(sets), 8))
     axes = fig.subplots(len(GAINS), len(sets), sharex=True, squeeze=False)
     for column, name in enumerate(sets):
-        groups = list(_lines(rows[rows["set"] == name], others))
-        for i, (label, part) in enumerate(groups):
-            x = part["target_layer"].astype(float) + 0.08 * (i - (len(groups) - 1) / 2)
+        groups = list(_lines(rows[rows["set"] == name].sort_values("target_layer"), others))
+        for i, (label, part, colour) in enumerate(groups):
+            layers = part["target_layer"].to_numpy(int)
+            x = layers + 0.08 * (i - (len(groups) - 1) / 2)
             for r, prefix in enumerate(GAINS):
-                _errorbar(axes[r, column], x, part, prefix, label)
+                _errorbar(axes[r, column], x, part, prefix, label, colour, layers)
         axes[0, column].set_title(f"{name} set")
         axes[-1, column].set_xlabel("target layer")
         axes[-1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -142,28 +168,109 @@ def gain_by_layer(sig: pd.DataFrame, by: list[str]) -> bytes | None:
 
 
 def objective_and_drift(conds: pd.DataFrame, by: list[str]) -> bytes | None:
-    """Validation objective (mean, SD over seeds) and drift (KL, Swahili and English prompts) by target layer."""
+    """Validation objective (mean, SD over seeds) of the conditions whose objectives compare (`competing`: others
+    are on other scales, so not on this axis) and drift (KL, Swahili and English prompts) of all, by target layer.
+    """
     if "target_layer" not in by or conds.empty:
         return None
     others = [c for c in by if c != "target_layer"]
+    compared = set(competing(conds).index)
     fig = Figure(figsize=(10, 3.8))
     objective, drift = fig.subplots(1, 2, sharex=True)
-    for label, part in _lines(conds.sort_values("target_layer"), others):
-        x = part["target_layer"].astype(float)
-        drawn = objective.errorbar(
-            x, part["objective"], yerr=part["objective_sd"].fillna(0), marker="o", ms=4, capsize=3, label=label
-        )
+    for label, part, colour in _lines(conds.sort_values("target_layer"), others):
+        layers = part["target_layer"].to_numpy(int)
+        shown = part.index.isin(compared)
+        if shown.any():
+            objective.errorbar(
+                layers[shown],
+                part["objective"][shown],
+                yerr=part["objective_sd"][shown].fillna(0),
+                marker="o",
+                ms=4,
+                capsize=3,
+                ls="none",
+                color=colour,
+                label=label,
+            )
         for language, style in (("sw", "-"), ("en", "--")):
             if f"drift_kl_{language}" in part:
-                drift.plot(x, part[f"drift_kl_{language}"], style, marker="o", ms=3, color=drawn.lines[0].get_color())
+                kl = part[f"drift_kl_{language}"].to_numpy(float)
+                drift.plot(layers, kl, marker="o", ms=3, ls="none", color=colour)
+                for run in _runs(layers):
+                    drift.plot(layers[run], kl[run], style, color=colour, lw=1)
     objective.set(
         xlabel="target layer",
         ylabel="validation centred-gap gain (± SD over seeds)",
-        title="selection objective (validation set, fixed layer)",
+        title="selection objective (conditions that compete)" if compared else "objectives on other scales: not drawn",
     )
     drift.set(xlabel="target layer", ylabel="KL(base || TLI), next-token", title="drift (solid: sw, dashed: en)")
     objective.xaxis.set_major_locator(MaxNLocator(integer=True))
-    objective.legend(fontsize=7)
+    if compared:
+        objective.legend(fontsize=7)
+    return png(fig)
+
+
+def axis_values(rows: pd.DataFrame, axis: str) -> pd.Series:
+    """Each row's value on a swept axis: the setting itself, or for "protocol" its name (`protocol_name` when
+    the three protocol settings are columns, else the protocol settings that are).
+    """
+    if axis != "protocol":
+        return rows[axis]
+    present = [c for c in PROTOCOL if c in rows]
+    if len(present) == len(PROTOCOL):
+        return pd.Series([protocol_name(*values) for values in rows[present].itertuples(index=False)], rows.index)
+    named = [label(dict(zip(present, values))) for values in rows[present].itertuples(index=False)]
+    return pd.Series(named, rows.index)
+
+
+def swept_axes(by: list[str]) -> list[str]:
+    """The axes that get a `gain_by_axis` figure: every condition column but target_layer and heldout_category (their
+    own figures), the protocol settings as one axis "protocol".
+    """
+    axes = [c for c in by if c not in ("target_layer", "heldout_category", *PROTOCOL)]
+    return axes + (["protocol"] if any(c in by for c in PROTOCOL) else [])
+
+
+def _order(values: pd.Series) -> list:
+    """The distinct values of an axis in order: numbers ascending, other values as strings ascending."""
+    distinct = values.dropna().unique().tolist()
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in distinct):
+        return sorted(distinct)
+    return sorted(map(str, distinct))
+
+
+def gain_by_axis(sig: pd.DataFrame, by: list[str], axis: str) -> bytes | None:
+    """Per set (columns): raw cosine, gap and centred-gap gains (rows) with 95% CIs at the target layer, at each
+    value of one swept axis (categorical positions, points only: nothing is drawn between values not measured),
+    one colour per setting of the other condition columns.
+    """
+    rows = at_target(sig)
+    if rows.empty or axis not in swept_axes(by):
+        return None
+    rows = rows.assign(_value=axis_values(rows, axis))
+    values = _order(rows["_value"])
+    position = {str(v): i for i, v in enumerate(values)}
+    others = [c for c in by if c not in (PROTOCOL if axis == "protocol" else (axis,))]
+    sets = [s for s in SETS if not s.endswith("_all") and (rows["set"] == s).any()]
+    fig = Figure(figsize=(max(3.6, 0.6 * len(values) + 1.5) * len(sets), 8))
+    axes = fig.subplots(len(GAINS), len(sets), sharex=True, squeeze=False)
+    for column, name in enumerate(sets):
+        groups = list(_lines(rows[rows["set"] == name], others))
+        width = 0.6 / max(1, len(groups))
+        for i, (label, part, colour) in enumerate(groups):
+            x = part["_value"].astype(str).map(position).to_numpy(float) + width * (i - (len(groups) - 1) / 2)
+            for r, prefix in enumerate(GAINS):
+                _errorbar(axes[r, column], x, part, prefix, label, colour)
+        axes[0, column].set_title(f"{name} set")
+        axes[-1, column].set_xticks(range(len(values)))
+        axes[-1, column].set_xticklabels([str(v) for v in values], rotation=30, ha="right")
+        axes[-1, column].set_xlabel(axis)
+        for ax in axes[:, column]:
+            ax.axhline(0, color="grey", lw=0.6)
+    for r, name in enumerate(GAINS.values()):
+        axes[r, 0].set_ylabel(f"{name}\n(95% CI)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"gain at the target layer by {axis}, pairs averaged over seeds")
     return png(fig)
 
 
@@ -204,12 +311,12 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     width = 0.8 / len(groups)
     fig = Figure(figsize=(max(7.0, 0.9 * len(categories) + 2), 7))  # panels stacked: the width grows with categories
     for ax, prefix in zip(fig.subplots(2, 1, sharex=True), ("", "centered_gap_")):
-        for i, (label, part) in enumerate(groups):
+        for i, (label, part, colour) in enumerate(groups):
             part = part.set_index(part["heldout_category"].astype(str)).reindex(categories)
             x = np.arange(len(categories)) + (i - (len(groups) - 1) / 2) * width
             mean = part["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
             err = np.abs(np.vstack([mean - part[f"{prefix}ci_low"], part[f"{prefix}ci_high"] - mean]))
-            ax.bar(x, mean, width, yerr=err, capsize=3, label=label)
+            ax.bar(x, mean, width, yerr=err, capsize=3, label=label, color=colour)
         ax.set(xticks=range(len(categories)), ylabel=f"{GAINS[prefix]} (95% CI)")
         ax.axhline(0, color="grey", lw=0.6)
     fig.axes[1].set_xticklabels(categories, rotation=30, ha="right")

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tli.report import figures, render, verdict
+from tli.report import author, figures, render, verdict
 from tli.report.conditions import PROTOCOL, defaults_of, prespecified, unlike_defaults
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
 from tli.report.render import Plot
 from tli.report.results import Results, progress_line
-from tli.report.selection import tied
+from tli.report.selection import COMPARABLE, tied
 from tli.report.significance import at_target, rows_of
 from tli.report.training import MARGIN_TOLERANCE, loss_at_margin
+from tli.sweep.settings import TrialSettings
 
 LEGEND = (
     "One row per condition x set x evaluation layer; `n` counts unique pairs. `mean_pre`/`mean_post` mean cosine, "
@@ -164,7 +165,8 @@ def replication(results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: li
                 + ".",
             )
         )
-    return blocks + [("p", verdict.AUTHOR_NOTE)], table
+    told = author.note() if author.concerns(by) else None
+    return blocks + ([("p", told)] if told else []), table
 
 
 def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.Series | None) -> list[render.Block]:
@@ -182,7 +184,7 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
         ),
     ]
     if chosen is None:
-        return blocks + [("p", "No comparable condition has a validation objective: nothing is selected.")]
+        return blocks + [("p", _why_none_selected(conds))]
     also = any(label(c, by) == label(chosen, by) for c in _fixed_in_advance(conds, by))
     blocks.append(
         (
@@ -195,6 +197,20 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
     )
     shown = [*by, "n_trials", "n_seeds", "objective", "objective_sd", "final_loss", "drift_kl_sw", "drift_kl_en"]
     return blocks + [("table", conds[[c for c in shown if c in conds]])]
+
+
+def _why_none_selected(conds: pd.DataFrame) -> str:
+    """Why no condition is selected: no objective at all, or objectives on other scales only."""
+    measured = "objective" in conds and conds["objective"].notna().any()
+    if not measured:
+        return "No condition has a validation objective (no trial measured one): nothing is selected."
+    varying = [c for c in COMPARABLE if c in conds and conds[c].astype(str).nunique() > 1]
+    defaults = ", ".join(f"{c}={getattr(TrialSettings(), c)}" for c in varying)
+    return (
+        f"Nothing is selected, although {int(conds['objective'].notna().sum())} conditions have an objective: "
+        f"{' and '.join(varying)} vary, so their objectives are measured on other scales or other validation sets, "
+        f"and no condition is at the paper's default of them ({defaults}) to compete."
+    )
 
 
 def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
@@ -241,6 +257,14 @@ def paper_tables(
             "corresponds to `control_all`, `control` leaves out rows sharing a word with the training pairs.",
         ),
     ]
+    if not _fixed_in_advance(conds, by) and chosen is None:
+        blocks.append(
+            (
+                "p",
+                "No Table 1 here: the sweep holds no condition fixed in advance and selects none (see above); every "
+                "condition's numbers are in the significance table below.",
+            )
+        )
     for condition in _fixed_in_advance(conds, by):
         blocks += [
             ("p", f"*Fixed in advance* ({_protocol(condition)}; {label(condition, by)}):"),
@@ -293,7 +317,7 @@ def plots(
         Plot(
             "objective_drift.png",
             figures.objective_and_drift(conds, by),
-            "Validation objective and drift by target layer",
+            "Validation objective (of the conditions that compete for selection) and drift by target layer",
             "target_layer does not vary",
         ),
         Plot(
@@ -307,6 +331,16 @@ def plots(
             figures.heldout(sig, by),
             "Gains on each held-out category (trained on all the others)",
             "no held-out category varies",
+        ),
+        *(
+            Plot(
+                f"gain_by_{axis}.png",
+                figures.gain_by_axis(sig, by, axis),
+                f"Gain at the target layer by {axis}: raw cosine, gap over mismatched pairs, centred gap, with 95% "
+                "CIs, per set",
+                "no condition has one target layer",
+            )
+            for axis in figures.swept_axes(by)
         ),
         tsne,
     ]

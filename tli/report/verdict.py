@@ -36,16 +36,6 @@ RULE = (
     "(non-translations rose as much). A gain that does not hold is not shown absent: it was not detectable above "
     "its `*_mde` (80% power)."
 )
-AUTHOR_NOTE = (
-    "What the author's code shows and the paper does not say. The paper's Table 1 is measured at layer 2, the "
-    "training layer: the per-pair cosines of the author's `quantitative_results.csv` reproduce it (trained "
-    "0.3211 -> 0.4113 over 623 pairs, paired t = 54.88; control 0.3143 -> 0.4033 over 63 pairs, t = 18.45). At "
-    "the same layer the author's `layer_alignment_results.csv` gives 0.99998, the BOS-dominated mean pooling of "
-    "the paper's Figure 1: Table 1's cosines near 0.3 come from another pooling, the author's evaluation leaving "
-    'special tokens out (`mean_content`). The author\'s "layer 31" (the last row of that file, layers 0-31) is '
-    "`hidden_states[31]`, one block before the final norm: a 32-block model's last hidden state, after the norm, "
-    "is `hidden_states[32]`."
-)
 
 
 def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: bool | None) -> str:

@@ -64,8 +64,9 @@ class SweepConfig:
     )
     smoke_test: bool = setting(
         False,
-        "a tiny sweep: 16 trained + 6 control pairs, 2 values per axis, one seed, 1 epoch, 200 resamples: "
-        "about a minute on 2 idle cores, 2-3 minutes when they are busy (layer sweep: 144 s at load 17)",
+        "a tiny sweep: 16 trained + 6 control pairs, 2 values per axis (the paper's default among them), one seed, "
+        "1 epoch, 200 resamples: about a minute on 2 idle cores, 2-3 minutes when they are busy (layer sweep: 144 s "
+        "at load 17)",
     )
     verbose: bool = setting(False, "log details and show the workers' output", flags=("-v",))
 

@@ -145,8 +145,26 @@ def swept_names(grid: dict[str, Axis]) -> list[str]:
 
 
 def cut_for_smoke_test(grid: dict[str, Axis], values_per_axis: int = 2) -> dict[str, Axis]:
-    """The first `values_per_axis` values of each axis (one seed)."""
-    return {name: list(values)[: 1 if name == "seed" else values_per_axis] for name, values in grid.items()}
+    """Per axis, `values_per_axis` values in the axis' order: the paper's default (`TrialSettings()`) where the axis
+    has it, then the first others; one seed. So a smoke test's report holds the condition fixed in advance.
+    """
+    defaults = TrialSettings().row()
+
+    def is_default(name: str, value: Any) -> bool:
+        return all(
+            k in defaults and defaults[k] == v for k, v in (value if isinstance(value, dict) else {name: value}).items()
+        )
+
+    cut = {}
+    for name, values in grid.items():
+        values = list(values)
+        if name == "seed":
+            cut[name] = values[:1]
+            continue
+        default = [i for i, value in enumerate(values) if is_default(name, value)][:1]
+        others = [i for i in range(len(values)) if i not in default][: values_per_axis - len(default)]
+        cut[name] = [values[i] for i in sorted(default + others)]
+    return cut
 
 
 def check_axes(grid: dict[str, Axis]) -> None:
