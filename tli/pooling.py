@@ -2,7 +2,9 @@
 
 Pooling modes (weights over the positions of one word, [batch, pos]):
   mean            every attended token, special tokens included (the paper's scan and training)
-  mean_content    special tokens (BOS/EOS) excluded (the author's evaluation)
+  mean_content    the tokens the tokenizer added (its special-tokens mask: BOS/EOS) excluded; the author's
+                  evaluation drops the ids of BOS, EOS and pad wherever they occur: the same on the
+                  paper's words for both embedded models, not for every tokenizer or word
   mean_skip_first position 0 excluded, whatever it is (the attention-sink control); a word of a
                   single token keeps that token (there is nothing else to pool)
   last            the last content (non-special) token
