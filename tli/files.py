@@ -190,10 +190,13 @@ class Folder:
         return _readtable_bytes(self.read_bytes(name), name)
 
     def read_parquet(self, name: str, columns: list[str] | None = None):
-        """A Parquet file as a pyarrow Table (only `columns`, when given), read without a copy in memory."""
+        """A Parquet file as a pyarrow Table: only those of `columns` it has, when given (all otherwise)."""
         import pyarrow.parquet as pq
 
-        return pq.read_table(self._full(name), filesystem=self.fs, columns=columns)
+        with self.fs.open_input_file(self._full(name)) as handle:
+            file = pq.ParquetFile(handle)
+            names = file.schema_arrow.names
+            return file.read(columns=None if columns is None else [c for c in columns if c in names])
 
     def write_json(self, name: str, values: Any) -> str:
         return self.write_bytes(name, (json.dumps(values, indent=2, default=str) + "\n").encode())

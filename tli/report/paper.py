@@ -25,7 +25,8 @@ def table2(results: Results, trial_ids: list[str], k: int = 10) -> pd.DataFrame:
     averaged over `trial_ids` (a condition's seeds); sets ending in _all are left out (their pairs repeat).
     """
     trials = results.ok[results.ok["trial_id"].isin(trial_ids)][["trial_id", "target_layer"]]
-    pairs = results.pairs.merge(trials, on="trial_id")
+    columns = ["set", "eval_layer", "pair_id", "swahili", "english", "category", "cosine_pre", "cosine_post"]
+    pairs = results.tables("pairs", list(trials["trial_id"]), columns).merge(trials, on="trial_id")
     pairs = pairs[(pairs["eval_layer"] == pairs["target_layer"]) & ~pairs["set"].str.endswith("_all")]
     keys = ["set", "pair_id", "swahili", "english", "category"]
     means = pairs.groupby(keys, dropna=False)[["cosine_pre", "cosine_post"]].mean().reset_index()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,19 +14,43 @@ from tli.sweep.store import ExperimentStore
 
 @dataclass
 class Results:
-    """The tables of one experiment folder, and what had to be rebuilt or ignored to read them."""
+    """The tables of one experiment folder (or several: `combine`), and what had to be rebuilt or ignored to read
+    them. The per-trial tables stay in their files until asked for: `tables` reads some trials' columns.
+    """
 
     uri: str
     trials: pd.DataFrame  # every committed trial, ok and errored
-    summary: pd.DataFrame  # ok trial x set x evaluation layer
-    pairs: pd.DataFrame  # ok trial x set x evaluation layer x pair
     scan: pd.DataFrame  # the base model's layer scan, every pooling mode (empty until written)
     sweep_config: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # tables rebuilt, files ignored (said in report.md)
     name: str = ""  # the experiment: its folder's name (set from `uri` when not given)
+    stores: dict[str, ExperimentStore] = field(default_factory=dict)  # trial_id prefix -> the store holding it
 
     def __post_init__(self):
         self.name = self.name or self.uri.rstrip("/").rsplit("/", 1)[-1]
+
+    def tables(self, kind: str, trial_ids, columns: list[str] | None = None) -> pd.DataFrame:
+        """The `kind` tables (summary, pairs) of some trials, one frame: only those of `columns` the files have
+        (all when None); a file that cannot be read is left out and noted.
+        """
+        frames = []
+        for prefix, store in self.stores.items():
+            ids = [t.removeprefix(prefix) for t in trial_ids if t.startswith(prefix) and "/" not in t[len(prefix) :]]
+            before = len(store.notes)
+            frame = store.tables(kind, ids, None if columns is None else ["trial_id", *columns])
+            self.notes += [f"{prefix.rstrip('/')}: {note}" if prefix else note for note in store.notes[before:]]
+            frames.append(frame.assign(trial_id=prefix + frame["trial_id"].astype(str)) if prefix else frame)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    @functools.cached_property
+    def summary(self) -> pd.DataFrame:
+        """Every ok trial x set x evaluation layer (read whole: for small experiments and tests)."""
+        return self.tables("summary", list(self.ok["trial_id"]))
+
+    @functools.cached_property
+    def pairs(self) -> pd.DataFrame:
+        """Every ok trial x set x evaluation layer x pair (read whole: for small experiments and tests)."""
+        return self.tables("pairs", list(self.ok["trial_id"]))
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -46,28 +71,26 @@ def load_results(location: str) -> Results:
         raise TliError(f"results folder {store.uri} does not exist")
     if not store.trial_ids() and not store.folder.exists("trials.parquet"):
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
-    kinds = ("trials", "summary", "pairs")
     try:
         present = store.folder.exists("trials.parquet")
-        tables = {kind: store.read(kind) for kind in kinds}
-        unmerged = _unmerged(store, tables["trials"])
+        trials = store.read("trials")
+        unmerged = _unmerged(store, trials)
         if unmerged:  # trials committed after the last merge (a driver killed between merges)
-            store.merge()
-            tables = {kind: store.read(kind) for kind in kinds}
+            trials = store.merge()
         sweep_config = store.read_json("sweep_config.json")
         scan = store.read("scan")
     except OSError as error:
         raise TliError(f"cannot read {store.uri}: {' '.join(str(error).split())}") from None
-    if tables["trials"].empty or "status" not in tables["trials"]:
+    if trials.empty or "status" not in trials:
         raise TliError(f"no trial in {store.uri} (has the sweep finished a trial yet?)")
-    notes = store.notes
+    notes = list(store.notes)
     if not present and store.folder.exists("trials.parquet"):
         notes.append("trials.parquet was missing: rebuilt from trials/")
     if unmerged:
         notes.append(f"the merged tables lacked {unmerged} committed trial(s): rebuilt from trials/")
     if sweep_config is None and not store.folder.exists("sweep_config.json"):
         notes.append("no sweep_config.json: the number of planned trials is unknown")
-    return Results(store.uri, tables["trials"], tables["summary"], tables["pairs"], scan, sweep_config, notes)
+    return Results(store.uri, trials, scan, sweep_config, notes, stores={"": store})
 
 
 def combine(parts: list[Results]) -> Results:
@@ -86,10 +109,6 @@ def combine(parts: list[Results]) -> Results:
             return table
         return table.assign(trial_id=name + "/" + table["trial_id"].astype(str))
 
-    tables = {
-        kind: pd.concat([tag(getattr(part, kind), part.name) for part in parts], ignore_index=True)
-        for kind in ("summary", "pairs")
-    }
     trials = pd.concat([tag(part.trials, part.name).assign(experiment=part.name) for part in parts], ignore_index=True)
     planned = [planned_trials(part) for part in parts]
     scans = [part.scan for part in parts if not part.scan.empty]
@@ -97,12 +116,11 @@ def combine(parts: list[Results]) -> Results:
     return Results(
         ", ".join(part.uri for part in parts),
         trials,
-        tables["summary"],
-        tables["pairs"],
         parts[0].scan if scan is None else scan,
         {"planned": sum(planned)} if None not in planned else None,
         [f"{part.name}: {note}" for part in parts for note in part.notes],
         name=" + ".join(names),
+        stores={f"{part.name}/": part.stores[""] for part in parts},
     )
 
 

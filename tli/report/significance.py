@@ -20,6 +20,8 @@ from tli.report.conditions import check_by, condition_columns, groups, same
 from tli.report.results import Results
 
 PAIR_METRICS = [f"{m}_{when}" for m in stats.PAIR_METRICS if m != "chance" for when in ("pre", "post")] + ["chance"]
+PAIR_COLUMNS = ["set", "eval_layer", "pair_id", "swahili", *PAIR_METRICS]  # what the table reads of pairs.parquet
+SUMMARY_COLUMNS = ["set", "eval_layer", "n_removed", "n_candidates"]  # ... and of summary.parquet
 
 
 def _layer_roles(trials: pd.DataFrame, layer: int) -> str:
@@ -136,12 +138,13 @@ def significance_table(
     by = condition_columns(results.trials) if by is None else list(by)
     check_by(by, results.trials)
     empty = pd.DataFrame(columns=[*by, *FIRST_COLUMNS])
-    if results.ok.empty or results.pairs.empty or results.summary.empty:
+    if results.ok.empty:
         return empty
     frames = []
-    for values, trials in groups(results.ok, by):
-        ids = set(trials["trial_id"])
-        pairs, summary = (t[t["trial_id"].isin(ids)] for t in (results.pairs, results.summary))
+    for values, trials in groups(results.ok, by):  # each condition's files, its columns only: memory per condition
+        ids = list(trials["trial_id"])
+        pairs = results.tables("pairs", ids, PAIR_COLUMNS)
+        summary = results.tables("summary", ids, SUMMARY_COLUMNS)
         if len(pairs) and len(summary):
             frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
     if not frames:
@@ -158,8 +161,10 @@ def significance_table(
 def rows_of(sig: pd.DataFrame, condition: pd.Series, by: list[str]) -> pd.DataFrame:
     """The significance rows of one condition (a row of `conditions`)."""
     mask = np.ones(len(sig), dtype=bool)
-    for c in by:
-        mask &= np.array([same(v, condition[c]) for v in sig[c]], dtype=bool)
+    for c in by:  # `same` once per distinct value of the column, not once per row
+        codes, uniques = pd.factorize(sig[c])
+        matches = np.array([same(value, condition[c]) for value in uniques] + [same(None, condition[c])], dtype=bool)
+        mask &= matches[codes]  # code -1 (a missing value) picks the last entry
     return sig[mask]
 
 
