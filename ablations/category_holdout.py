@@ -11,7 +11,8 @@ import sys
 
 from tli.config import setting
 from tli.errors import TliError
-from tli.sweep.flags import TargetLayerFlags, main_for
+from tli.sweep.flags import TargetLayerFlags
+from tli.sweep.script import main_for
 
 
 @dataclasses.dataclass(frozen=True)

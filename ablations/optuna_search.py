@@ -13,7 +13,7 @@ import dataclasses
 import sys
 
 from tli.config import setting
-from tli.sweep.flags import main_for
+from tli.sweep.script import main_for
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from tli.sweep.flags import TargetLayerFlags, main_for
+from tli.sweep.flags import TargetLayerFlags
+from tli.sweep.script import main_for
 
 PROTOCOLS = [
     {"pooling_train": "mean", "pooling_eval": "mean", "mask_false_negatives": False},

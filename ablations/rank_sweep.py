@@ -6,7 +6,8 @@ import dataclasses
 import sys
 
 from tli.config import setting
-from tli.sweep.flags import TargetLayerFlags, main_for
+from tli.sweep.flags import TargetLayerFlags
+from tli.sweep.script import main_for
 
 
 @dataclasses.dataclass(frozen=True)

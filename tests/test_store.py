@@ -154,3 +154,25 @@ def test_the_significance_table_read_by_condition_matches_the_one_of_merged_tabl
             np.testing.assert_allclose(table[column].astype(float), before[column], rtol=1e-9, err_msg=column)
         else:
             assert (table[column].astype(str) == before[column].astype(str)).all(), column
+
+
+def test_the_sweep_package_reads_top_down():
+    """No import circle inside tli.sweep, lazy imports included (type hints aside): each module imports only
+    modules above it.
+    """
+    import ast
+
+    order = ["settings", "flags", "inputs", "trial", "store", "callbacks", "tuner", "script", "replay"]
+    for index, name in enumerate(order):
+        tree = ast.parse((ROOT / "tli" / "sweep" / f"{name}.py").read_text())
+        tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")]
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {
+            f"tli.sweep.{alias.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "tli.sweep"
+            for alias in node.names
+        }
+        below = {f"tli.sweep.{other}" for other in order[index:]}
+        assert not imported & below, f"{name} imports {sorted(imported & below)}"
+    assert sorted(p.stem for p in (ROOT / "tli" / "sweep").glob("*.py")) == sorted([*order, "__init__"])

@@ -7,6 +7,7 @@
   store     the experiment's files on a local disk or an object store, written by the driver alone
   tuner     Ray Tune plumbing: the trainable and what it reports, checks before Ray starts, `run_sweep`
   callbacks the driver's Tune callbacks: commit each trial's files, progress, loggers; the final table
+  script    `main_for`: what every ablation script runs (parse, then `tuner.run_sweep`)
   replay    a stored trial again, before and after its adapter (the report's t-SNE figure)
 
 Nothing here imports Ray or torch at import time: every ablation script answers `--help` at once.

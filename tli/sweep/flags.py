@@ -1,21 +1,17 @@
 """`SweepConfig`: the settings every ablation script shares, and the command line generated from them.
 
 A script adds its own axis flags as a small frozen dataclass (`script_flags`), through the same
-generator, and calls `main_for`. Parsing imports neither Ray nor torch: `--help` answers at once.
+generator, and calls `tli.sweep.script.main_for`. Parsing imports neither Ray nor torch: `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tli import config as configs
 from tli.config import MAX_LAYER, ModelConfig, TrainConfig, setting
-from tli.errors import run_command
 from tli.sweep.settings import TrialSettings
 
 CALLBACKS = ("tensorboard", "mlflow", "wandb")
@@ -104,38 +100,3 @@ def sweep_parser(description: str | None, experiment: str, script_flags: type | 
     if script_flags is not None:
         configs.add_arguments(parser, script_flags)
     return parser
-
-
-def main_for(
-    argv: list[str] | None,
-    description: str | None,
-    experiment: str,
-    grid: Callable[[SweepConfig, Any, Any], dict] | None = None,
-    script_flags: type | None = None,
-    search: Callable[[SweepConfig, Any, Any], Any] | None = None,
-) -> int:
-    """Run an ablation script: parse, then `run_sweep` with `grid(config, flags, inputs)` (flat setting ->
-    values) or `search(config, flags, inputs)` (a `tuner.Search`).
-
-    Returns 0, or 2 after one line on stderr for a bad input (and when every trial failed).
-    """
-    parser = sweep_parser(description, experiment, script_flags)
-    args = parser.parse_or_exit_code(argv)
-    if isinstance(args, int):
-        return args
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-
-    def command() -> None:
-        from tli.sweep import tuner
-
-        config = configs.from_namespace(SweepConfig, args, model=configs.from_namespace(ModelConfig, args))
-        flags = configs.from_namespace(script_flags, args) if script_flags is not None else None
-        tuner.run_sweep(
-            grid and (lambda inputs: grid(config, flags, inputs)),
-            config,
-            search and (lambda inputs: search(config, flags, inputs)),
-        )
-
-    return run_command(parser.prog, command)
