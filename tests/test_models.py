@@ -669,7 +669,7 @@ def test_evaluate_defaults_to_the_adapter_model(
             )
             == 0
         )
-        assert {p.name for p in output.iterdir()} == {"summary.csv", "pairs.csv"}
+        assert {p.name for p in output.iterdir()} == {"summary.csv", "pairs.csv", "evaluation.json"}
     assert "mean_diff" in capsys.readouterr().out
 
 
