@@ -54,6 +54,13 @@ def fixture_inputs() -> ExperimentInputs:
     return ExperimentInputs(pairs, unseen)
 
 
+def lexicon(inputs: ExperimentInputs) -> evaluate.Lexicon:
+    """The experiment's pool with made-up token counts (2 or 3 by the English word's position), as a tokenizer
+    would give them.
+    """
+    return inputs.lexicon.with_tokens([2 + j % 2 for j in range(len(inputs.lexicon.english))])
+
+
 def base_pool(lexicon: evaluate.Lexicon) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{layer: (Swahili pool, English pool)} of the 'base model', the same for every trial."""
     english = {word: i for i, word in enumerate(lexicon.english)}
@@ -105,7 +112,7 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
     t = settings.train.target_layer
     layers = sorted({t, N_LAYERS})
     post = _post(pool, inputs.lexicon, sets, settings, rng)
-    pairs = evaluate.pair_table(sets, inputs.lexicon, {k: pool[k] for k in layers}, {k: post[k] for k in layers})
+    pairs = evaluate.pair_table(sets, lexicon(inputs), {k: pool[k] for k in layers}, {k: post[k] for k in layers})
     config = EvalConfig(
         pooling=settings.pooling_eval, n_boot=settings.n_boot, seed=settings.train.seed, layers=tuple(layers)
     )
@@ -141,7 +148,7 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
 
 def scan_table(inputs: ExperimentInputs, pool) -> pd.DataFrame:
     """The base model's 'layer scan' in two pooling modes (the second one shifted a little)."""
-    located = inputs.lexicon.locate(pd.concat([inputs.pairs, inputs.unseen]))
+    located = lexicon(inputs).locate(pd.concat([inputs.pairs, inputs.unseen]))
     rows = []
     for mode, shift in (("mean", 3.0), ("mean_content", 0.0)):
         for layer, (sw, en) in pool.items():

@@ -31,6 +31,18 @@ def test_pool_is_a_weighted_mean():
     torch.testing.assert_close(pooling.pool(hidden, weights), torch.stack([hidden[0, :2].mean(0), hidden[1, 2]]))
 
 
+def test_token_counts_are_the_positions_mean_pools(tiny_llama):
+    """A word's token count n is what `mean` pools: its first position (the sink) weighs 1 / n."""
+    _, tokenizer = tiny_llama
+    words = ["bahari", "a", "kitabu cha mwalimu", "habari za asubuhi"]
+    counts = pooling.token_counts(tokenizer, words)
+    encoded = pooling.tokenize(tokenizer, words)
+    np.testing.assert_array_equal(counts, encoded["attention_mask"].sum(dim=1).numpy())
+    weights = pooling.pooling_weights(encoded["attention_mask"], encoded["special_tokens_mask"], "mean")
+    np.testing.assert_allclose(weights[:, 0].numpy(), 1 / counts)
+    assert counts.dtype == np.int64 and counts[1] < counts[2]
+
+
 @pytest.mark.parametrize("mode", pooling.POOLING_MODES)
 def test_batched_embeddings_equal_one_word_at_a_time(tiny_llama, mode):
     model, tokenizer = tiny_llama

@@ -266,10 +266,10 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
         for name in ("trained", "control", "unseen"):
             found = _row(sig, row["target_layer"], row["pooling_eval"], name)
             cgap, p_at_1 = row[f"{name} cgap"], row[f"{name} cP@1"]
-            assert cgap.startswith(f"{found['centered_gap_pre']:.3f} → {found['centered_gap_post']:.3f}")
+            assert cgap.startswith(f"{found['centered_gap_alike_pre']:.3f} → {found['centered_gap_alike_post']:.3f}")
             assert p_at_1 == f"{found['p_at_1_centered_pre']:.2%} → {found['p_at_1_centered_post']:.2%}"
-            assert cgap.endswith(" ↑") == (found["centered_gap_ci_low"] > 0)
-            assert cgap.endswith(" ↓") == (found["centered_gap_ci_high"] < 0)
+            assert cgap.endswith(" ↑") == (found["centered_gap_alike_ci_low"] > 0)
+            assert cgap.endswith(" ↓") == (found["centered_gap_alike_ci_high"] < 0)
     by_protocol = table.set_index(["target_layer", "pooling_eval"])
     assert by_protocol.loc[(3, "mean_content"), "trained cgap"].endswith(" ↑")  # 'pull': translations move together
     unchanged = by_protocol.xs("last", level="pooling_eval")["trained cgap"]  # 'none': nothing changes
@@ -318,9 +318,10 @@ def test_verdict_on_known_answers(sig, conds):
 
 
 @pytest.mark.parametrize(
-    "n, cosine, gap, centred, expected",  # (gain, Holm-corrected p) of each
+    "n, cosine, gap, centred, expected",  # (gain, Holm-corrected p) of each: raw cosine, gaps over alike pairs
     [
         (1, (0.1, 0.01), (0.1, 0.01), (0.1, 0.01), "untested"),
+        (9, (0.1, 0.01), (np.nan, np.nan), (0.1, 0.01), "untested"),  # a gap not measured (an older store)
         (9, (0.0, np.nan), (0.1, 0.01), (0.1, 0.01), "no rise"),  # no change at all
         (9, (-0.1, 0.01), (0.1, 0.01), (0.1, 0.01), "no rise"),  # a significant fall
         (9, (0.1, 0.06), (0.1, 0.01), (0.1, 0.01), "no rise"),  # significant uncorrected, not after correction
@@ -329,9 +330,11 @@ def test_verdict_on_known_answers(sig, conds):
         (9, (0.1, 0.01), (0.1, 0.2), (0.1, np.nan), "not specific"),
     ],
 )
-def test_verdict_rule_uses_the_corrected_p(n, cosine, gap, centred, expected):
-    row = {"n": n, "mean_diff": cosine[0], "cosine_p_holm": cosine[1], "gap_diff": gap[0], "gap_p_holm": gap[1]}
-    row |= {"centered_gap_diff": centred[0], "centered_gap_p_holm": centred[1]}
+def test_verdict_rule_uses_the_corrected_p_of_the_gaps_over_alike_pairs(n, cosine, gap, centred, expected):
+    row = {"n": n, "mean_diff": cosine[0], "cosine_p_holm": cosine[1]}
+    row |= {"gap_alike_diff": gap[0], "gap_alike_p_holm": gap[1]}
+    row |= {"centered_gap_alike_diff": centred[0], "centered_gap_alike_p_holm": centred[1]}
+    row |= {"gap_diff": 0.2, "gap_p_holm": 0.001, "centered_gap_diff": 0.2, "centered_gap_p_holm": 0.001}  # unused
     assert verdict.verdict(pd.Series(row)) == expected
 
 
@@ -431,6 +434,17 @@ def test_report_says_what_was_rebuilt_or_ignored(fixture_dir, tmp_path):
     assert "sweep_config.json is unreadable" in notes[1]
 
 
+def test_trials_stored_before_the_alike_baseline_are_an_error_not_a_verdict(fixture_dir, tmp_path):
+    """Per-pair tables without the `*_alike` columns (an older tli): one line saying so, not 'not specific'."""
+    copy = tmp_path / "copy"
+    shutil.copytree(fixture_dir, copy)
+    for path in (copy / "pairs.parquet").glob("*.parquet"):
+        table = pd.read_parquet(path)
+        table.drop(columns=[c for c in table if "_alike" in c]).to_parquet(path)
+    with pytest.raises(TliError, match="lack 8 column.*run by an older tli"):
+        report.significance_table(report.load_results(str(copy)), n_boot=N_BOOT)
+
+
 def test_a_sweep_whose_trials_all_failed_reports_them(tmp_path):
     root = make_results(tmp_path, {"target_layer": [1, 2], "seed": [0]}, errored=2, unfinished=0)
     built = report.build_report(str(root), str(tmp_path / "out"), n_boot=100)
@@ -478,7 +492,7 @@ def test_paper_ready_tables_and_vector_figures(built, sig):
     tables = sorted((built / "tables").glob("*.tex"))
     assert len(tables) >= 3 and all("\\toprule" in t.read_text() and "\\bottomrule" in t.read_text() for t in tables)
     compact = (built / "significance_compact.tex").read_text()
-    assert compact.startswith("\\begin{tabular}") and "centred gap gain [95\\% CI]" in compact
+    assert compact.startswith("\\begin{tabular}") and "centred gap (alike) gain [95\\% CI]" in compact
     md = (built / "significance_compact.md").read_text().splitlines()
     assert len(md) == 2 + len(sig) and len(md[0].split("|")) - 2 < 20  # one row per test, few columns
     for png in (built / "figures").glob("*.png"):
@@ -551,7 +565,11 @@ def test_heldout_bars_stay_readable_for_many_categories():
 
     rows = [
         {"set": "heldout", "layer_role": "target", "heldout_category": f"category_{i}", "target_layer": layer}
-        | {f"{p}{m}": v for p in ("", "centered_gap_") for m, v in (("diff", 0.1), ("ci_low", 0.0), ("ci_high", 0.2))}
+        | {
+            f"{p}{m}": v
+            for p in ("", "centered_gap_alike_")
+            for m, v in (("diff", 0.1), ("ci_low", 0.0), ("ci_high", 0.2))
+        }
         for i in range(12)
         for layer in (2, 17)
     ]

@@ -12,6 +12,7 @@ from statsmodels.stats.multitest import multipletests
 from tli.stats import (
     PAIR_METRICS,
     adjust_pvalues,
+    alike_baseline,
     center_per_language,
     cosine_matrix,
     l2_normalize,
@@ -67,7 +68,9 @@ def test_cosine_matrix_vs_scipy():
 
 
 def _pool(p=9, m=11, d=6, seed=0):
-    """A random pool (p Swahili, m English words) and 7 pairs, some Swahili words with two glosses."""
+    """A random pool (p Swahili, m English words) and 7 pairs, some Swahili words with two glosses, with the alike
+    baseline of English words of 1-3 tokens and two parts of speech (one unlabelled).
+    """
     rng = np.random.default_rng(seed)
     src_pool, tgt_pool = rng.normal(size=(p, d)), rng.normal(size=(m, d))
     src_index = np.array([0, 1, 1, 2, 3, 3, 4])
@@ -75,10 +78,24 @@ def _pool(p=9, m=11, d=6, seed=0):
     gold = np.zeros((7, m), dtype=bool)
     for s, t in zip(src_index, tgt_index):
         gold[src_index == s, t] = True
-    return src_pool, tgt_pool, src_index, tgt_index, gold
+    tokens, pos = rng.integers(1, 4, size=m), rng.choice(["noun", "verb", ""], size=m)
+    return src_pool, tgt_pool, src_index, tgt_index, gold, alike_baseline(gold, tgt_index, tokens, pos)
 
 
-def _by_loop(src_pool, tgt_pool, src_index, tgt_index, gold, k):
+def _alike_by_loop(gold, tgt_index, tokens, pos) -> np.ndarray:
+    """alike_baseline's rule, one pair and one word at a time."""
+    out = np.zeros(gold.shape, dtype=bool)
+    for i, t in enumerate(tgt_index):
+        others = [j for j in range(gold.shape[1]) if not gold[i, j]]
+        same_length = [j for j in others if tokens[j] == tokens[t]]
+        same_kind = [j for j in same_length if pos is not None and pos[t] != "" and pos[j] == pos[t]]
+        nearest = min((abs(tokens[j] - tokens[t]) for j in others), default=None)
+        chosen = same_kind or same_length or [j for j in others if abs(tokens[j] - tokens[t]) == nearest]
+        out[i, chosen] = True
+    return out
+
+
+def _by_loop(src_pool, tgt_pool, src_index, tgt_index, gold, alike, k):
     """Every per-pair metric, one pair at a time, from the definitions."""
     sw_mean, en_mean = src_pool.mean(axis=0), tgt_pool.mean(axis=0)
     joint = np.concatenate([src_pool, tgt_pool]).mean(axis=0)
@@ -97,6 +114,10 @@ def _by_loop(src_pool, tgt_pool, src_index, tgt_index, gold, k):
         out["cosine_centered"].append(centred[t])
         out["mismatched_centered"].append(centred[others].mean())
         out["centered_gap"].append(centred[t] - centred[others].mean())
+        out["mismatched_alike"].append(raw[alike[i]].mean())
+        out["gap_alike"].append(raw[t] - raw[alike[i]].mean())
+        out["mismatched_centered_alike"].append(centred[alike[i]].mean())
+        out["centered_gap_alike"].append(centred[t] - centred[alike[i]].mean())
         out["cosine_joint_centered"].append(_cos(x - joint, tgt_pool[t] - joint))
         for name, scores in (("hit", raw), ("hit_csls", csls), ("hit_centered", centred)):
             out[name].append(float(gold[i, int(np.argmax(scores))]))
@@ -119,17 +140,18 @@ def test_a_perfect_retriever_scores_one_even_for_headwords_with_several_glosses(
     src_pool = np.array([[1.0, 0, 0, 0], [0, 1.0, 0.9, 0], [0, 0, 0, 1.0]])
     src_index, tgt_index = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 3])
     gold = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=bool)
-    metrics = set_metrics(pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold, k=1))
+    alike = alike_baseline(gold, tgt_index, [1, 1, 1, 1])
+    metrics = set_metrics(pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold, alike, k=1))
     assert metrics["p_at_1"] == 1.0  # one gold string per row would cap it at 0.75 here
     assert metrics["p_at_1_chance"] == pytest.approx(np.mean([1, 2, 2, 1]) / 4)
 
 
 def test_a_set_scores_its_rows_as_the_whole_pool_does_whatever_its_size():
     """One candidate pool: a subset's per-pair numbers are those of the same pairs in a larger set."""
-    src_pool, tgt_pool, src_index, tgt_index, gold = _pool(seed=4)
-    full = pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold)
+    src_pool, tgt_pool, src_index, tgt_index, gold, alike = _pool(seed=4)
+    full = pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold, alike)
     subset = [0, 3, 6]
-    part = pair_metrics(src_pool, tgt_pool, src_index[subset], tgt_index[subset], gold[subset])
+    part = pair_metrics(src_pool, tgt_pool, src_index[subset], tgt_index[subset], gold[subset], alike[subset])
     for name in PAIR_METRICS:
         np.testing.assert_allclose(part[name], full[name][subset], err_msg=name)
     assert set_metrics(part)["centered_gap"] == pytest.approx(full["centered_gap"][subset].mean())
@@ -139,7 +161,7 @@ def test_an_english_shift_changes_raw_cosines_but_not_per_language_centred_ones(
     pool = _pool(seed=2)
     shifted = (pool[0], pool[1] + np.array([3.0, -1.0, 0.5, 2.0, 0.0, 1.0])) + pool[2:]
     before, after = pair_metrics(*pool), pair_metrics(*shifted)
-    for name in ("cosine_centered", "mismatched_centered", "centered_gap", "hit_centered"):
+    for name in ("cosine_centered", "mismatched_centered", "centered_gap", "centered_gap_alike", "hit_centered"):
         np.testing.assert_allclose(after[name], before[name])
     assert not np.allclose(after["cosine"], before["cosine"])
 
@@ -148,7 +170,7 @@ def test_joint_centring_can_rank_matched_below_mismatched():
     # Swahili mean (1, -0.5), English mean (0.5, 0.5), joint mean (0.75, 0): the language offset survives
     # joint centring, so matched pairs score below mismatched ones; per-language centring removes it.
     src, tgt = np.array([[1.0, -1.0], [1.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]])
-    metrics = pair_metrics(src, tgt, [0, 1], [0, 1], np.eye(2, dtype=bool))
+    metrics = pair_metrics(src, tgt, [0, 1], [0, 1], np.eye(2, dtype=bool), ~np.eye(2, dtype=bool))
     assert metrics["cosine_joint_centered"].mean() < 0  # matched after joint centring: -0.6 and 0.24
     assert metrics["cosine_centered"] == pytest.approx([1 / np.sqrt(2)] * 2)
     assert metrics["mismatched_centered"] == pytest.approx([-1 / np.sqrt(2)] * 2)
@@ -165,14 +187,107 @@ def test_set_metrics_are_means_of_the_pair_metrics():
     assert metrics["p_at_1"] == per_pair["hit"].mean() and metrics["n_pairs"] == 7
 
 
+def test_alike_baseline_by_hand():
+    """Six English words (tokens, part of speech); pairs 0-1 share Swahili word 0 (glosses English 0 and 1)."""
+    tokens = np.array([2, 2, 2, 3, 2, 5])
+    pos = np.array(["noun", "noun", "verb", "noun", "noun", ""], dtype=object)
+    gold = np.zeros((4, 6), dtype=bool)
+    gold[[0, 0, 1, 1], [0, 1, 0, 1]] = True
+    gold[2, 3] = gold[3, 5] = True
+    alike = alike_baseline(gold, [0, 1, 3, 5], tokens, pos)
+    expected = [
+        [0, 0, 0, 0, 1, 0],  # 2 tokens, noun: English 4 (0 and 1 are its glosses, 2 is a verb)
+        [0, 0, 0, 0, 1, 0],
+        [1, 1, 1, 0, 1, 0],  # 3 tokens, noun: no other word of 3 tokens; those of the nearest count, 2
+        [0, 0, 0, 1, 0, 0],  # 5 tokens, unlabelled: the nearest count, 3
+    ]
+    np.testing.assert_array_equal(alike, np.array(expected, dtype=bool))
+    without_pos = alike_baseline(gold, [0, 1, 3, 5], tokens)
+    np.testing.assert_array_equal(without_pos[0], [0, 0, 1, 0, 1, 0])  # every 2-token non-gloss
+    np.testing.assert_array_equal(alike_baseline(np.ones((1, 3), dtype=bool), [0], [1, 2, 3]), [[0, 0, 0]])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_alike_baseline_matches_a_loop_over_its_rule(seed):
+    rng = np.random.default_rng(seed)
+    m, n = 30, 12
+    tokens, pos = rng.integers(1, 7, size=m), rng.choice(["noun", "verb", "adjective", ""], size=m).astype(object)
+    tgt_index = rng.choice(m, size=n, replace=False)
+    gold = rng.random((n, m)) < 0.1
+    gold[np.arange(n), tgt_index] = True
+    for kinds in (pos, None):
+        np.testing.assert_array_equal(
+            alike_baseline(gold, tgt_index, tokens, kinds), _alike_by_loop(gold, tgt_index, tokens, kinds)
+        )
+
+
+def test_length_alone_makes_a_gap_that_the_alike_baseline_removes():
+    """Vectors that depend on nothing but a word's token count (mean pooling's 1/n share of one sink vector, plus a
+    word-specific direction orthogonal to everything else): translations whose lengths agree score a centred gap
+    far above 0, though no word shares meaning with another; against non-translations of the same length, 0.
+    """
+    lengths_en = np.array([2, 2, 3, 3, 4, 4, 5, 5] * 2)  # 16 English words, lengths 2-5
+    lengths_sw = lengths_en[:8]  # 8 Swahili words, each as long as its gloss (English word i)
+    sink, content = np.zeros(40), np.zeros(40)
+    sink[0], content[1] = 10.0, 1.0
+
+    def vectors(lengths, offset):  # 1/n of the sink, (n-1)/n of a content direction, and a word's own direction
+        own = np.eye(40)[offset : offset + len(lengths)]
+        return (1 / lengths)[:, None] * sink + (1 - 1 / lengths)[:, None] * content + 0.5 * own
+
+    sw, en = vectors(lengths_sw, 2), vectors(lengths_en, 12)
+    tgt_index = np.arange(8)
+    gold = np.eye(8, 16, dtype=bool)
+    metrics = pair_metrics(sw, en, tgt_index, tgt_index, gold, alike_baseline(gold, tgt_index, lengths_en))
+    assert metrics["centered_gap"].mean() > 0.3  # length passes for translation
+    np.testing.assert_allclose(metrics["centered_gap_alike"], 0, atol=1e-12)  # ... not against words of its length
+    np.testing.assert_allclose(metrics["gap_alike"], 0, atol=1e-12)
+
+
+def test_the_lexicon_locates_rows_with_their_alike_baseline():
+    """Parts of speech come from the pairs (one agreed label per English word, else none); token counts are given."""
+    import pandas as pd
+
+    from tli.evaluate import Lexicon
+
+    pairs = pd.DataFrame(
+        [
+            ("bahari", "sea", "noun"),
+            ("bahari", "ocean", "noun"),
+            ("kimbia", "run", "verb"),
+            ("mbio", "run", "noun"),  # 'run' labelled twice: no part of speech
+            ("kubwa", "big", "unknown"),
+            ("nyumba", "house", "noun"),
+        ],
+        columns=["swahili", "english", "pos"],
+    )
+    lexicon = Lexicon.from_pairs(pairs)
+    assert lexicon.english == ("sea", "ocean", "run", "big", "house")
+    assert lexicon.english_pos == ("noun", "noun", "", "", "noun")
+    with pytest.raises(ValueError, match="token counts are unknown"):
+        lexicon.locate(pairs)
+    with pytest.raises(ValueError, match="4 token counts for 5"):
+        lexicon.with_tokens([2, 2, 2, 2])
+    located = lexicon.with_tokens([2, 3, 2, 2, 2]).locate(pairs)
+    alike = located[3]
+    np.testing.assert_array_equal(alike[0], [0, 0, 0, 0, 1])  # sea: 2 tokens, noun -> house (ocean is a gloss)
+    np.testing.assert_array_equal(alike[1], [0, 0, 1, 1, 1])  # ocean: no other 3-token word -> the 2-token ones
+    np.testing.assert_array_equal(alike[2], [1, 0, 0, 1, 1])  # run (no POS): 2-token words
+    np.testing.assert_array_equal(located[2].sum(axis=1), [2, 2, 1, 1, 1, 1])  # gold: every gloss of the headword
+
+
 def test_bad_shapes_are_errors():
-    src_pool, tgt_pool, src_index, tgt_index, gold = _pool()
+    src_pool, tgt_pool, src_index, tgt_index, gold, alike = _pool()
     with pytest.raises(ValueError, match="gold"):
-        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold[:, :3])
+        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold[:, :3], alike)
     with pytest.raises(ValueError, match="own translation"):
-        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, np.zeros_like(gold))
+        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, np.zeros_like(gold), alike)
     with pytest.raises(ValueError, match="pools"):
-        pair_metrics(src_pool, tgt_pool[:, :2], src_index, tgt_index, gold)
+        pair_metrics(src_pool, tgt_pool[:, :2], src_index, tgt_index, gold, alike)
+    with pytest.raises(ValueError, match="non-translations only"):
+        pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold, alike | gold)
+    with pytest.raises(ValueError, match="tokens must be"):
+        alike_baseline(gold, tgt_index, [1, 2])
 
 
 # --- paired tests ---------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_pool_similarities_shared_by_sets_give_each_sets_pair_metrics():
         src_index, tgt_index = np.array(rows), np.array(rows) % 9
         gold = np.zeros((len(rows), 9), dtype=bool)
         gold[np.arange(len(rows)), tgt_index] = True
-        shared = pool.pair_metrics(src_index, tgt_index, gold)
+        shared = pool.pair_metrics(src_index, tgt_index, gold, stats.alike_baseline(gold, tgt_index, np.ones(9)))
         # an independent computation on the set's own rows: cosines by hand, CSLS from the whole pool
         s, t = src / np.linalg.norm(src, axis=1, keepdims=True), tgt / np.linalg.norm(tgt, axis=1, keepdims=True)
         cos = s @ t.T

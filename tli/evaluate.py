@@ -3,10 +3,14 @@
 Every pair is scored against one fixed retrieval pool, the `Lexicon` (all Swahili and English words of
 the experiment, every gloss of a headword counting as correct; see `tli.stats.pair_metrics`). The
 per-pair table holds, before (`*_pre`) and after (`*_post`) TLI, the raw cosine, the mean cosine to
-non-translations, their gap, the same after per-language centring, and retrieval hits. The summary (one
-row per set x evaluation layer) holds the set means and three paired tests of post against pre: the raw
-cosine (the paper's test: `mean_diff`, `ci_low`, `ci_high`, `t`, `p`, `wilcoxon_p`, `d_z`), the gap over
-mismatched pairs (`gap_diff`, `gap_ci_low`, `gap_ci_high`, `gap_p`) and the centred gap (`centered_gap_*`).
+non-translations, their gap, the same against the non-translations alike in token count and part of speech
+(`*_alike`: under `mean` pooling a vector's length component would otherwise pass for translation), all of it
+after per-language centring too, and retrieval hits. The summary (one row per set x evaluation layer) holds the
+set means and five paired tests of post against pre: the raw cosine (the paper's test: `mean_diff`, `ci_low`,
+`ci_high`, `t`, `p`, `wilcoxon_p`, `d_z`), the gap over mismatched pairs (`gap_diff`, `gap_ci_low`,
+`gap_ci_high`, `gap_p`), the centred gap (`centered_gap_*`) and both gaps over alike pairs (`gap_alike_*`,
+`centered_gap_alike_*`: the ones the report's verdict uses). The pool's token counts come from the model's
+tokenizer (`pooling.token_counts`).
 
 Sets other than `trained` are scored on their leak-free rows (no row shares a word with the training
 rows; `n_removed` counts the rest); the full control and held-out sets stay available as `control_all`
@@ -15,6 +19,7 @@ and `heldout_all`, for comparison with the paper.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,30 +40,59 @@ Embeddings = dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (Swahili pool 
 SETS = ("trained", "validation", "not_trained", "control", "control_all", "heldout", "heldout_all", "unseen")
 FULL_SETS = ("control", "heldout")  # also reported whole, as `<name>_all`
 PAIR_COLUMNS = ("set", "eval_layer", "pair_id", "swahili", "english", "category", "pos")
-TESTED = {"": "cosine", "gap_": "gap", "centered_gap_": "centered_gap"}  # summary prefix -> per-pair metric
+TESTED = {  # summary prefix -> per-pair metric
+    "": "cosine",
+    "gap_": "gap",
+    "centered_gap_": "centered_gap",
+    "gap_alike_": "gap_alike",
+    "centered_gap_alike_": "centered_gap_alike",
+}
 
 
 @dataclass(frozen=True)
 class Lexicon:
-    """The retrieval pool: every Swahili and English word once, and the glosses of each Swahili word."""
+    """The retrieval pool: every Swahili and English word once, the glosses of each Swahili word, and what the
+    like-for-like baseline matches English words on (`stats.alike_baseline`): their part of speech, and their token
+    count once a tokenizer has given it (`with_tokens`).
+    """
 
     swahili: tuple[str, ...]
     english: tuple[str, ...]
     glosses: dict[str, frozenset[str]]
+    english_pos: tuple[str, ...]  # each English word's part of speech where its rows agree on one, else ""
+    english_tokens: tuple[int, ...] | None = None  # each English word's token count (`pooling.token_counts`)
 
     @classmethod
     def from_pairs(cls, pairs: pd.DataFrame) -> Lexicon:
         glosses = pairs.groupby("swahili", sort=False)["english"].agg(frozenset).to_dict()
-        return cls(tuple(pairs["swahili"].drop_duplicates()), tuple(pairs["english"].drop_duplicates()), glosses)
+        english = tuple(pairs["english"].drop_duplicates())
+        labels = pairs["pos"] if "pos" in pairs else pd.Series("", index=pairs.index)
+        labels = labels.fillna("").replace(data.DEFAULTS["pos"], "")
+        kinds = labels.groupby(pairs["english"], sort=False).agg(lambda named: set(named) - {""})
+        pos = tuple(next(iter(kinds[word])) if len(kinds[word]) == 1 else "" for word in english)
+        return cls(tuple(pairs["swahili"].drop_duplicates()), english, glosses, pos)
 
-    def locate(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(Swahili index [n], English index [n], gold [n, m]) of `rows` in this pool."""
+    def with_tokens(self, counts) -> Lexicon:
+        """The pool with its English words' token counts ([m], in the order of `english`)."""
+        counts = tuple(int(c) for c in counts)
+        if len(counts) != len(self.english):
+            raise ValueError(f"{len(counts)} token counts for {len(self.english)} English words")
+        return dataclasses.replace(self, english_tokens=counts)
+
+    def locate(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(Swahili index [n], English index [n], gold [n, m], alike [n, m]) of `rows` in this pool: the arguments
+        of `stats.pair_metrics` after the pools.
+        """
+        if self.english_tokens is None:
+            raise ValueError("the pool's token counts are unknown: Lexicon.with_tokens(pooling.token_counts(...))")
         sw = {word: i for i, word in enumerate(self.swahili)}
         en = {word: j for j, word in enumerate(self.english)}
         gold = np.zeros((len(rows), len(self.english)), dtype=bool)
         for i, word in enumerate(rows["swahili"]):
             gold[i, [en[gloss] for gloss in self.glosses[word]]] = True
-        return rows["swahili"].map(sw).to_numpy(), rows["english"].map(en).to_numpy(), gold
+        tgt_index = rows["english"].map(en).to_numpy()
+        alike = stats.alike_baseline(gold, tgt_index, self.english_tokens, self.english_pos)
+        return rows["swahili"].map(sw).to_numpy(), tgt_index, gold, alike
 
 
 def eval_layers(config: EvalConfig, target_layer: int, n_layers: int) -> list[int]:
@@ -216,11 +250,12 @@ def evaluate_adapter(
 
     `lexicon` defaults to the words of `sets`; `pre` must hold the evaluation layers of `config`.
     """
-    from tli import surgery
+    from tli import pooling, surgery
 
     n_layers = surgery.num_layers(peft_model)
     layers = eval_layers(config, target_layer, n_layers)
     lexicon = lexicon or Lexicon.from_pairs(pd.concat(list(sets.values())))
+    lexicon = lexicon.with_tokens(pooling.token_counts(tokenizer, lexicon.english))
     peft_model.eval()
     if pre is None:
         with peft_model.disable_adapter():

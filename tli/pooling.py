@@ -40,6 +40,15 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> BatchE
     )
 
 
+def token_counts(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> np.ndarray:
+    """[n] int: the tokens of each word tokenised alone, special tokens included (the positions `mean` pools).
+
+    Under `mean` pooling the first position's share of a word's vector is 1 / this count: the like-for-like
+    baseline (`tli.stats.alike_baseline`) compares words of equal count.
+    """
+    return np.array([len(ids) for ids in tokenizer(list(words), add_special_tokens=True)["input_ids"]], dtype=np.int64)
+
+
 def pooling_weights(attention_mask: torch.Tensor, special_tokens_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """[batch, pos] float weights, each row summing to 1, selecting the positions `mode` pools."""
     check_pooling(mode)
@@ -95,8 +104,7 @@ def embed_words(
     """
     for mode in modes:
         check_pooling(mode)
-    lengths = [len(ids) for ids in tokenizer(list(words), add_special_tokens=True)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(token_counts(tokenizer, words), kind="stable")
     chunks: dict[tuple[str, int], list[np.ndarray]] = {(m, k): [] for m in modes for k in layers}
     starts = range(0, len(words), batch_size)
     with torch.inference_mode():

@@ -1,10 +1,12 @@
 """Layer scan: Swahili-English alignment of the base model at every layer, with its controls.
 
 Per layer k (hidden_states[k]; 0 = embedding output, L = last block after the final norm) the
-table holds the matched cosine beside the mismatched-pair baseline, the per-language-centred
-figures and retrieval P@1 (see `tli.stats.pair_metrics`). A raw cosine near 1 for matched
+table holds the translations' cosine beside the mismatched-pair baseline, the per-language-centred
+figures and retrieval P@1 (see `tli.stats.pair_metrics`). A raw cosine near 1 for translations
 and mismatched pairs alike is the pooling artifact (BOS / first-position attention sink), not
-alignment: read `gap` and `centered_gap`.
+alignment: read `gap` and `centered_gap`, and `gap_alike` and `centered_gap_alike`, whose baseline
+holds only non-translations of the English word's token count (and part of speech): under `mean`
+pooling the sink's share of a vector depends on that count, so the plain gaps can encode length.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def scan_layers(
         surgery.check_layer(k, n_layers)
     modes = tuple(modes or (config.pooling,))
     lexicon = Lexicon.from_pairs(pairs)
+    lexicon = lexicon.with_tokens(pooling.token_counts(tokenizer, lexicon.english))
     words = list(lexicon.swahili) + list(lexicon.english)
     vectors = pooling.embed_words(model, tokenizer, words, layers, modes, config.batch_size, progress)
     located, p = lexicon.locate(pairs), len(lexicon.swahili)

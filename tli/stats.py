@@ -13,6 +13,12 @@ from every English vector, and matched pairs can score *below* mismatched ones. 
 each language's own mean removes both, so matched-vs-mismatched compares word identity only.
 `cosine_joint_centered` is kept under that explicit name for comparison.
 
+Why a like-for-like baseline: under `mean` pooling the BOS/sink position's share of a pooled vector is
+1 / (the word's token count), so even after centring a word's vector carries a component that encodes its
+length; a translation and its gloss that happen to have similar lengths then score above the average
+non-translation without sharing any meaning. `*_alike` compares each translation only with non-translations
+alike in token count (and part of speech where the pairs label it): see `alike_baseline`.
+
 Inputs may be numpy arrays, lists or torch tensors; all are converted to float64.
 """
 
@@ -64,6 +70,10 @@ PAIR_METRICS = (
     "cosine_centered",
     "mismatched_centered",
     "centered_gap",
+    "mismatched_alike",
+    "gap_alike",
+    "mismatched_centered_alike",
+    "centered_gap_alike",
     "cosine_joint_centered",
     "hit",
     "hit_csls",
@@ -72,18 +82,26 @@ PAIR_METRICS = (
 )
 
 
-def pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+def pair_metrics(
+    src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, alike: np.ndarray, k: int = 10
+) -> dict[str, np.ndarray]:
     """Per-pair alignment numbers of n translation pairs, each against one fixed retrieval pool.
 
     src_pool [p, d] and tgt_pool [m, d] hold every Swahili and every English word of the experiment once;
     pair i is (src_pool[src_index[i]], tgt_pool[tgt_index[i]]); gold [n, m] (bool) marks every English word
-    that is a correct translation of pair i's Swahili word (all its glosses). With c_ij = cos(s_i, e_j):
+    that is a correct translation of pair i's Swahili word (all its glosses); alike [n, m] (bool, from
+    `alike_baseline`) marks the non-translations like pair i's English word. With c_ij = cos(s_i, e_j):
 
       cosine_i      c_i,t(i)                              (the paper's per-pair cosine)
       mismatched_i  mean of c_ij over the non-gold j      (the same word against non-translations)
       gap_i         cosine_i - mismatched_i
       *_centered    the same after subtracting each language's pool mean from its vectors (removes what
                     every word of a language shares: the attention sink, the language direction)
+      mismatched_alike_i  mean of c_ij over the j of alike[i] (non-translations with the token count, and
+                    the part of speech where labelled, of the pair's English word; see `alike_baseline`)
+      gap_alike_i   cosine_i - mismatched_alike_i: what a translation gains over a non-translation of its
+                    own length, so a length (or part-of-speech) similarity cannot pass for translation;
+                    mismatched_centered_alike_i and centered_gap_alike_i the same after centring
       cosine_joint_centered_i  cosine after subtracting one mean of both pools (kept for comparison: it
                     leaves the language direction in)
       hit_i         1 if the nearest English word (argmax_j c_ij, lowest j on ties) is gold, else 0;
@@ -95,7 +113,35 @@ def pair_metrics(src_pool, tgt_pool, src_index, tgt_index, gold: np.ndarray, k: 
     Because the pool, not the evaluated set, supplies the candidates and the centring means, a set's mean of
     any of these does not depend on the set's size: sets of 20 and 623 pairs compare.
     """
-    return PoolSimilarities.of(src_pool, tgt_pool, k).pair_metrics(src_index, tgt_index, gold)
+    return PoolSimilarities.of(src_pool, tgt_pool, k).pair_metrics(src_index, tgt_index, gold, alike)
+
+
+def alike_baseline(gold: np.ndarray, tgt_index, tokens, pos=None) -> np.ndarray:
+    """[n, m] bool: the English words the like-for-like baseline of each of n pairs averages over.
+
+    tokens [m]: each English pool word's token count (`tli.pooling.token_counts`); pos [m] (optional): its part
+    of speech, "" where unlabelled. For pair i with English word t = tgt_index[i], among the non-gold words
+    (~gold[i]), the first non-empty of
+      1. those with tokens == tokens[t] and pos == pos[t]   (skipped when pos is not given or pos[t] is "")
+      2. those with tokens == tokens[t]
+      3. those whose token count is nearest to tokens[t] (|tokens - tokens[t]| minimal; both sides on a tie)
+    A row is all False only when every pool word is a gold one (the baseline is then NaN, as `mismatched`).
+    """
+    gold = np.asarray(gold, dtype=bool)
+    tgt_index, tokens = np.asarray(tgt_index), np.asarray(tokens, dtype=np.int64)
+    if tokens.shape != (gold.shape[1],) or len(tgt_index) != len(gold):
+        raise ValueError(f"tokens must be [m] = [{gold.shape[1]}] and tgt_index [n] = [{len(gold)}]")
+    others = ~gold
+    distance = np.abs(tokens[None, :] - tokens[tgt_index][:, None])  # [n, m]
+    same_length = others & (distance == 0)
+    chosen = same_length
+    if pos is not None:
+        pos = np.asarray(pos, dtype=object)
+        own = pos[tgt_index][:, None]
+        same_kind = same_length & (pos[None, :] == own) & (own != "")
+        chosen = np.where(same_kind.any(axis=1, keepdims=True), same_kind, same_length)
+    nearest = np.where(others, distance, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
+    return np.where(chosen.any(axis=1, keepdims=True), chosen, others & (distance == nearest))
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,19 +171,22 @@ class PoolSimilarities:
             tgt_joint=l2_normalize(tgt - joint_mean),
         )
 
-    def pair_metrics(self, src_index, tgt_index, gold: np.ndarray) -> dict[str, np.ndarray]:
+    def pair_metrics(self, src_index, tgt_index, gold: np.ndarray, alike: np.ndarray) -> dict[str, np.ndarray]:
         """`pair_metrics` of n pairs of this pool (see there)."""
         src_index, tgt_index, gold = np.asarray(src_index), np.asarray(tgt_index), np.asarray(gold, dtype=bool)
+        alike = np.asarray(alike, dtype=bool)
         n, m = len(src_index), self.raw.shape[1]
         if gold.shape != (n, m) or len(tgt_index) != n or not gold[np.arange(n), tgt_index].all():
             raise ValueError("gold must be [n, m] and mark each pair's own translation")
+        if alike.shape != (n, m) or (alike & gold).any():
+            raise ValueError("alike must be [n, m] and mark non-translations only (see alike_baseline)")
         rows = np.arange(n)
         raw, centred = self.raw[src_index], self.centred[src_index]  # [n, m]
-        others = (~gold).sum(axis=1)  # [n]; 0 only when every pool word is a gloss: mismatched is then NaN
 
-        def mismatched(sim):
-            total = np.where(gold, 0.0, sim).sum(axis=1)
-            return np.divide(total, others, out=np.full(n, np.nan), where=others > 0)
+        def mismatched(sim, among=~gold):  # mean over `among`; NaN for a row without any (every word a gloss)
+            count = among.sum(axis=1)
+            total = np.where(among, sim, 0.0).sum(axis=1)
+            return np.divide(total, count, out=np.full(n, np.nan), where=count > 0)
 
         def hits(sim):
             return gold[rows, np.argmax(sim, axis=1)].astype(float)
@@ -150,6 +199,10 @@ class PoolSimilarities:
         }
         out["gap"] = out["cosine"] - out["mismatched"]
         out["centered_gap"] = out["cosine_centered"] - out["mismatched_centered"]
+        out["mismatched_alike"] = mismatched(raw, alike)
+        out["mismatched_centered_alike"] = mismatched(centred, alike)
+        out["gap_alike"] = out["cosine"] - out["mismatched_alike"]
+        out["centered_gap_alike"] = out["cosine_centered"] - out["mismatched_centered_alike"]
         out["cosine_joint_centered"] = np.sum(self.src_joint[src_index] * self.tgt_joint[tgt_index], axis=1)
         out |= {
             "hit": hits(raw),
@@ -167,6 +220,10 @@ SET_METRICS = {  # set-level column -> the per-pair metric it averages
     "cosine_centered": "cosine_centered",
     "cosine_centered_mismatched": "mismatched_centered",
     "centered_gap": "centered_gap",
+    "cosine_mismatched_alike": "mismatched_alike",
+    "gap_alike": "gap_alike",
+    "cosine_centered_mismatched_alike": "mismatched_centered_alike",
+    "centered_gap_alike": "centered_gap_alike",
     "cosine_joint_centered": "cosine_joint_centered",
     "p_at_1": "hit",
     "p_at_1_csls": "hit_csls",

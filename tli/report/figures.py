@@ -18,10 +18,10 @@ from tli.report.selection import competing
 from tli.report.significance import at_target
 from tli.report.verdict import protocol_name
 
-GAINS = {  # significance-table prefix -> label
+GAINS = {  # significance-table prefix -> label: the gains the verdict tests
     "": "raw cosine gain",
-    "gap_": "gap gain (over mismatched pairs)",
-    "centered_gap_": "centred gap gain",
+    "gap_alike_": "gap gain (over alike\nnon-translations)",
+    "centered_gap_alike_": "centred gap gain\n(alike)",
 }
 
 
@@ -275,11 +275,16 @@ def gain_by_axis(sig: pd.DataFrame, by: list[str], axis: str) -> bytes | None:
 
 
 def rank_margin(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> bytes | None:
-    """Heat maps over LoRA rank x margin: the validation objective and the control set's centred-gap gain."""
+    """Heat maps over LoRA rank x margin: the validation objective and the control set's centred-gap gain (over
+    alike non-translations).
+    """
     if not {"lora_rank", "margin"} <= set(by):
         return None
     control = at_target(sig)[lambda t: t["set"] == "control"]
-    panels = [(conds, "objective", "validation objective"), (control, "centered_gap_diff", "control: centred gap gain")]
+    panels = [
+        (conds, "objective", "validation objective"),
+        (control, "centered_gap_alike_diff", "control: centred gap gain (alike)"),
+    ]
     fig = Figure(figsize=(10, 4))
     for ax, (table, value, title) in zip(fig.subplots(1, 2), panels):
         grid = table.pivot_table(index="lora_rank", columns="margin", values=value, aggfunc="mean")
@@ -302,7 +307,9 @@ def rank_margin(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> bytes 
 
 
 def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
-    """Raw cosine and centred-gap gains (95% CI) on each held-out category, never trained on."""
+    """Raw cosine and centred-gap gains (over alike non-translations; 95% CI) on each held-out category, never
+    trained on.
+    """
     rows = at_target(sig)[lambda t: t["set"] == "heldout"]
     if "heldout_category" not in by or rows.empty:
         return None
@@ -310,7 +317,7 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     groups = list(_lines(rows, [c for c in by if c != "heldout_category"]))
     width = 0.8 / len(groups)
     fig = Figure(figsize=(max(7.0, 0.9 * len(categories) + 2), 7))  # panels stacked: the width grows with categories
-    for ax, prefix in zip(fig.subplots(2, 1, sharex=True), ("", "centered_gap_")):
+    for ax, prefix in zip(fig.subplots(2, 1, sharex=True), ("", "centered_gap_alike_")):
         for i, (label, part, colour) in enumerate(groups):
             part = part.set_index(part["heldout_category"].astype(str)).reindex(categories)
             x = np.arange(len(categories)) + (i - (len(groups) - 1) / 2) * width

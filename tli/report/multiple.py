@@ -2,10 +2,10 @@
 
 A *family* is one set at one evaluation layer across every condition of the sweep: the rows at each
 condition's target layer form one family per set ("trained @ target"), the rows at a fixed layer another
-("control @ layer 18"). Within a family, Holm's step-down correction (`tli.stats.holm`) adjusts
-each tested p: the paper's t-test `p` (-> `p_holm`) and the two-level bootstrap p-values the verdict uses
-(`cosine_p`, `gap_p`, `centered_gap_p` -> `*_holm`). Sets are not pooled into one family: they answer
-different questions, and they overlap (control is a subset of control_all).
+("control @ layer 18"). Within a family, Holm's step-down correction (`tli.stats.holm`) adjusts each tested p:
+the paper's t-test `p` (-> `p_holm`) and the two-level bootstrap p-values (`cosine_p`, `gap_p`, `centered_gap_p`,
+and `gap_alike_p`, `centered_gap_alike_p`, which the verdict uses -> `*_holm`). Sets are not pooled into one
+family: they answer different questions, and they overlap (control is a subset of control_all).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import pandas as pd
 
 from tli import stats
 
-CORRECTED = {"p": "p_holm", "cosine_p": "cosine_p_holm", "gap_p": "gap_p_holm", "centered_gap_p": "centered_gap_p_holm"}
+CORRECTED = {  # p -> its Holm-corrected column
+    "p": "p_holm",
+    "cosine_p": "cosine_p_holm",
+    "gap_p": "gap_p_holm",
+    "centered_gap_p": "centered_gap_p_holm",
+    "gap_alike_p": "gap_alike_p_holm",
+    "centered_gap_alike_p": "centered_gap_alike_p_holm",
+}
 ALPHA = 0.05  # the family-wise error rate the verdict holds
 
 

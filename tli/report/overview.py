@@ -1,4 +1,6 @@
-"""Every condition at a glance: the centred gap and centred P@1 at the target layer, with drift and objective."""
+"""Every condition at a glance: the centred gap (over alike non-translations) and centred P@1 at the target layer,
+with drift and objective.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pandas as pd
 from tli.report.significance import at_target, rows_of
 
 OVERVIEW_SETS = ("trained", "heldout", "control", "unseen")  # trained, then the leak-free sets
+CGAP = "centered_gap_alike"  # the centred gap the verdict tests: over non-translations alike in length and kind
 
 
 def _before_after(row: pd.Series, metric: str, fmt: str) -> str:
@@ -18,8 +21,8 @@ def _before_after(row: pd.Series, metric: str, fmt: str) -> str:
 
 
 def _ci_mark(row: pd.Series) -> str:
-    """' ↑' / ' ↓' when the centred-gap gain's 95% CI lies above / below 0, else ''."""
-    return " ↑" if row["centered_gap_ci_low"] > 0 else " ↓" if row["centered_gap_ci_high"] < 0 else ""
+    """' ↑' / ' ↓' when the gain of CGAP's 95% CI lies above / below 0, else ''."""
+    return " ↑" if row[f"{CGAP}_ci_low"] > 0 else " ↓" if row[f"{CGAP}_ci_high"] < 0 else ""
 
 
 def _nats(kl: float) -> str:
@@ -28,7 +31,8 @@ def _nats(kl: float) -> str:
 
 
 def overview(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """One row per condition, at its target layer: the per-language-centred gap ('cgap', marked by `_ci_mark`)
+    """One row per condition, at its target layer: the per-language-centred gap over alike non-translations
+    ('cgap', CGAP, marked by `_ci_mark`)
     and centred P@1 ('cP@1', in percent), pre → post, for each OVERVIEW_SETS set present (pairs averaged over
     seeds); the mean drift KL on Swahili / English text; the mean validation objective.
     """
@@ -39,7 +43,7 @@ def overview(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.DataFr
     for _, condition in conds.iterrows():
         measured = rows_of(target, condition, by).drop_duplicates("set").set_index("set")
         row = {c: condition[c] for c in by}
-        for metric, short, fmt in (("centered_gap", "cgap", ".3f"), ("p_at_1_centered", "cP@1", ".2%")):
+        for metric, short, fmt in ((CGAP, "cgap", ".3f"), ("p_at_1_centered", "cP@1", ".2%")):
             for name in names:
                 found = measured.loc[name] if name in measured.index else None
                 mark = _ci_mark(found) if found is not None and short == "cgap" else ""

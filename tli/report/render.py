@@ -133,16 +133,17 @@ def page(blocks: list[Block], title: str) -> str:
     )
 
 
-EFFECTS = {"": "cosine", "gap_": "gap", "centered_gap_": "centred gap"}  # significance prefix -> label
+EFFECTS = {"": "cosine", "gap_alike_": "gap (alike)", "centered_gap_alike_": "centred gap (alike)"}  # the verdict's
 EFFECT_P = {  # the p shown beside each effect: the family-corrected test where the table has it
     "": ("cosine_p_holm", "p_holm", "p"),
-    "gap_": ("gap_p_holm", "gap_p"),
-    "centered_gap_": ("centered_gap_p_holm", "centered_gap_p"),
+    "gap_alike_": ("gap_alike_p_holm", "gap_alike_p"),
+    "centered_gap_alike_": ("centered_gap_alike_p_holm", "centered_gap_alike_p"),
 }
 
 
 def compact_significance(sig: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The columns a paper shows: the condition, set, layer, n, then per effect (raw cosine, gap, centred gap)
+    """The columns a paper shows: the condition, set, layer, n, then per effect (raw cosine, and the gap and centred
+    gap over alike non-translations, which the verdict tests)
     its gain as `0.0620 [0.0270, 0.0950]` and its p (Holm-corrected within its family where computed).
     """
     keep = [c for c in [*by, "set", "eval_layer", "n_seeds", "n", "mean_pre", "mean_post"] if c in sig]

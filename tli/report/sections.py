@@ -24,7 +24,10 @@ LEGEND = (
     "in it; `ci_low`/`ci_high` the 95% CI and `cosine_p` the two-sided p from that SE (normal approximation), "
     "`mde` the gain a 5% test would detect with 80% power (2.80 se). `t`/`p`/`wilcoxon_p`/`d_z`: the paper's "
     "paired tests on each pair averaged over seeds (no seed variance). `gap_*` the same for each pair's cosine "
-    "minus its mean cosine to every non-translation in the pool, `centered_gap_*` after per-language centring. "
+    "minus its mean cosine to every non-translation in the pool, `centered_gap_*` after per-language centring; "
+    "`gap_alike_*` and `centered_gap_alike_*` (the verdict's) against the non-translations alike in token count "
+    "(and part of speech where labelled) only, so that length, which `mean` pooling leaves in every vector, "
+    "cannot pass for translation. "
     "`*_holm`: Holm-corrected within the row's `family` (one set at one evaluation layer across the sweep's "
     "conditions; `family_size` tests). `vs_trained_*` (raw) and `centered_gap_vs_trained_*`: the set's gain minus "
     "the trained set's at the same layer (seeds drawn together), its CI, and TOST p of equivalence within "
@@ -50,14 +53,14 @@ SHORT = [
     "cosine_p_holm",
     "p",
     "seed_sd_mean_diff",
-    "gap_diff",
-    "gap_ci_low",
-    "gap_p_holm",
-    "centered_gap_diff",
-    "centered_gap_ci_low",
-    "centered_gap_ci_high",
-    "centered_gap_p_holm",
-    "centered_gap_mde",
+    "gap_alike_diff",
+    "gap_alike_ci_low",
+    "gap_alike_p_holm",
+    "centered_gap_alike_diff",
+    "centered_gap_alike_ci_low",
+    "centered_gap_alike_ci_high",
+    "centered_gap_alike_p_holm",
+    "centered_gap_alike_mde",
     "vs_trained_diff",
     "vs_trained_tost_p",
     "p_at_1_pre",
@@ -237,7 +240,8 @@ def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[r
         (
             "p",
             "Per condition, at its target layer, pre → post (pairs averaged over seeds): `cgap` the "
-            "per-language-centred gap (a pair's centred cosine minus its mean to the non-translations), ↑/↓ when "
+            "per-language-centred gap over alike non-translations (`centered_gap_alike`: a pair's centred cosine "
+            "minus its mean to the non-translations of its English word's token count and part of speech), ↑/↓ when "
             "its gain's 95% CI lies above/below 0; `cP@1` centred P@1 in percent over the candidate pool (chance "
             f"{chance}); `drift sw / en` the mean KL(base || TLI) in nats per token on Swahili / English text; "
             "`objective` the mean validation objective. Raw cosines and every test: the tables below.",
@@ -311,7 +315,7 @@ def plots(
             "gain_by_layer.png",
             figures.gain_by_layer(sig, by),
             "Gain at the target layer by target layer: raw "
-            "cosine, gap over mismatched pairs, centred gap, with 95% CIs, per set",
+            "cosine, gap and centred gap over alike non-translations, with 95% CIs, per set",
             "target_layer does not vary",
         ),
         Plot(
@@ -336,8 +340,8 @@ def plots(
             Plot(
                 f"gain_by_{axis}.png",
                 figures.gain_by_axis(sig, by, axis),
-                f"Gain at the target layer by {axis}: raw cosine, gap over mismatched pairs, centred gap, with 95% "
-                "CIs, per set",
+                f"Gain at the target layer by {axis}: raw cosine, gap and centred gap over alike non-translations, "
+                "with 95% CIs, per set",
                 "no condition has one target layer",
             )
             for axis in figures.swept_axes(by)

@@ -2,9 +2,9 @@
 
 Seeds are replicates, not extra pairs: `n` counts unique pairs. The paper's tests (`t`, `p`, `wilcoxon_p`,
 `d_z`: `tli.evaluate.summary_table`) run on each pair averaged over the condition's trials; every CI and the
-p-values the verdict uses (`cosine_p`, `gap_p`, `centered_gap_p`) come from the two-level bootstrap over seeds
-and headword clusters (`tli.report.uncertainty`), corrected within the families of `tli.report.multiple`. The
-spread across seeds is also its own column (`seed_sd_*`).
+p-values (`cosine_p`, `gap_p`, `centered_gap_p`, and the verdict's `gap_alike_p`, `centered_gap_alike_p`) come
+from the two-level bootstrap over seeds and headword clusters (`tli.report.uncertainty`), corrected within the
+families of `tli.report.multiple`. The spread across seeds is also its own column (`seed_sd_*`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pandas as pd
 
 from tli import stats
 from tli.config import EvalConfig
+from tli.errors import TliError
 from tli.evaluate import SETS, summary_table
 from tli.report import multiple, uncertainty
 from tli.report.conditions import check_by, condition_columns, groups, same
@@ -61,7 +62,7 @@ def condition_tests(
         removed,
         bootstrap=False,  # its CIs are replaced by the two-level ones
     )
-    replaced = [c for c in table if c.endswith(("ci_low", "ci_high")) or c in ("gap_p", "centered_gap_p")]
+    replaced = [c for c in table if c.endswith(("ci_low", "ci_high")) or c in [f"{p}p" for p in uncertainty.GAINS if p]]
     two_level = uncertainty.set_rows(uncertainty.per_seed_gains(pairs, trials), n_boot, seed)
     table = table.drop(columns=replaced).merge(two_level, on=["set", "eval_layer"], how="left")
     table = table.merge(_seed_spread(pairs, trials), on=["set", "eval_layer"], how="left")
@@ -112,6 +113,20 @@ FIRST_COLUMNS = [
     "centered_gap_p_holm",
     "centered_gap_mde",
     "seed_sd_centered_gap_diff",
+    "gap_alike_diff",
+    "gap_alike_se",
+    "gap_alike_ci_low",
+    "gap_alike_ci_high",
+    "gap_alike_p",
+    "gap_alike_p_holm",
+    "gap_alike_mde",
+    "centered_gap_alike_diff",
+    "centered_gap_alike_se",
+    "centered_gap_alike_ci_low",
+    "centered_gap_alike_ci_high",
+    "centered_gap_alike_p",
+    "centered_gap_alike_p_holm",
+    "centered_gap_alike_mde",
     "vs_trained_diff",
     "vs_trained_ci_low",
     "vs_trained_ci_high",
@@ -144,6 +159,7 @@ def significance_table(
     for values, trials in groups(results.ok, by):  # each condition's files, its columns only: memory per condition
         ids = list(trials["trial_id"])
         pairs = results.tables("pairs", ids, PAIR_COLUMNS)
+        _check_columns(pairs, results.uri)
         summary = results.tables("summary", ids, SUMMARY_COLUMNS)
         if len(pairs) and len(summary):
             frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
@@ -156,6 +172,17 @@ def significance_table(
     first = [c for c in FIRST_COLUMNS if c in table]
     rest = [c for c in table if c not in (*by, *FIRST_COLUMNS, "_set")]
     return table[[*by, *first, *rest]].reset_index(drop=True)
+
+
+def _check_columns(pairs: pd.DataFrame, uri: str) -> None:
+    """TliError when stored per-pair tables lack a column the table tests (trials run by an older tli)."""
+    missing = [c for c in PAIR_COLUMNS if c not in pairs]
+    if len(pairs) and missing:
+        raise TliError(
+            f"{uri}: the stored per-pair tables lack {len(missing)} column(s) this tli tests, e.g. "
+            f"{', '.join(missing[:2])}: their trials were run by an older tli; rerun them (remove their trials/<id> "
+            "folders and run the sweep again), or report them with the tli that ran them"
+        )
 
 
 def rows_of(sig: pd.DataFrame, condition: pd.Series, by: list[str]) -> pd.DataFrame:

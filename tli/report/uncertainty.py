@@ -7,7 +7,8 @@ is the SD of `tli.stats.seed_pair_bootstrap` (seeds drawn with replacement, then
 CI and p-value below is its normal approximation (`tli.stats.z_inference`):
 
   {prefix}se, {prefix}ci_low/high, {prefix}p, {prefix}mde   per gain (raw cosine: `se`, `ci_*`, `cosine_p`,
-                                                            `mde`; gap: `gap_*`; centred gap: `centered_gap_*`)
+                                                            `mde`; gap: `gap_*`; centred gap: `centered_gap_*`;
+                                                            both over alike non-translations: `*_alike_*`)
   {prefix}vs_trained_diff/ci_low/ci_high                    the set's gain minus the trained set's (same seed draw)
   {prefix}vs_trained_margin, {prefix}vs_trained_tost_p      TOST of |difference| < EQUIVALENCE_FRACTION x the
                                                             trained gain: small p, the gains are comparable
@@ -23,7 +24,13 @@ import pandas as pd
 
 from tli import stats
 
-GAINS = {"": "cosine", "gap_": "gap", "centered_gap_": "centered_gap"}  # significance prefix -> per-pair metric
+GAINS = {  # significance prefix -> per-pair metric
+    "": "cosine",
+    "gap_": "gap",
+    "centered_gap_": "centered_gap",
+    "gap_alike_": "gap_alike",
+    "centered_gap_alike_": "centered_gap_alike",
+}
 EQUIVALENCE_FRACTION = 0.5  # "comparable to the trained gain": within half of it, either way
 COMPARED = ("", "centered_gap_")  # the gains compared with the trained set's
 REFERENCE = "trained"

@@ -2,14 +2,17 @@
 
 Per protocol x set of the condition fixed in advance (the paper's defaults), at the target layer, from the
 significance table's two-level bootstrap p-values (seeds, then headword clusters), Holm-corrected within
-their family (`tli.report.multiple`). A gain *holds* when it is positive and its corrected p is below ALPHA:
+their family (`tli.report.multiple`). A gain *holds* when it is positive and its corrected p is below ALPHA.
+Both gaps are taken over *alike* non-translations (`gap_alike`, `centered_gap_alike`: the English words of the
+translation's token count, and part of speech where labelled; `tli.stats.alike_baseline`), so a similarity of
+length, which `mean` pooling leaves in every vector, or of word class cannot count as one of translation:
 
   no rise          the raw cosine's gain does not hold
-  specific         the cosine rises, and both the gap over mismatched pairs and the per-language-centred
-                   gap gains hold
+  specific         the cosine rises, and both gap gains over alike non-translations (raw and per-language-
+                   centred) hold
   partly specific  the cosine rises, and one of the two gap gains holds
-  not specific     the cosine rises, neither gap gain holds: non-translations rose as much
-  untested         fewer than 2 pairs
+  not specific     the cosine rises, neither gap gain holds: alike non-translations rose as much
+  untested         fewer than 2 pairs, or a gain not measured (NaN)
 """
 
 from __future__ import annotations
@@ -31,11 +34,16 @@ RULE = (
     "Verdict rule (at the target layer): a gain *holds* when it is positive and its p-value, from the bootstrap "
     "over seeds and then headword clusters and Holm-corrected within its family (`*_p_holm`), is below "
     f"{ALPHA}. *No rise* when the raw cosine's gain does not hold; otherwise *specific* when both the gap over "
-    "mismatched pairs (each pair's cosine minus its mean cosine to every non-translation in the pool) and the "
-    "per-language-centred gap gains hold, *partly specific* when one does, *not specific* when neither does "
-    "(non-translations rose as much). A gain that does not hold is not shown absent: it was not detectable above "
-    "its `*_mde` (80% power)."
+    "alike non-translations (`gap_alike`: each pair's cosine minus its mean cosine to the pool's non-translations "
+    "with the token count, and the part of speech where labelled, of its English word) and its per-language-"
+    "centred form (`centered_gap_alike`) rise (their gains hold), *partly specific* when one does, *not specific* "
+    "when neither does (alike non-translations rose as much). Matching on token count keeps length, which `mean` "
+    "pooling leaves in every vector through the first position's 1/length share, from passing for translation; "
+    "`gap` and `centered_gap` (every non-translation) stay in the table beside them. A gain that does not hold is "
+    "not shown absent: it was not detectable above its `*_mde` (80% power)."
 )
+
+VERDICT_GAPS = ("gap_alike_", "centered_gap_alike_")  # the two gap gains the verdict tests (significance prefixes)
 
 
 def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: bool | None) -> str:
@@ -62,11 +70,12 @@ def holds(row: pd.Series, prefix: str) -> bool:
 
 def verdict(row: pd.Series) -> str:
     """The verdict of one significance row (see the module docstring)."""
-    if not row["n"] >= 2:
+    gains = [row["mean_diff"], *(row[f"{prefix}diff"] for prefix in VERDICT_GAPS)]
+    if not row["n"] >= 2 or any(pd.isna(gain) for gain in gains):
         return "untested"
     if not holds(row, ""):
         return "no rise"
-    gap, centred = holds(row, "gap_"), holds(row, "centered_gap_")
+    gap, centred = (holds(row, prefix) for prefix in VERDICT_GAPS)
     return "specific" if gap and centred else "partly specific" if gap or centred else "not specific"
 
 
@@ -81,17 +90,19 @@ VERDICT_COLUMNS = [
     "ci_low",
     "ci_high",
     "cosine_p_holm",
-    "gap_diff",
-    "gap_ci_low",
-    "gap_ci_high",
-    "gap_p_holm",
-    "centered_gap_diff",
-    "centered_gap_ci_low",
-    "centered_gap_ci_high",
-    "centered_gap_p_holm",
-    "centered_gap_mde",
+    "gap_alike_diff",
+    "gap_alike_ci_low",
+    "gap_alike_ci_high",
+    "gap_alike_p_holm",
+    "centered_gap_alike_diff",
+    "centered_gap_alike_ci_low",
+    "centered_gap_alike_ci_high",
+    "centered_gap_alike_p_holm",
+    "centered_gap_alike_mde",
     "mde",
-    "gap_mde",
+    "gap_alike_mde",
+    "gap_diff",
+    "centered_gap_diff",
     "vs_trained_diff",
     "vs_trained_ci_low",
     "vs_trained_ci_high",
@@ -153,8 +164,8 @@ def sentence(row: pd.Series) -> str:
     return (
         f"{row['protocol'][0].upper()}{row['protocol'][1:]}, target layer {row['target_layer']}, "
         f"{row['set']} set ({int(row['n'])} pairs{seeds}): {_gain(row, '', 'the raw cosine moves')}, "
-        f"{_gain(row, 'gap_', 'the gap over mismatched pairs')} and "
-        f"{_gain(row, 'centered_gap_', 'the per-language-centred gap')}{_against_trained(row)}; P@1 "
+        f"{_gain(row, 'gap_alike_', 'the gap over alike non-translations')} and "
+        f"{_gain(row, 'centered_gap_alike_', 'its per-language-centred form')}{_against_trained(row)}; P@1 "
         f"{row['p_at_1_pre']:.2%} -> {row['p_at_1_post']:.2%} (chance {row['p_at_1_chance']:.2%}). "
         f"Verdict: {row['verdict']}."
     )
