@@ -32,8 +32,11 @@ def embedded_dir():
     return models.embedded_model_dir("smollm2-135m")
 
 
-def tiny_model(family: str, vocab_size: int = 96, pad_token_id: int = 0, n_blocks: int = 4) -> torch.nn.Module:
-    """A random causal LM of `family` ("llama" or "gemma3"; hidden 32) in float32 eval mode with sdpa attention.
+def tiny_model(
+    family: str, vocab_size: int = 96, pad_token_id: int = 0, n_blocks: int = 4, hidden_size: int = 32
+) -> torch.nn.Module:
+    """A random causal LM of `family` ("llama" or "gemma3"; hidden 32, intermediate twice that) in float32 eval mode
+    with sdpa attention.
 
     The Gemma 3 one alternates sliding-window (window 3) and full-attention blocks, so a truncated forward
     pass is exact only if it keeps each block's mask and rotary embedding.
@@ -41,8 +44,8 @@ def tiny_model(family: str, vocab_size: int = 96, pad_token_id: int = 0, n_block
     torch.manual_seed(0)
     common = dict(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=n_blocks,
         num_attention_heads=4,
         num_key_value_heads=2,

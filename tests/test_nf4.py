@@ -1,21 +1,31 @@
-"""The paper's quantized protocol on the CPU: NF4 (bitsandbytes) scan and short training on the embedded models.
+"""The paper's quantized protocols on the CPU: NF4 (bitsandbytes) scan and short training on the embedded models;
+the FP4 evaluation with the adapter merged into the 4-bit weights (the paper's Table 1) on a tiny random model.
 
 NF4 changes the weights, so results are compared with fp32 within a tolerance (the README states the
-measured distance), never for equality.
+measured distance), never for equality; a merge into 4-bit weights is checked against bitsandbytes' own
+quantisation of the sum, computed here.
 """
 
+import json
 import logging
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
+from transformers import AutoTokenizer
 
-from tli import data, surgery
+from tli import adapters, data, pooling, surgery
+from tli.cli import main
 from tli.config import ModelConfig, ScanConfig, TrainConfig
+from tli.errors import TliError
 from tli.models import load_model
 from tli.scan import scan_layers
 from tli.train import train_tli
+
+from conftest import tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +99,88 @@ def test_nf4_short_training_is_finite_and_close_to_fp32(alias):
     assert len(nf4) == 3 and np.isfinite(nf4["loss"]).all()
     # Step 1 runs the base model (LoRA B starts at zero): NF4 and fp32 see the same batch.
     assert abs(nf4["loss"].iat[0] - fp32["loss"].iat[0]) < 0.05
+
+
+# --- the paper's Table 1 evaluation: FP4, the adapter merged into the 4-bit weights ---------------
+
+
+@pytest.fixture(scope="module")
+def tiny_fp4_dir(tmp_path_factory, embedded_dir):
+    """A 4-block random Llama of hidden size 64 (bitsandbytes' CPU kernels need rows of at least one 64-block)."""
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    folder = tmp_path_factory.mktemp("tiny-fp4")
+    tiny_model("llama", len(tokenizer), tokenizer.pad_token_id, hidden_size=64).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_fp4_is_the_author_s_bitsandbytes_config(tiny_fp4_dir):
+    import bitsandbytes as bnb
+
+    model, _ = load_model(ModelConfig(model=str(tiny_fp4_dir), device="cpu", dtype="float16", quantization="fp4"))
+    linear = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linear) == 4 * 7  # q, k, v, o, gate, up, down of 4 blocks
+    assert {m.weight.quant_state.quant_type for m in linear} == {"fp4"}
+    assert {m.compute_dtype for m in linear} == {torch.float32}  # BitsAndBytesConfig(load_in_4bit=True)'s default
+    assert surgery.decoder(model).norm.weight.dtype == torch.float16  # the other modules in fp16, as the author's
+
+
+def _peft_with_known_lora(model):
+    """`model` with a LoRA on q_proj and v_proj whose B is large enough to survive a 4-bit requantisation."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.05
+    return peft_model.eval()
+
+
+def test_merging_into_fp4_weights_is_bitsandbytes_quantisation_of_the_sum(tiny_fp4_dir):
+    """Merged weight = Q(D(W) + (alpha / r) B A), with D/Q bitsandbytes' own FP4 (de)quantisation, computed here."""
+    import bitsandbytes.functional as bnbf
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    config = ModelConfig(model=str(tiny_fp4_dir), device="cpu", quantization="fp4")
+    model, tokenizer = load_model(config)
+    layer = surgery.decoder(model).layers[1].self_attn.q_proj
+    base = dequantize_bnb_weight(layer.weight, state=layer.weight.quant_state).float().clone()
+    peft_model = _peft_with_known_lora(model)
+    delta = surgery.decoder(peft_model.base_model.model).layers[1].self_attn.q_proj.get_delta_weight("default").float()
+    merged = adapters.merged(peft_model)
+    layer = surgery.decoder(merged).layers[1].self_attn.q_proj
+    got = dequantize_bnb_weight(layer.weight, state=layer.weight.quant_state).float()
+    quantised, state = bnbf.quantize_4bit(base + delta, quant_type="fp4", blocksize=layer.weight.quant_state.blocksize)
+    torch.testing.assert_close(got, bnbf.dequantize_4bit(quantised, state).float())
+    assert (got - base).abs().max() > 0.01  # the LoRA survived the requantisation here
+
+    again, _ = load_model(config)  # a pass first: on a CPU with AVX512-BF16 bitsandbytes repacks the weights
+    peft_model = _peft_with_known_lora(again)
+    pooling.embed_words(peft_model, tokenizer, ["habari"], [2], ["mean"])
+    if surgery.repacked_4bit(peft_model):
+        with pytest.raises(TliError, match="repacked .* merge into a freshly loaded model"):
+            adapters.merged(peft_model)
+
+
+def test_evaluate_fp4_with_the_adapter_merged(tiny_fp4_dir, small_pairs, tmp_path):
+    """`tli evaluate --quantization fp4 --merge-adapter --dtype float16`: the author's Table 1 evaluation runs on the
+    CPU; its pre-TLI pass equals the unmerged FP4 evaluation's, and evaluation.json records the protocol.
+    """
+    pairs_path, _ = small_pairs
+    adapter = tmp_path / "adapter"
+    train = ["train", "--model", str(tiny_fp4_dir), "--pairs", str(pairs_path), "--epochs", "1", "--rank", "4"]
+    assert main([*train, "--lr", "0.05", "--warmup-steps", "0", "--output", str(adapter)]) == 0
+    tables = {}
+    for name, merge in (("merged", ["--merge-adapter"]), ("unmerged", [])):
+        out = tmp_path / name
+        flags = ["--quantization", "fp4", "--dtype", "float16", "--device", "cpu", "--n-boot", "200", *merge]
+        assert main(["evaluate", "--adapter", str(adapter), *flags, "--output", str(out)]) == 0
+        tables[name] = pd.read_csv(out / "pairs.csv")
+        record = json.loads((out / "evaluation.json").read_text())
+        assert record["model"]["quantization"] == "fp4" and record["evaluate"]["merge_adapter"] == bool(merge)
+        summary = pd.read_csv(out / "summary.csv")
+        assert np.isfinite(summary[["mean_pre", "mean_post", "gap_alike_diff", "centered_gap_alike_diff"]]).all().all()
+    merged, unmerged = tables["merged"], tables["unmerged"]
+    np.testing.assert_allclose(merged["cosine_pre"], unmerged["cosine_pre"], atol=1e-6)  # the same base, twice
+    assert not np.allclose(merged["cosine_post"], merged["cosine_pre"])  # the merged adapter changed something

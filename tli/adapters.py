@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,22 @@ def load_adapter(model: nn.Module, folder: str | Path, model_config: ModelConfig
         model, str(folder), config=adapter.lora, is_trainable=False, local_files_only=True
     )
     return peft_model.eval()
+
+
+def merged(peft_model: PeftModel) -> nn.Module:
+    """The base model with the adapter merged into its weights (PEFT's merge_and_unload: W + (alpha / r) B A; a 4-bit
+    weight is dequantised, summed and quantised again, so a change below its quantisation step is lost), in eval mode.
+
+    It must come before any pass of the model: TliError when bitsandbytes has already repacked a 4-bit weight for its
+    CPU kernels (`surgery.repacked_4bit`), which PEFT's merge would misread (measured: errors the size of the
+    weights themselves).
+    """
+    repacked = surgery.repacked_4bit(peft_model)
+    if repacked:
+        raise TliError(
+            f"cannot merge the adapter: bitsandbytes repacked {len(repacked)} 4-bit weight(s) for its CPU kernels "
+            f"(e.g. {repacked[0]}) in an earlier pass; merge into a freshly loaded model"
+        )
+    with warnings.catch_warnings():  # PEFT's note that 4-bit merges round: the --merge-adapter help says so
+        warnings.filterwarnings("ignore", message="Merge lora module to 4-bit linear")
+        return peft_model.merge_and_unload().eval()

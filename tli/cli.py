@@ -242,10 +242,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
     sets, removed = evaluate.evaluation_sets(trained, others)
     _check_layers(model_config.model, config.layers)
     model, tokenizer = _load_model(model_config)
+    target_layer, lexicon, pre = stored["train"]["target_layer"], evaluate.Lexicon.from_pairs(pairs), None
+    if config.merge_adapter:  # the pre-TLI pass on this load, the merge on a fresh one (a merge precedes any pass)
+        layers = evaluate.eval_layers(config, target_layer, models.num_layers(model_config.model))
+        pre = evaluate.embed_lexicon(model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
+        del model
+        model, tokenizer = _load_model(model_config)
     adapted = adapters.load_adapter(model, args.adapter, model_config)
-    target_layer = stored["train"]["target_layer"]
+    if config.merge_adapter:
+        adapted = adapters.merged(adapted)
     summary, table = evaluate.evaluate_adapter(
-        adapted, tokenizer, sets, target_layer, config, lexicon=evaluate.Lexicon.from_pairs(pairs), removed=removed
+        adapted, tokenizer, sets, target_layer, config, lexicon=lexicon, pre=pre, removed=removed
     )
     record = {
         "adapter": str(args.adapter.expanduser().resolve()),

@@ -392,9 +392,12 @@ class ModelConfig:
     )
     quantization: str = setting(
         "none",
-        "none, or nf4 (4-bit NF4 via bitsandbytes: the paper's pilot scan and training; its Table 1 evaluation loaded "
-        "the base with load_in_4bit and no quant type, which is FP4, and merged the adapter into those weights)",
-        choices=("none", "nf4"),
+        "none; nf4 (4-bit NF4 via bitsandbytes: the paper's pilot scan and training); or fp4 (load_in_4bit with "
+        "bitsandbytes' default type, FP4, and its default float32 compute: the paper's Table 1 evaluation, which also "
+        "merged the adapter into the 4-bit weights, `tli evaluate --merge-adapter`, and kept the other modules in "
+        "fp16, --dtype float16). Both run on CUDA and on the CPU (bitsandbytes >= 0.50; the test suite runs them on "
+        "the CPU only)",
+        choices=("none", "nf4", "fp4"),
     )
 
     def __post_init__(self):
@@ -476,6 +479,12 @@ class EvalConfig:
     n_boot: int = setting(10_000, "bootstrap resamples for confidence intervals", minimum=100, maximum=10**7)
     seed: int = setting(0, "bootstrap seed", minimum=0, maximum=2**32 - 1)
     csls_k: int = like(ScanConfig, "csls_k")
+    merge_adapter: bool = setting(
+        False,
+        "merge the adapter into the base weights before the post-TLI pass (PEFT's merge_and_unload; 4-bit weights are "
+        "requantised, so a LoRA change below the 4-bit step is lost, as in the paper's Table 1 evaluation); the "
+        "pre-TLI pass then runs on a load of its own",
+    )
 
     def __post_init__(self):
         check(self)

@@ -248,7 +248,8 @@ def evaluate_adapter(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, per-pair table) of the base model (adapter disabled, or the given `pre`) against the adapted one.
 
-    `lexicon` defaults to the words of `sets`; `pre` must hold the evaluation layers of `config`.
+    `peft_model` may also be a model with the adapter merged in (`adapters.merged`), given `pre`. `lexicon` defaults
+    to the words of `sets`; `pre` must hold the evaluation layers of `config`.
     """
     from tli import pooling, surgery
 
@@ -258,6 +259,8 @@ def evaluate_adapter(
     lexicon = lexicon.with_tokens(pooling.token_counts(tokenizer, lexicon.english))
     peft_model.eval()
     if pre is None:
+        if not hasattr(peft_model, "disable_adapter"):
+            raise ValueError("a merged model has no pre-TLI state of its own: pass `pre`")
         with peft_model.disable_adapter():
             pre = embed_lexicon(peft_model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
     post = embed_lexicon(peft_model, tokenizer, lexicon, layers, config.pooling, config.batch_size)

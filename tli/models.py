@@ -360,6 +360,19 @@ def _nf4_config(device: torch.device):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
+def _fp4_config():
+    """The paper's Table 1 evaluation: `BitsAndBytesConfig(load_in_4bit=True)` and nothing more, i.e. bitsandbytes'
+    default 4-bit type (FP4) and default compute dtype (float32), on any device.
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as error:
+        install = "pip install 'targeted-lexical-injection[nf4]'"
+        raise TliError(f"--quantization fp4 needs bitsandbytes: {install} ({error})") from None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32)
+
+
 def _tokenizer_at(folder: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
@@ -410,6 +423,8 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]
     hf_config = _config_at(folder)
     _check_tensor_shapes(folder, hf_config)
     quantization = _nf4_config(device) if config.quantization == "nf4" else None
+    if config.quantization == "fp4":
+        quantization = _fp4_config()
     tokenizer = _tokenizer_at(folder)
     model = _weights_at(folder, dtype, device, quantization)
     if quantization is None:
