@@ -22,7 +22,7 @@ from test_stats import exact_bootstrap_variance
 from tli import report
 from tli import stats as tli_stats
 from tli.errors import TliError
-from tli.report import render, sections, selection, significance, training, verdict
+from tli.report import multiple, render, sections, selection, significance, training, verdict
 
 from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
@@ -202,6 +202,33 @@ def test_corrections_within_families_match_statsmodels(sig):
     assert sig.groupby("family")["family_size"].first().sum() == len(sig)
 
 
+def test_a_family_is_one_set_at_one_layer_corrected_by_hand():
+    """Four rows of two conditions: 'trained @ target' (both at their target layer), 'trained @ layer 4' and
+    'control @ target' hold the rest; Holm by hand within each, a NaN p passes through and is not counted.
+    """
+    table = pd.DataFrame(
+        {
+            "set": ["trained", "trained", "trained", "trained", "control", "control"],
+            "eval_layer": [2, 3, 4, 4, 2, 3],
+            "layer_role": ["target", "target", "final", "final", "target", "target"],
+            "cosine_p": [0.01, 0.04, 0.03, 0.02, 0.02, np.nan],
+        }
+    )
+    corrected = multiple.correct(table)
+    assert corrected["family"].tolist() == [
+        "trained @ target",
+        "trained @ target",
+        "trained @ layer 4",
+        "trained @ layer 4",
+        "control @ target",
+        "control @ target",
+    ]
+    assert corrected["family_size"].tolist() == [2, 2, 2, 2, 2, 2]
+    # Holm: sorted p times (m, m-1, ...), running maximum: (0.01 x 2, 0.04 x 1) and (0.02 x 2, max(0.03 x 1, 0.04))
+    np.testing.assert_allclose(corrected["cosine_p_holm"].to_numpy()[:4], [0.02, 0.04, 0.04, 0.04])
+    assert corrected["cosine_p_holm"].iloc[4] == pytest.approx(0.02) and np.isnan(corrected["cosine_p_holm"].iloc[5])
+
+
 def test_gain_against_the_trained_set_and_equivalence(results, sig):
     """The control set's gain minus the trained set's: difference, CI from the joint bootstrap, TOST by hand."""
     trials = _condition(results, 3, "mean_content")
@@ -336,6 +363,37 @@ def test_verdict_rule_uses_the_corrected_p_of_the_gaps_over_alike_pairs(n, cosin
     row |= {"centered_gap_alike_diff": centred[0], "centered_gap_alike_p_holm": centred[1]}
     row |= {"gap_diff": 0.2, "gap_p_holm": 0.001, "centered_gap_diff": 0.2, "centered_gap_p_holm": 0.001}  # unused
     assert verdict.verdict(pd.Series(row)) == expected
+
+
+def test_a_gain_that_does_not_hold_is_not_detectable_above_its_mde():
+    row = {"protocol": "author's code", "target_layer": 2, "set": "unseen", "n": 1529, "n_seeds": 3, "verdict": "x"}
+    for prefix, gain, p in (("", 0.008, 0.001), ("gap_alike_", 0.0001, 0.4), ("centered_gap_alike_", -0.011, 0.9)):
+        diff = "mean_diff" if not prefix else f"{prefix}diff"
+        p_column = f"{prefix or 'cosine_'}p_holm"
+        row |= {diff: gain, p_column: p, f"{prefix}ci_low": gain - 0.01, f"{prefix}ci_high": gain + 0.01}
+        row[f"{prefix}mde"] = 0.0123
+    row |= {"p_at_1_pre": 0.001, "p_at_1_post": 0.002, "p_at_1_chance": 0.0005}
+    text = verdict.sentence(pd.Series(row))
+    assert "the raw cosine moves by +0.0080 (95% CI -0.0020 to +0.0180, Holm p 0.001)" in text
+    assert "the gap over alike non-translations by +0.0001" in text and "not detectable above 0.0123" in text
+    assert text.count("not detectable above") == 2 and "unseen set (1529 pairs, each averaged over 3 seeds)" in text
+
+
+def test_objectives_are_drawn_only_for_conditions_that_compete(conds, monkeypatch):
+    """Three evaluation poolings: only mean_content (the paper's default) has objectives on the validation scale
+    the figure draws; drift is drawn for all; with no competing condition the panel says why.
+    """
+    from tli.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "png", lambda fig: drawn.append(fig) or b"")
+    figures.objective_and_drift(conds, BY)
+    objective, drift = drawn[-1].axes
+    assert [c.get_label() for c in objective.containers] == ["pooling_train=mean, pooling_eval=mean_content"]
+    assert len({line.get_color() for line in drift.lines}) == 3
+    figures.objective_and_drift(conds[conds["pooling_eval"] != "mean_content"], BY)
+    objective = drawn[-1].axes[0]
+    assert not objective.containers and objective.get_title() == "objectives on other scales: not drawn"
 
 
 def test_protocol_names():
@@ -554,6 +612,7 @@ def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):
     assert "does not contain the condition fixed in advance" in text and not built.verdicts
     assert "Nothing is selected, although 8 conditions have an objective: heldout_category vary" in text
     assert "No Table 1 here: the sweep holds no condition fixed in advance and selects none" in text
+    assert "What the author's code shows" not in text  # the layer and protocol are the paper's: nothing to say
     assert "8 of 8 planned trials done" in text
 
 
