@@ -149,3 +149,31 @@ def test_a_model_without_adapter_is_an_error(model, tokenizer):
     samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=2)
     with pytest.raises(TliError, match="PeftModel"):
         drift.drift_kl(model, samples)
+
+
+def test_a_bf16_models_log_probabilities_come_from_a_float32_lm_head(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=4)
+    peft_model = with_adapter(model.to(torch.bfloat16), random_b=True)
+    ids, m = samples["input_ids"].iat[0], samples["n_prompt_tokens"].iat[0]
+    with torch.no_grad():
+        out = peft_model(input_ids=torch.tensor([ids]), use_cache=False, output_hidden_states=True)
+    head = peft_model.get_output_embeddings().weight.float()
+    expected = torch.log_softmax((out.hidden_states[-1][0, m - 1 : len(ids) - 1].float() @ head.T).double(), dim=-1)
+    rounded = torch.log_softmax(out.logits[0, m - 1 : len(ids) - 1].double(), dim=-1)  # the model's bf16 logits
+    with torch.inference_mode():
+        [measured] = drift._continuation_log_probs(peft_model, [ids], [m])
+    torch.testing.assert_close(measured, expected, rtol=0, atol=1e-6)
+    assert (rounded - expected).abs().max() > 1e-4  # what the float32 head removes
+
+
+def test_the_noise_floor_is_the_drift_of_the_adapter_scaled_down(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=4)
+    peft_model = with_adapter(model, random_b=True)
+    full = drift.drift_kl(peft_model, samples)
+    floor = drift.noise_floor(peft_model, samples)
+    assert list(floor) == ["drift_floor_sw", "drift_floor_en"]
+    for language in ("sw", "en"):  # KL is quadratic in a small change: 1e-3 of the adapter, ~1e-6 of its drift
+        # (to second order; a large drift saturates, so the ratio can be larger)
+        ratio = floor[f"drift_floor_{language}"] / full[f"drift_kl_{language}"]
+        assert 1e-7 < ratio < 1e-3
+    assert drift.drift_kl(peft_model, samples) == full  # the adapter's scaling is restored exactly

@@ -184,3 +184,65 @@ def test_evaluate_fp4_with_the_adapter_merged(tiny_fp4_dir, small_pairs, tmp_pat
     merged, unmerged = tables["merged"], tables["unmerged"]
     np.testing.assert_allclose(merged["cosine_pre"], unmerged["cosine_pre"], atol=1e-6)  # the same base, twice
     assert not np.allclose(merged["cosine_post"], merged["cosine_pre"])  # the merged adapter changed something
+
+
+# --- NF4 trials on the CPU train after eval-mode passes (the sweep embeds the pre-TLI sets first) -------
+
+
+def _nf4_trial(folder, pairs_file):
+    """(settings, inputs with drift samples, a fresh worker cache) of an NF4 trial on the CPU at layer 2."""
+    import dataclasses
+
+    from tli import drift
+    from tli.sweep.flags import SweepConfig
+    from tli.sweep.inputs import load_inputs
+    from tli.sweep.trial import WorkerCache
+    from tli.sweep.tuner import base_settings
+
+    model = ModelConfig(model=str(folder), device="cpu", quantization="nf4")
+    config = SweepConfig(model=model, pairs=str(pairs_file), epochs=2, n_boot=100)
+    cache = WorkerCache()
+    prompts = {language: texts[:1] for language, texts in drift.DEFAULT_PROMPTS.items()}
+    samples = drift.make_samples(*cache.model(model), prompts, new_tokens=4)  # an eval-mode pass, as a sweep's
+    inputs = dataclasses.replace(load_inputs(config), drift_samples=samples)
+    settings = base_settings(config).replace(lr=1e-2, warmup_steps=0, inputs_digest=inputs.digest)
+    return settings, inputs, cache
+
+
+def test_an_nf4_trial_on_the_cpu_trains_after_eval_mode_passes(tiny_fp4_dir, small_pairs):
+    """The sweep embeds the pre-TLI sets in eval mode before training; bitsandbytes must not repack the 4-bit
+    weights for its autograd-less CPU kernel then (tli keeps that kernel off), or LoRA would never learn.
+    """
+    import bitsandbytes as bnb
+    from safetensors.torch import load
+
+    from tli.sweep.trial import run_trial
+
+    settings, inputs, cache = _nf4_trial(tiny_fp4_dir, small_pairs[0])
+    record = run_trial(settings, inputs, cache, keep_adapter=True)
+    row = record.row
+    assert row["status"] == "ok", row["error"]
+    lora_b = {name: t for name, t in load(record.adapter["adapter_model.safetensors"]).items() if "lora_B" in name}
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b.values())  # every LoRA layer learnt
+    assert row["target_trained_mean_diff"] != 0 and row["drift_kl_sw"] > 0 and row["drift_kl_en"] > 0
+    assert (row["device_resolved"], row["compute_dtype"]) == ("cpu", "float32")
+    model = cache.models[settings.model][0]
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
+def test_an_nf4_trial_that_cannot_train_is_an_error_not_a_result(tiny_fp4_dir, small_pairs, monkeypatch):
+    """With the repacking kernel left on (a CPU with AVX512-BF16, as this issue measured), LoRA B stays 0: the
+    trial is stored as an error saying so, never as `ok` with post = pre.
+    """
+    from bitsandbytes.functional import has_avx512bf16
+
+    from tli import models
+    from tli.sweep.trial import run_trial
+
+    if not has_avx512bf16():
+        pytest.skip("this CPU lacks AVX512-BF16: bitsandbytes never repacks here")
+    monkeypatch.setattr(models, "_keep_4bit_trainable_on_cpu", lambda model: None)
+    settings, inputs, cache = _nf4_trial(tiny_fp4_dir, small_pairs[0])
+    row = run_trial(settings, inputs, cache).row
+    assert row["status"] == "error" and "training left every LoRA B weight at 0" in row["error"]

@@ -93,3 +93,66 @@ def test_unknown_target_module_is_an_error(tiny_llama):
     with pytest.raises(TliError, match="c_attn not in this model"):
         train.attach_lora(model, TrainConfig(target_modules=("c_attn",)))
     assert surgery.num_layers(model) == 4
+
+
+def _trained(pairs):
+    return pairs[pairs["split"] == "trained"]
+
+
+def test_full_forward_trains_the_same_adapter_at_any_dropout(tiny_llama, small_pairs):
+    """LoRA dropout 0.05 (the default): the blocks above the target layer draw no dropout numbers."""
+    model, tokenizer = tiny_llama
+    runs = {}
+    for full_forward in (False, True):
+        config = TrainConfig(target_layer=2, epochs=2, batch_size=4, warmup_steps=0, lr=1e-2, full_forward=full_forward)
+        assert config.lora_dropout == 0.05
+        peft_model, log = train.train_tli(model, tokenizer, _trained(small_pairs[1]), config, progress=False)
+        below = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n and ".layers.0." in n}
+        runs[full_forward] = log["loss"].tolist(), below
+        model = peft_model.unload()
+    assert runs[False][0] == runs[True][0] and len(set(runs[False][0])) > 1  # identical losses, step by step
+    assert runs[False][1].keys() == runs[True][1].keys()
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_run_whose_adapter_never_learnt_is_an_error(tiny_llama, small_pairs, monkeypatch):
+    model, tokenizer = tiny_llama
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)  # no gradient ever applied
+    config = TrainConfig(target_layer=2, epochs=1, batch_size=4, warmup_steps=0, lr=1e-2)
+    with pytest.raises(train.AdapterNoOp, match="training left every LoRA B weight at 0"):
+        train.train_tli(model, tokenizer, _trained(small_pairs[1]), config, progress=False)
+
+
+@pytest.mark.parametrize(("scale", "moved"), [(1e-30, False), (1e-2, True)])
+def test_an_adapter_too_small_to_move_the_embeddings_is_a_no_op(tiny_llama, small_pairs, scale, moved):
+    model, tokenizer = tiny_llama
+    config = TrainConfig(target_layer=2, lora_rank=4)
+    peft_model = train.attach_lora(model, config).eval()
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(scale)  # not 0, but 1e-30 of a change is lost in float32
+    check = lambda: train.check_changed_model(peft_model, tokenizer, _trained(small_pairs[1]), config)  # noqa: E731
+    if moved:
+        check()
+    else:
+        with pytest.raises(train.AdapterNoOp, match="leaves the layer-2 embeddings of the trained words unchanged"):
+            check()
+
+
+def test_deterministic_kernels_are_switched_on_for_training_only(tiny_llama, small_pairs):
+    model, tokenizer = tiny_llama
+    seen = []
+    with train.deterministic_kernels(True):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+    assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+    logs = []
+    for deterministic in (False, True):  # the CPU is deterministic anyway: the same numbers either way
+        config = TrainConfig(
+            target_layer=2, epochs=1, batch_size=4, warmup_steps=0, lr=1e-2, deterministic=deterministic
+        )
+        peft_model, log = train.train_tli(model, tokenizer, _trained(small_pairs[1]), config, progress=False)
+        logs.append(log["loss"].tolist())
+        model = peft_model.unload()
+    assert logs[0] == logs[1] and not torch.are_deterministic_algorithms_enabled()

@@ -455,7 +455,15 @@ class TrainConfig:
     mask_false_negatives: bool = setting(
         True, "exclude in-batch negatives that share the Swahili or the English word (the paper does not)"
     )
-    full_forward: bool = setting(False, "run every block, LoRA on all of them (verification; slower)")
+    full_forward: bool = setting(
+        False,
+        "run every block, LoRA on all of them (verification; slower): the same losses and gradients at any dropout",
+    )
+    deterministic: bool = setting(
+        False,
+        "on CUDA, deterministic kernels (torch.use_deterministic_algorithms; slower): the same seed then gives the "
+        "same numbers on the same GPU and software; CPU runs are deterministic anyway",
+    )
 
     def __post_init__(self):
         check(self)

@@ -9,7 +9,7 @@ The paper names forgetting as a limitation and never measures it. Here, per tria
 
 on a fixed, seeded set of short continuations that the base model itself samples from Swahili and
 English prompts (`make_samples`, stored once per experiment); `drift_kl` runs the full causal LM,
-LM head included, with the adapter disabled and applied. Sampling at temperature 1 from the base
+its LM head in float32, with the adapter disabled and applied. Sampling at temperature 1 from the base
 model makes the per-token mean a Monte Carlo estimate of the sequence-level KL(base || TLI) per
 token (the chain rule of KL), evaluated where the base model puts its own probability mass.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 import pandas as pd
@@ -170,8 +171,10 @@ def make_samples(
 def _continuation_log_probs(model: nn.Module, batch: list[list[int]], n_prompt: list[int]) -> list[torch.Tensor]:
     """Per sequence, log p(. | x_<t) in float64 at the positions predicting its generated tokens: [n_new, vocab].
 
-    One full causal LM forward of the batch, right-padded ([b, pos]; padding after a sequence cannot change
-    its tokens' logits under causal attention); logits at positions n_prompt - 1 .. length - 2.
+    One forward pass of the batch to the final norm, right-padded ([b, pos]; padding after a sequence cannot
+    change its tokens' states under causal attention); at positions n_prompt - 1 .. length - 2, the LM head
+    in float32 (`surgery.lm_head_float32`): a bf16 model's own logits are rounded to bf16, a noise floor of
+    ~2e-3 nats per token under any change to the model.
     """
     longest = max(len(ids) for ids in batch)
     input_ids = torch.zeros(len(batch), longest, dtype=torch.long)
@@ -180,9 +183,10 @@ def _continuation_log_probs(model: nn.Module, batch: list[list[int]], n_prompt: 
         input_ids[row, : len(ids)] = torch.as_tensor(ids)
         attention_mask[row, : len(ids)] = 1
     device = _device(model)
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
+    last = surgery.num_layers(model)
+    hidden = surgery.hidden_states(model, input_ids.to(device), attention_mask.to(device), [last])[last]  # [b, pos, d]
     return [
-        torch.log_softmax(logits[row, m - 1 : len(ids) - 1].double(), dim=-1)
+        torch.log_softmax(surgery.lm_head_float32(model, hidden[row, m - 1 : len(ids) - 1]).double(), dim=-1)
         for row, (ids, m) in enumerate(zip(batch, n_prompt))
     ]
 
@@ -195,7 +199,7 @@ def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> di
     give log-probabilities [n - m, vocab] at positions m - 1 .. n - 2, and
     KL_t = sum_v p_base,t(v) (log p_base,t(v) - log p_tli,t(v)) in float64; the sample's value is
     the mean over t, the language's the mean over its samples. `batch_size` sequences per forward pass
-    (the logits of a batch are [batch, pos, vocab]: mind a 262k vocabulary), under inference mode and in
+    (the float32 logits of a batch's new tokens: mind a 262k vocabulary), under inference mode and in
     eval mode (each module's mode restored after); keys follow the order in which languages first appear
     (`make_samples` with the default prompts: sw, en).
     """
@@ -226,3 +230,36 @@ def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> di
                 kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # [n_new]
                 per_sample.setdefault(language, []).append(kl.mean().item())
     return {f"drift_kl_{language}": sum(values) / len(values) for language, values in per_sample.items()}
+
+
+FLOOR_SCALE = 1e-3  # the adapter's scale when measuring the noise floor
+
+
+@contextlib.contextmanager
+def _scaled_adapter(model: PeftModel, scale: float) -> Iterator[None]:
+    """Inside, every LoRA layer adds `scale` x its change (PEFT's per-layer `scaling`, restored exactly after)."""
+    from peft.tuners.lora import LoraLayer
+
+    saved = [(layer, dict(layer.scaling)) for layer in model.modules() if isinstance(layer, LoraLayer)]
+    try:
+        for layer, scaling in saved:
+            layer.scaling.update({name: value * scale for name, value in scaling.items()})
+        yield
+    finally:
+        for layer, scaling in saved:
+            layer.scaling.update(scaling)
+
+
+def noise_floor(model: PeftModel, samples: pd.DataFrame) -> dict[str, float]:
+    """{"drift_floor_<language>": drift_kl of the same adapter scaled by FLOOR_SCALE}: what the model's arithmetic
+    measures for a change too small to matter (KL is quadratic in a small change: the scaled adapter's own KL is
+    1e-6 of the adapter's, to second order). In bfloat16 every block rounds its output to 8 significant bits, so
+    any change that moves a rounding shows up as drift: below this floor, drift is the arithmetic's noise.
+    """
+    with _scaled_adapter(model, FLOOR_SCALE):
+        measured = drift_kl(model, samples)
+    return {
+        key.replace("drift_kl_", "drift_floor_", 1): value
+        for key, value in measured.items()
+        if re.fullmatch(r"drift_kl_[a-z]+", key)
+    }

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.load would unpickle these
 OTHER_WEIGHT_SUFFIXES = (".gguf", ".h5", ".msgpack", ".onnx")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+DETERMINISTIC_CUBLAS = (
+    ":4096:8"  # CUBLAS_WORKSPACE_CONFIG that deterministic cuBLAS needs (PyTorch's reproducibility notes)
+)
 POSITIVE_CONFIG_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -85,16 +89,59 @@ def cache_root() -> Path:
     return Path(base) / "tli" / "models"
 
 
+def ray_gpu_ids() -> list[str] | None:
+    """The GPU ids Ray assigned to this process's task or actor; None outside a Ray worker.
+
+    Ray is only asked when this process already imported it (a Ray worker always has): `tli train`
+    never imports Ray.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return [str(gpu) for gpu in ray.get_gpu_ids()]
+
+
 def resolve_device(device: str) -> torch.device:
-    """The torch device of a ModelConfig.device (already pattern-checked): 'auto' picks CUDA when present."""
+    """The torch device of a ModelConfig.device (already pattern-checked).
+
+    'auto' is CUDA when present; inside a Ray worker it is CUDA only when Ray assigned this task GPUs
+    (`ray.get_gpu_ids()`; Ray then sets CUDA_VISIBLE_DEVICES to them, so cuda:0 is the first), else the
+    CPU, with CUDA hidden from the process (Ray 2.60 leaves every GPU visible to a task that reserved
+    none). An explicit 'cuda' inside a Ray worker without assigned GPUs is a TliError.
+    """
+    assigned = ray_gpu_ids()
+    if assigned is not None and not assigned:
+        if device.startswith("cuda"):
+            raise TliError(f"device {device!r} inside a Ray task that reserved no GPU: reserve GPUs for trials")
+        if not torch.cuda.is_initialized():
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # nothing in this process may touch a GPU it did not reserve
+        return torch.device("cpu")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if assigned or torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
+        if assigned:
+            raise TliError(
+                f"Ray assigned GPU(s) {','.join(assigned)} to this task, but torch {torch.__version__} sees no CUDA "
+                f"device in it (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+            )
         raise TliError(f"device {device!r} requested but CUDA is not available on this machine")
     resolved = torch.device(device)
     if resolved.index is not None and resolved.index >= torch.cuda.device_count():
         raise TliError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+    if resolved.type == "cuda":  # before cuBLAS starts: what --deterministic needs, harmless otherwise
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", DETERMINISTIC_CUBLAS)
     return resolved
+
+
+def gpu_identity(device: torch.device) -> tuple[str | None, str | None]:
+    """(name, id) of the GPU behind `device` (None, None for the CPU): the id is the physical one, through
+    CUDA_VISIBLE_DEVICES (which Ray sets to the GPUs it assigned), else the CUDA index.
+    """
+    if device.type != "cuda":
+        return None, None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    return torch.cuda.get_device_name(index), visible[index] if index < len(visible) else str(index)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -349,15 +396,30 @@ def _check_tensor_shapes(folder: Path, config: PretrainedConfig) -> None:
                 )
 
 
-def _nf4_config(device: torch.device):
+def _nf4_config(dtype: torch.dtype):
+    """The BitsAndBytesConfig of NF4 weights computing in `dtype` (--dtype: bf16 on CUDA, fp32 on the CPU)."""
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError as error:
         install = "pip install 'targeted-lexical-injection[nf4]'"
         raise TliError(f"--quantization nf4 needs bitsandbytes: {install} ({error})") from None
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
+    """Keep a CPU 4-bit model's (NF4, FP4) weights in the layout that autograd goes through.
+
+    bitsandbytes (0.50) repacks a Linear4bit's weights for its AVX512-BF16 kernel at the first eval-mode
+    forward pass without gradients (`Linear4bit.forward`), and from then on multiplies through
+    `gemv_4bit`, which has no autograd: after the pre-TLI embeddings, no gradient would reach LoRA and
+    B would stay 0. Turning the kernel off per layer keeps the dequantising path, which trains.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _fp4_config():
@@ -382,6 +444,11 @@ def _tokenizer_at(folder: Path) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of model `name` (alias, folder or cached hub id), padding on the right; no weight loaded."""
+    return _tokenizer_at(model_location(name))
 
 
 def _weights_at(folder: Path, dtype: torch.dtype, device: torch.device, quantization) -> nn.Module:
@@ -422,23 +489,33 @@ def load_model(config: ModelConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]
     folder = model_location(config.model)
     hf_config = _config_at(folder)
     _check_tensor_shapes(folder, hf_config)
-    quantization = _nf4_config(device) if config.quantization == "nf4" else None
+    quantization = _nf4_config(dtype) if config.quantization == "nf4" else None
     if config.quantization == "fp4":
         quantization = _fp4_config()
     tokenizer = _tokenizer_at(folder)
     model = _weights_at(folder, dtype, device, quantization)
     if quantization is None:
         model.to(device)
+    elif device.type == "cpu":
+        _keep_4bit_trainable_on_cpu(model)
     model.eval()
     surgery.model_family(model)
     return model, tokenizer
 
 
-def describe(config: ModelConfig) -> dict[str, str]:
-    """Resolved settings to store beside results; `model_resolved` names the model from any directory."""
+def runs_on(config: ModelConfig) -> dict[str, str | None]:
+    """Where a model loaded with `config` in this process runs: `device_resolved` (e.g. cuda:0, cpu), `gpu_name`,
+    `gpu_id` (the physical GPU; Ray's id inside a Ray task) and `compute_dtype` (NF4 computes in --dtype, FP4 in
+    float32, bitsandbytes' default that the paper's evaluation used).
+    """
     device = resolve_device(config.device)
-    return dataclasses.asdict(config) | {
-        "model_resolved": model_identity(config.model),
-        "device_resolved": str(device),
-        "dtype_resolved": str(resolve_dtype(config.dtype, device)).removeprefix("torch."),
-    }
+    name, gpu = gpu_identity(device)
+    dtype = (
+        "float32" if config.quantization == "fp4" else str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    )
+    return {"device_resolved": str(device), "gpu_name": name, "gpu_id": gpu, "compute_dtype": dtype}
+
+
+def describe(config: ModelConfig) -> dict[str, str | None]:
+    """Resolved settings to store beside results; `model_resolved` names the model from any directory."""
+    return dataclasses.asdict(config) | {"model_resolved": model_identity(config.model)} | runs_on(config)

@@ -135,3 +135,19 @@ def hidden_states(
         with recording(model, layers) as recorded:
             unwrap(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return {k: recorded[k] for k in layers}
+
+
+def lm_head_float32(model: nn.Module, hidden: torch.Tensor, chunk: int = 8_192) -> torch.Tensor:
+    """The causal LM's logits of final hidden states (hidden_states[L], [n, d_model]) in float32, [n, vocab],
+    whatever dtype the model runs in: logits = hidden W^T (+ bias), W upcast `chunk` vocabulary rows at a
+    time (a bf16 head's logits would be rounded to 8 significant bits), then the model's final logit
+    soft-capping where its config has one (Gemma 2), as transformers applies it.
+    """
+    head = unwrap(model).get_output_embeddings()
+    hidden = hidden.float()
+    weight = head.weight
+    logits = torch.cat([hidden @ weight[i : i + chunk].float().T for i in range(0, weight.shape[0], chunk)], dim=-1)
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias.float()
+    cap = getattr(unwrap(model).config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

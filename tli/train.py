@@ -5,11 +5,17 @@ stopped at block k), L2-normalised, and scored with
 `tli.loss.triplet_margin_hardest_negative` (Swahili anchors, English positives, the hardest
 in-batch English negative, false negatives masked). Blocks above k cannot change hidden_states[k],
 so LoRA is attached to blocks 1..k only and the forward pass stops there; `full_forward` runs every
-block with LoRA everywhere, as a check (same losses, same gradients).
+block with LoRA everywhere, as a check (same losses, same gradients, at any dropout: the LoRA layers above k
+draw no dropout numbers, and the dropout stream is seeded after LoRA's initialisation, so the blocks below k
+draw the same numbers).
+
+A training run that left the model unchanged (every LoRA B still 0, or the target-layer embeddings of the
+trained words the same with and without the adapter) is an `AdapterNoOp` error, never a result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
@@ -29,8 +36,15 @@ from tli.errors import TliError
 logger = logging.getLogger(__name__)
 
 
+NOOP_CHECK_WORDS = 64  # trained words whose target-layer embeddings must move
+
+
 class TrainingDiverged(TliError):
     """The loss became NaN or infinite."""
+
+
+class AdapterNoOp(TliError):
+    """Training left the model as it was."""
 
 
 def check_target_layer(config: TrainConfig, n_layers: int) -> None:
@@ -55,7 +69,54 @@ def attach_lora(model: nn.Module, config: TrainConfig) -> PeftModel:
         layers_pattern="layers",
         bias="none",
     )
-    return get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora)
+    for block in surgery.decoder(peft_model).layers[config.target_layer :]:  # full_forward's blocks above k
+        for module in block.modules():
+            if isinstance(module, LoraLayer):
+                for adapter in module.lora_dropout:  # they cannot change hidden_states[k]: no dropout draws
+                    module.lora_dropout[adapter] = nn.Identity()
+    return peft_model
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Inside, with `enabled`, PyTorch runs deterministic kernels only (an operation without one raises); the
+    previous mode is restored after. On CUDA it also needs CUBLAS_WORKSPACE_CONFIG (`models.resolve_device`
+    sets it before cuBLAS starts).
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def check_changed_model(peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, config) -> None:
+    """AdapterNoOp unless training changed the model: some LoRA B weight is not 0 (B starts at 0: LoRA adds
+    nothing until a gradient reaches it), and the target layer's pooled embeddings (`pooling_train`) of the
+    first NOOP_CHECK_WORDS trained words differ with the adapter on and off (one batch, the same kernels).
+    """
+    lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
+    if not any(bool(p.detach().abs().sum() > 0) for p in lora_b):
+        raise AdapterNoOp(
+            "training left every LoRA B weight at 0: no gradient reached the adapter, the model is unchanged"
+        )
+    words = list(dict.fromkeys([*pairs["swahili"], *pairs["english"]]))[:NOOP_CHECK_WORDS]
+    encoded, layer, mode = pooling.tokenize(tokenizer, words), config.target_layer, config.pooling_train
+    with torch.inference_mode():
+        with peft_model.disable_adapter():
+            before = pooling.pooled(peft_model, encoded, [layer], [mode])[mode][layer]
+        after = pooling.pooled(peft_model, encoded, [layer], [mode])[mode][layer]
+    if torch.equal(before, after):
+        dtype = str(next(peft_model.parameters()).dtype).removeprefix("torch.")
+        raise AdapterNoOp(
+            f"the adapter leaves the layer-{layer} embeddings of the trained words unchanged (LoRA B is not 0, "
+            f"but its effect is lost in the model's {dtype} arithmetic)"
+        )
 
 
 def batches(
@@ -111,13 +172,16 @@ def train_tli(
 ) -> tuple[PeftModel, pd.DataFrame]:
     """Train LoRA on `pairs`; returns (the PEFT model in eval mode, the log: step, epoch, loss, lr, seconds).
 
-    `on_epoch_end(log so far)` is called after each epoch (the sweep reports it to Ray Tune).
+    `on_epoch_end(log so far)` is called after each epoch (the sweep reports it to Ray Tune). With
+    `config.deterministic` the steps run deterministic kernels only. AdapterNoOp when the trained adapter leaves
+    the model as it was (`check_changed_model`).
     """
     check_target_layer(config, surgery.num_layers(model))
     if len(pairs) < 2:
         raise TliError(f"{len(pairs)} training pair(s): in-batch negatives need at least 2")
     torch.manual_seed(config.seed)
     peft_model = attach_lora(model, config)
+    torch.manual_seed(config.seed)  # dropout's stream starts here, whatever full_forward's extra LoRA layers drew
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr)
     per_epoch = steps_per_epoch(len(pairs), config.batch_size)
@@ -145,20 +209,28 @@ def train_tli(
     peft_model.train()
     steps = batches(len(pairs), config.batch_size, config.epochs, generator)
     bar = tqdm(steps, total=total, desc=f"train @ layer {config.target_layer}", unit="step", disable=not progress)
-    for step, (epoch, rows) in enumerate(bar, start=1):
-        value = batch_loss(peft_model, tokenizer, pairs, rows, config, mask)
-        if not torch.isfinite(value):
-            raise TrainingDiverged(f"loss is {value.item()} at step {step} (epoch {epoch + 1})")
-        value.backward()
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        log.append(
-            {"step": step, "epoch": epoch + 1, "loss": value.item(), "lr": lr, "seconds": time.perf_counter() - started}
-        )
-        bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)  # redrawn at tqdm's own pace
-        if on_epoch_end is not None and step % per_epoch == 0:
-            on_epoch_end(pd.DataFrame(log))
+    with deterministic_kernels(config.deterministic):
+        for step, (epoch, rows) in enumerate(bar, start=1):
+            value = batch_loss(peft_model, tokenizer, pairs, rows, config, mask)
+            if not torch.isfinite(value):
+                raise TrainingDiverged(f"loss is {value.item()} at step {step} (epoch {epoch + 1})")
+            value.backward()
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            log.append(
+                {
+                    "step": step,
+                    "epoch": epoch + 1,
+                    "loss": value.item(),
+                    "lr": lr,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)  # redrawn at tqdm's own pace
+            if on_epoch_end is not None and step % per_epoch == 0:
+                on_epoch_end(pd.DataFrame(log))
     peft_model.eval()
+    check_changed_model(peft_model, tokenizer, pairs, config)
     return peft_model, pd.DataFrame(log)
