@@ -1,4 +1,5 @@
-"""Memory: peak RSS of a trial on the embedded model, and RSS across consecutive trials in one process.
+"""Memory: peak RSS of a trial on the embedded model, RSS across consecutive trials in one process, and a trial's
+measured peak against `tli.memory`'s estimate (what `--gpus-per-trial auto` relies on).
 
 Each trial is the sweep's own worker path (`tli.sweep.trial.run_trial` with one `WorkerCache`, as a
 Ray worker runs it, on a smoke sweep's inputs and settings): attach LoRA at layer 2, train one epoch on
@@ -11,6 +12,13 @@ under `--tolerance-mb`.
 
     .venv/bin/python -m benchmarks.bench_memory               # 20 trials, a minute or two
     .venv/bin/python -m benchmarks.bench_memory --smoke-test  # 5 trials
+    .venv/bin/python -m benchmarks.bench_memory --estimate gemma3-270m  # one trial at layer L: peak vs estimate
+
+The estimate check (`--estimate MODEL`, its own process per model): RSS after imports, then the model loaded,
+the peak RSS counter reset (`/proc/self/clear_refs`: the loader's transient copies are not a trial's), one smoke
+trial at the deepest target layer L (the most activations), the peak (VmHWM) minus the RSS after imports: the
+model and the trial together, as `tli.memory.trial_peak` counts them on the CPU (no CUDA context), plus host
+memory a GPU never holds, chiefly the tokenizer (measured by loading one first, reported apart).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 
 from benchmarks import _common
 from benchmarks._common import print_table
-from tli import drift
+from tli import drift, memory, models
 from tli.config import ModelConfig
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import load_inputs
@@ -45,6 +53,19 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise
+
+
+def high_water_bytes() -> int:
+    """The peak RSS since the last `reset_high_water` (VmHWM of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def reset_high_water() -> None:
+    """Reset this process's peak RSS to its current RSS (Linux: 5 > /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss_bytes() -> int:
@@ -93,11 +114,54 @@ def run(n_trials: int, tolerance_mb: float, model_name: str = "smollm2-135m") ->
     }
 
 
+def peak_against_estimate(model_name: str) -> dict[str, object]:
+    """One smoke trial of `model_name` on the CPU at target layer L: its measured peak RSS above the process's
+    imports, and tli.memory's estimate of it, in bytes, with the estimate's parts.
+    """
+    before_tokenizer = rss_bytes()
+    tokenizer_copy = models.load_tokenizer(model_name)  # kept: the cache loads its own copy
+    before_load = rss_bytes()
+    config = SweepConfig(model=ModelConfig(model=model_name, device="cpu"), smoke_test=True)
+    cache = WorkerCache()
+    model, tokenizer = cache.model(config.model)
+    prompts = {language: texts[:2] for language, texts in drift.DEFAULT_PROMPTS.items()}  # as a smoke sweep's
+    samples = drift.make_samples(model, tokenizer, prompts, new_tokens=8)
+    inputs = dataclasses.replace(load_inputs(config), drift_samples=samples)
+    n_layers = models.num_layers(model_name)
+    settings = base_settings(config).replace(target_layer=n_layers, inputs_digest=inputs.digest)
+    words = [*inputs.lexicon.swahili, *inputs.lexicon.english]
+    word_tokens = max(len(ids) for ids in tokenizer(words, add_special_tokens=True)["input_ids"])
+    shape = memory.trial_shape(settings.model, settings.train, False, word_tokens, 8)
+    parts = memory.trial_peak(memory.model_shape(model.config), shape)
+    del model
+    gc.collect()
+    reset_high_water()
+    row = run_trial(settings, inputs, cache).row
+    if row["status"] != "ok":
+        raise RuntimeError(f"the trial failed: {row['error']}")
+    measured, tokenizer_bytes = high_water_bytes() - before_load, before_load - before_tokenizer
+    del tokenizer_copy
+    return {
+        "model": model_name,
+        "measured": measured,
+        "tokenizer": tokenizer_bytes,  # host memory only: never on a GPU
+        "measured_less_tokenizer": measured - tokenizer_bytes,
+        "estimated": parts["peak"],
+        **parts,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser = _common.parser(__doc__, "5 trials")
     parser.add_argument("--trials", type=int, default=20, help="consecutive trials (default: %(default)s)")
     parser.add_argument("--tolerance-mb", type=float, default=50.0, help="allowed growth (default: %(default)s MB)")
+    parser.add_argument("--estimate", metavar="MODEL", help="instead: one trial's peak against tli.memory's estimate")
     args = _common.parse(parser, argv)
+    if args.estimate:
+        result = peak_against_estimate(args.estimate)
+        rows = [{"part": name, "MB": value / MB} for name, value in result.items() if name != "model"]
+        print_table(f"memory: a smoke trial of {args.estimate} at layer L, CPU, against tli.memory", rows, MODULE, argv)
+        return result
     if args.smoke_test:
         args.trials = 5
     result = run(args.trials, args.tolerance_mb)

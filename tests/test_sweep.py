@@ -267,6 +267,7 @@ def test_lora_does_not_leak_between_trials_of_one_worker(tiny_trials, tiny_llama
     second = sweep_trial.run_trial(trials[1], inputs, cache)
     assert first.row["status"] == second.row["status"] == "ok" and epochs == [1, 2]  # one report per epoch
     assert first.row["target_trained_mean_diff"] != 0  # the adapter did change the embeddings
+    assert (first.row["device_resolved"], first.row["compute_dtype"], first.row["gpu_id"]) == ("cpu", "float32", None)
     assert cache.models[trials[0].model][0] is model and (first.row["worker_trial"], second.row["worker_trial"]) == (
         1,
         2,
@@ -304,6 +305,28 @@ def test_failures_become_error_records_and_leave_a_clean_cache(tiny_trials, monk
     retried = sweep_trial.run_trial(trials[0], inputs, cache)
     assert retried.row["status"] == "ok" and retried.row["trial_id"] == diverged.row["trial_id"]
     assert not sweep_trial.has_lora(next(iter(cache.models.values()))[0])
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_one_model_and_a_bounded_set_of_embeddings(tiny_trials, tiny_llama_dir):
+    trials, inputs, cache = tiny_trials
+    config = trials[0].model
+    layer = cache.pre_embeddings(config, inputs, "mean", [1])[1]
+    cache.embedding_bytes = 2 * sum(vectors.nbytes for vectors in layer)  # room for two layers
+    cache.pre_embeddings(config, inputs, "mean", [2, 3])
+    assert [key[-1] for key in cache.embeddings] == [2, 3]  # layer 1, least recently used, dropped
+    cache.pre_embeddings(config, inputs, "mean", [3, 4])
+    assert [key[-1] for key in cache.embeddings] == [3, 4]
+    cache.pre_embeddings(config, inputs, "mean", [1, 2, 3])  # a trial's own layers are kept, whatever the bound
+    assert [key[-1] for key in cache.embeddings] == [1, 2, 3]
+    other = ModelConfig(model=str(tiny_llama_dir), device="cpu", dtype="bfloat16")
+    model, _ = cache.model(other)
+    assert list(cache.models) == [other] and not cache.embeddings and next(model.parameters()).dtype == torch.bfloat16
+    row = sweep_trial.run_trial(trials[0], inputs, cache).row  # back to the first model: the second one freed
+    assert row["status"] == "ok" and list(cache.models) == [config]
+    assert {"device_resolved", "gpu_name", "gpu_id", "compute_dtype", "drift_floor_sw"} <= set(
+        sweep_trial.trials_schema().names
+    )
 
 
 # --- the layer-sweep contract, end to end on a local Ray ----------------------------------------

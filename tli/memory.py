@@ -14,9 +14,9 @@ per weight, a: bytes per activation, the compute dtype's):
                          ~8 h; SiLU input, gate and up outputs: 3 i), for a forward pass stopped at
                          target layer k (all L blocks, and the LM head's logits, with full_forward)
                eval      64 words x t x (4 h + 3 i) x a: one block's transients under inference mode
-               drift     4 s V a + 13 x 8 n V: the logits of 4 sequences of s tokens; float64
-                         log-probabilities of the n new tokens of 4 sequences, base and TLI (8 n V),
-                         and a sequence's upcast and KL terms (5 n V)
+               drift     13 x 8 n V + 4 n V + 4 c h: float64 log-probabilities of the n new tokens of
+                         4 sequences, base and TLI (8 n V), a sequence's upcast and KL terms (5 n V),
+                         its float32 logits (n V) and the LM head's float32 block of c rows
   dequantise   NF4 only: 2 x the largest linear weight x a (a block's weight dequantised per matmul)
   context      CUDA only: the CUDA context, cuBLAS workspace and kernels (CONTEXT_BYTES)
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from tli.config import ModelConfig, TrainConfig
 from tli.errors import TliError
 
 GB = 1e9
@@ -40,6 +41,8 @@ SAVED_PER_HIDDEN, SAVED_PER_INTERMEDIATE = 8, 3  # activations autograd keeps pe
 EVAL_PER_HIDDEN, EVAL_PER_INTERMEDIATE = 4, 3  # one block's transients under inference mode
 EVAL_WORDS = 64  # words per forward pass of the evaluation (EvalConfig.batch_size)
 DRIFT_SEQUENCES = 4  # sequences per forward pass of drift_kl
+HEAD_CHUNK = 8_192  # vocabulary rows of the LM head upcast at once (surgery.lm_head_float32)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SAFETY_MARGIN = 0.10  # share of a GPU's memory left free: the caching allocator's slack and fragmentation
 MAX_TRIALS_PER_GPU = 8  # beyond this, trials on one GPU time-slice its compute and each adds a context
 RAY_STEPS = 10_000  # Ray keeps resource quantities to 4 decimals
@@ -72,8 +75,7 @@ class TrialShape:
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     batch_size: int = 8  # pairs per step: 2b words per forward pass
     word_tokens: int = 16  # t: tokens of the longest word, special tokens included
-    drift_tokens: int = 48  # s: tokens of the longest drift sample (0: no drift)
-    drift_new_tokens: int = 24  # n: its generated tokens (drift.make_samples' new_tokens)
+    drift_tokens: int = 24  # n: generated tokens of a drift sample (drift.make_samples' new_tokens; 0: no drift)
     weight_bytes: int = 2  # w: 4 fp32, 2 bf16/fp16
     compute_bytes: int = 2  # a
     nf4: bool = False
@@ -125,8 +127,10 @@ def trial_peak(model: ModelShape, trial: TrialShape) -> dict[str, int]:
     per_token = SAVED_PER_HIDDEN * model.hidden + SAVED_PER_INTERMEDIATE * model.intermediate
     training = words * t * (blocks * per_token + (model.vocab if trial.full_forward else 0)) * a
     evaluation = EVAL_WORDS * t * (EVAL_PER_HIDDEN * model.hidden + EVAL_PER_INTERMEDIATE * model.intermediate) * a
-    s, n = trial.drift_tokens, trial.drift_new_tokens if trial.drift_tokens else 0
-    drift = DRIFT_SEQUENCES * s * model.vocab * a + (2 * DRIFT_SEQUENCES + 5) * n * model.vocab * 8
+    n = trial.drift_tokens
+    drift = ((2 * DRIFT_SEQUENCES + 5) * n * model.vocab * 8 + n * model.vocab * 4 + HEAD_CHUNK * model.hidden * 4) * (
+        n > 0
+    )
     largest = max(n_in * n_out for _, n_in, n_out in model.linears)
     parts = {
         "weights": int(weights),
@@ -136,6 +140,26 @@ def trial_peak(model: ModelShape, trial: TrialShape) -> dict[str, int]:
         "context": CONTEXT_BYTES if trial.cuda else 0,
     }
     return parts | {"peak": sum(parts.values())}
+
+
+def trial_shape(model: ModelConfig, train: TrainConfig, cuda: bool, word_tokens: int, drift_tokens: int) -> TrialShape:
+    """The TrialShape of a trial's settings on CUDA or the CPU (`--dtype auto`: bf16 on CUDA, fp32 on the CPU),
+    its longest word `word_tokens` long, its drift samples `drift_tokens` new tokens long (0: no drift).
+    """
+    dtype = model.dtype if model.dtype != "auto" else "bfloat16" if cuda else "float32"
+    return TrialShape(
+        target_layer=train.target_layer,
+        lora_rank=train.lora_rank,
+        target_modules=train.target_modules,
+        batch_size=train.batch_size,
+        word_tokens=word_tokens,
+        drift_tokens=drift_tokens,
+        weight_bytes=DTYPE_BYTES[dtype],
+        compute_bytes=DTYPE_BYTES[dtype],
+        nf4=model.quantization == "nf4",
+        cuda=cuda,
+        full_forward=train.full_forward,
+    )
 
 
 def trials_per_gpu(peak_bytes: int, gpu_bytes: int) -> int:

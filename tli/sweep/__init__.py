@@ -3,6 +3,7 @@
   settings  `TrialSettings` (one trial's frozen settings, its trial_id and row) and grid expansion
   flags     `SweepConfig`, the command line every ablation script shares, generated from its fields
   inputs    what every trial of an experiment shares: pairs, evaluation sets, the retrieval pool, drift samples
+  resources what each task reserves on the cluster: CPUs and the GPU share (`--gpus-per-trial auto`)
   trial     one trial inside a Ray worker: train, evaluate, measure drift, return its record
   store     the experiment's files on a local disk or an object store, written by the driver alone
   tuner     Ray Tune plumbing: the trainable and what it reports, checks before Ray starts, `run_sweep`

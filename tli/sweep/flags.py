@@ -17,6 +17,13 @@ from tli.sweep.settings import TrialSettings
 CALLBACKS = ("tensorboard", "mlflow", "wandb")
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r} as a number or auto") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """Settings shared by every ablation script (one flag each; the model flags come from ModelConfig)."""
@@ -47,8 +54,16 @@ class SweepConfig:
         None, "Ray cluster to join: host:port or auto", unset="start a private local Ray and stop it after"
     )
     cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)", above=0, maximum=1024)
-    gpus_per_trial: float = setting(
-        0.0, "GPUs per trial, fractional to pack small models (0.25: four per GPU)", minimum=0, maximum=64
+    gpus_per_trial: float | str = setting(
+        "auto",
+        "GPUs per trial: auto, or a number, fractional to pack trials (0.5: two per GPU). auto: where a node has "
+        "GPUs, the share that fits the largest trial's estimated peak memory (tli.memory) in 90% of the smallest "
+        "GPU, at most 8 per GPU; where none has, 0 (trials run on CPUs). Inside Ray a trial runs on the GPUs it "
+        "reserved only, so 0 on a cluster with GPUs is refused unless --device cpu",
+        pattern="auto",
+        parse=lambda text: text if text == "auto" else _number(text),
+        minimum=0,
+        maximum=64,
     )
     max_concurrent: int = setting(0, "trials at once (0: as many as the resources allow)", minimum=0, maximum=10**5)
     max_failures: int = setting(2, "retries of a trial that crashed (out of memory, lost node)", minimum=0, maximum=100)

@@ -147,9 +147,12 @@ def make_drift_samples(model_config, smoke: bool, threads: int) -> pd.DataFrame:
     return samples.assign(model=model_config.model)
 
 
-def with_drift_samples(inputs: ExperimentInputs, config: SweepConfig, store: ExperimentStore) -> ExperimentInputs:
-    """`inputs` with the experiment's drift samples: the stored ones if made by this model, else made now and
-    stored, once the stored trials are known to share these inputs (`check_same_inputs`).
+def with_drift_samples(
+    inputs: ExperimentInputs, config: SweepConfig, store: ExperimentStore, gpus: float
+) -> ExperimentInputs:
+    """`inputs` with the experiment's drift samples: the stored ones if made by this model, else made now (a Ray
+    task reserving a trial's CPUs and `gpus`, its GPU share) and stored, once the stored trials are known to
+    share these inputs (`check_same_inputs`).
     """
     if not config.drift:
         check_same_inputs(store, inputs.digest)
@@ -163,7 +166,7 @@ def with_drift_samples(inputs: ExperimentInputs, config: SweepConfig, store: Exp
     if fresh:
         import ray
 
-        task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(make_drift_samples)
+        task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=gpus)(make_drift_samples)
         samples = ray.get(task.remote(config.model, config.smoke_test, max(1, int(config.cpus_per_trial))))
     inputs = dataclasses.replace(inputs, drift_samples=samples.reset_index(drop=True))
     check_same_inputs(store, inputs.digest)

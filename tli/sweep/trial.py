@@ -1,16 +1,17 @@
 """One trial inside a worker process: train LoRA, evaluate before/after, measure drift, return its record.
 
-Each worker process keeps its base models and their pre-TLI embeddings (`WorkerCache`) across trials
-(Tune reuses actors); after every trial the LoRA layers are removed (`PeftModel.unload`), and a model
-left with LoRA by a failure is dropped, so no trial sees another's adapter. A deterministic failure
-(`TliError`: an impossible setting, a NaN loss) becomes an `error` record; anything else (out of memory,
-a lost node) propagates so Tune retries the trial.
+Each worker process keeps one base model and a bounded set of its pre-TLI embeddings (`WorkerCache`)
+across trials (Tune reuses actors); after every trial the LoRA layers are removed (`PeftModel.unload`),
+and a model left with LoRA by a failure is dropped, so no trial sees another's adapter. A deterministic
+failure (`TliError`: an impossible setting, a NaN loss, an adapter that left the model unchanged) becomes
+an `error` record; anything else (out of memory, a lost node) propagates so Tune retries the trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import io
 import json
 import os
@@ -118,6 +119,12 @@ ROW_OUTCOMES = {
     "version_ray": pa.string(),
     "git_commit": pa.string(),
 }  # beside the settings: what a trial measured, where and when it ran, with which code
+ROW_DEVICE = {
+    **{name: pa.string() for name in ("device_resolved", "gpu_name", "gpu_id", "compute_dtype")},
+    "drift_floor_sw": pa.float64(),
+    "drift_floor_en": pa.float64(),
+}  # what the trial ran on (`models.runs_on`), and the drift its arithmetic cannot resolve (`drift.noise_floor`)
+EMBEDDING_CACHE_BYTES = 256 * 2**20  # pre-TLI pool embeddings a worker keeps, least recently used dropped first
 
 
 _TYPES = (("bool", pa.bool_()), ("float", pa.float64()), ("int", pa.int64()))  # a setting's type hint -> Arrow
@@ -135,7 +142,7 @@ def trials_schema() -> pa.Schema:
     for name in setting_names():
         typed = (kind for word, kind in _TYPES if word in hints[name])
         columns[name] = next(typed, pa.string())
-    columns |= ROW_OUTCOMES
+    columns |= ROW_OUTCOMES | ROW_DEVICE
     for place in PLACES:
         for name in SETS:
             columns |= {
@@ -169,30 +176,60 @@ def trials_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 class WorkerCache:
-    """What a worker process keeps across trials: loaded base models and their pre-TLI pool embeddings."""
+    """What a worker process keeps across trials: one base model, and its pre-TLI pool embeddings up to
+    `embedding_bytes` (least recently used dropped first). A trial of another model, dtype or quantization
+    replaces the model (the old one's memory, on the GPU too, is freed first), so a grid over models never
+    stacks them on one GPU, and a layer sweep does not grow the worker by a layer's embeddings per trial.
+    """
 
-    def __init__(self):
-        self.models: dict[ModelConfig, tuple] = {}  # -> (model, tokenizer)
-        self.embeddings: dict[tuple, tuple] = {}  # (model config, inputs digest, pooling, layer) -> (sw, en)
+    def __init__(self, embedding_bytes: int = EMBEDDING_CACHE_BYTES):
+        self.models: dict[ModelConfig, tuple] = {}  # at most one: config -> (model, tokenizer)
+        self.embeddings: dict[tuple, tuple] = {}  # (model config, inputs digest, pooling, layer) -> (sw, en), LRU order
+        self.embedding_bytes = embedding_bytes
         self.trials = 0  # trials this process has run
 
     def model(self, config: ModelConfig) -> tuple:
         from tli import models
 
         if config not in self.models:
+            self.drop()
             self.models[config] = models.load_model(config)
         return self.models[config]
 
+    def drop(self) -> None:
+        """Forget the model and its embeddings, and free their memory (the CUDA allocator's cache included)."""
+        import torch
+
+        self.models.clear()
+        self.embeddings.clear()
+        gc.collect()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
     def pre_embeddings(self, config: ModelConfig, inputs: ExperimentInputs, mode: str, layers: list[int]) -> dict:
-        """{layer: (Swahili pool, English pool)} of the base model, each layer computed once per process."""
+        """{layer: (Swahili pool, English pool)} of the base model, each layer computed once while it stays cached."""
         from tli.evaluate import embed_lexicon
 
-        missing = [k for k in layers if (config, inputs.digest, mode, k) not in self.embeddings]
+        keys = {k: (config, inputs.digest, mode, k) for k in layers}
+        missing = [k for k, key in keys.items() if key not in self.embeddings]
         if missing:
             model, tokenizer = self.model(config)
             for k, vectors in embed_lexicon(model, tokenizer, inputs.lexicon, missing, mode).items():
-                self.embeddings[config, inputs.digest, mode, k] = vectors
-        return {k: self.embeddings[config, inputs.digest, mode, k] for k in layers}
+                self.embeddings[keys[k]] = vectors
+        for key in keys.values():  # most recently used last
+            self.embeddings[key] = self.embeddings.pop(key)
+        self._evict(keep=set(keys.values()))
+        return {k: self.embeddings[key] for k, key in keys.items()}
+
+    def _evict(self, keep: set[tuple]) -> None:
+        """Drop the least recently used embeddings (never those in `keep`) until they fit `embedding_bytes`."""
+        held = {key: sum(array.nbytes for array in vectors) for key, vectors in self.embeddings.items()}
+        total = sum(held.values())
+        for key in [key for key in self.embeddings if key not in keep]:
+            if total <= self.embedding_bytes:
+                break
+            total -= held[key]
+            del self.embeddings[key]
 
 
 def has_lora(model) -> bool:
@@ -252,7 +289,7 @@ def _provenance() -> dict[str, str]:
 def _train_and_measure(
     settings: TrialSettings, inputs: ExperimentInputs, cache: WorkerCache, on_epoch_end, keep_adapter: bool
 ) -> TrialRecord:
-    from tli import drift, evaluate, surgery, train
+    from tli import drift, evaluate, models, surgery, train
 
     train_rows, sets, removed = trial_sets(inputs, settings)
     model, tokenizer = cache.model(settings.model)
@@ -287,10 +324,17 @@ def _train_and_measure(
             removed=removed,
         )
         evaluated = time.perf_counter()
+        measured = settings.drift and inputs.drift_samples is not None
         kl = (
             drift.drift_kl(peft_model, inputs.drift_samples)
-            if settings.drift and inputs.drift_samples is not None
+            if measured
             else {"drift_kl_sw": float("nan"), "drift_kl_en": float("nan")}
+        )
+        placement = models.runs_on(settings.model)
+        floor = (
+            drift.noise_floor(peft_model, inputs.drift_samples)
+            if measured and placement["compute_dtype"] != "float32"
+            else {"drift_floor_sw": float("nan"), "drift_floor_en": float("nan")}
         )
         drifted = time.perf_counter()
         metrics = {"final_loss": float(train_log["loss"].iloc[-1]), "objective": objective(summary, selection)}
@@ -299,19 +343,24 @@ def _train_and_measure(
         if peft_model is not None:
             cache.models[settings.model] = (peft_model.unload(), tokenizer)
         if has_lora(cache.models[settings.model][0]):  # a failure inside train_tli after LoRA was attached
-            del cache.models[settings.model]
-    row = {
-        "status": "ok",
-        "n_train_pairs": len(train_rows),
-        "final_loss": float(train_log["loss"].iloc[-1]),
-        "objective": objective(summary, selection),
-        "train_seconds": trained - started,
-        "eval_seconds": evaluated - trained,
-        "drift_seconds": drifted - evaluated,
-        "eval_layer_target": settings.train.target_layer,
-        "eval_layer_final": n_layers,
-        "eval_layer_selection": selection,
-    } | kl
+            cache.drop()
+    row = (
+        {
+            "status": "ok",
+            "n_train_pairs": len(train_rows),
+            "final_loss": float(train_log["loss"].iloc[-1]),
+            "objective": objective(summary, selection),
+            "train_seconds": trained - started,
+            "eval_seconds": evaluated - trained,
+            "drift_seconds": drifted - evaluated,
+            "eval_layer_target": settings.train.target_layer,
+            "eval_layer_final": n_layers,
+            "eval_layer_selection": selection,
+        }
+        | kl
+        | placement
+        | floor
+    )
     row |= wide_metrics(summary, {"target": settings.train.target_layer, "final": n_layers})
     return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log}, files)
 

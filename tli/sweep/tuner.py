@@ -28,9 +28,11 @@ from ray import tune
 from tli import files, models
 from tli.config import TrainConfig
 from tli.errors import TliError
+from tli.sweep import resources
 from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logger_callbacks, short_value
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_drift_samples
+from tli.sweep.resources import Reservation
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
 from tli.sweep.trial import WorkerCache, pack, run_trial
@@ -156,12 +158,13 @@ def _check_answers(address: str | None, timeout_s: float = 10.0) -> None:
 
 def _check_resources(config: SweepConfig) -> None:
     """On a private local Ray, TliError when one trial asks for more CPU or GPU than the machine has (Tune
-    would wait for ever); on a cluster, a warning (an autoscaler may still add a node that fits).
+    would wait for ever); on a cluster, a warning (an autoscaler may still add a node that fits). A GPU share
+    of `auto` is decided later (`resources.reserve`).
     """
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     for name, asked in (("CPU", config.cpus_per_trial), ("GPU", config.gpus_per_trial)):
         most = max((node.get(name, 0.0) for node in nodes), default=0.0)
-        if asked <= most:
+        if asked == "auto" or asked <= most:
             continue
         if not config.address:
             raise TliError(
@@ -229,16 +232,16 @@ def scan_all_poolings(model_config, pairs: pd.DataFrame, digest: str) -> pd.Data
     return table.assign(inputs_digest=digest)
 
 
-def _start_scan(config: SweepConfig, inputs: ExperimentInputs, store: ExperimentStore):
+def _start_scan(inputs: ExperimentInputs, store: ExperimentStore, model_config, reserved: Reservation):
     """The scan as a Ray task beside the trials (None when stored): it takes a trial's GPU share but reserves
-    no CPU, so this short task never holds a CPU trial back.
+    no CPU, so this short task never holds a CPU trial back (on the CPU it borrows one thread).
     """
     scan = store.read("scan")
     if not scan.empty and set(scan.get("inputs_digest", [])) == {inputs.digest}:
         return None
-    task = ray.remote(num_cpus=0, num_gpus=config.gpus_per_trial)(scan_all_poolings)
+    task = ray.remote(num_cpus=0, num_gpus=reserved.gpus)(scan_all_poolings)
     return task.remote(
-        config.model,
+        model_config,
         pd.concat([inputs.pairs, inputs.unseen]) if inputs.unseen is not None else inputs.pairs,
         inputs.digest,
     )
@@ -279,7 +282,10 @@ def run_sweep(
     needs_objective = search is not None or config.save_adapters == "best"
     _check_trials(planned, inputs, n_layers, config.model.model, needs_objective)
     with ray_session(config):
-        inputs = with_drift_samples(inputs, config, store)
+        reserved = resources.reserve(
+            config, planned if search is None else [base.replace(target_layer=n_layers)], inputs
+        )
+        inputs = with_drift_samples(inputs, config, store, reserved.gpus)
         base = base.replace(inputs_digest=inputs.digest)
         done = {row["trial_id"]: row for row in store.rows() if row.get("status") == "ok"}
         if search is None:
@@ -308,13 +314,14 @@ def run_sweep(
                 "planned": len(planned) if search is None else search.num_samples,
                 "n_pairs": len(inputs.pairs),
                 "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen),
+                "reserved": dataclasses.asdict(reserved),
             }
             | files.provenance(),
         )
-        scan = _start_scan(config, inputs, store)
+        scan = _start_scan(inputs, store, config.model, reserved)
         if total:
             context = TrialContext(inputs, base.row(), done, max(1, int(config.cpus_per_trial)), config.save_adapters)
-            _fit(space, total, config, context, search.searcher if search else None, axes, callbacks, store)
+            _fit(space, total, config, reserved, context, search.searcher if search else None, axes, callbacks, store)
         if scan is not None:
             store.write("scan.parquet", ray.get(scan))
     trials = store.merge()
@@ -337,6 +344,7 @@ def _fit(
     space,
     total: int,
     config: SweepConfig,
+    reserved: Reservation,
     context: TrialContext,
     search_alg,
     axes: list[str],
@@ -351,7 +359,7 @@ def _fit(
         search_alg = BasicVariantGenerator(points_to_evaluate=space)
         space = {name: tune.choice(choices) for name, choices in values.items()}
     trainable_with_context = tune.with_resources(
-        tune.with_parameters(trainable, context=context), {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+        tune.with_parameters(trainable, context=context), reserved.tune_resources
     )
     tuner = tune.Tuner(
         trainable_with_context,
