@@ -94,7 +94,13 @@ def test_syncs_only_named_paths_of_the_checkout(name, tmp_path, monkeypatch):
 
     config = _config(name)
     checkout = {remote: local for remote, local in config["file_mounts"].items() if remote != TOKEN_MOUNT}
-    assert set(checkout) == {"~/tli/pyproject.toml", "~/tli/README.md", "~/tli/tli", "~/tli/ablations"}
+    assert set(checkout) == {
+        "~/tli/pyproject.toml",
+        "~/tli/README.md",
+        "~/tli/tli",
+        "~/tli/ablations",
+        "~/tli/constraints.txt",
+    }
     for remote, local in checkout.items():
         assert local.startswith("./") and ".." not in local and local.strip("./") and (ROOT / local).exists()
         assert remote == "~/tli/" + local[2:]
@@ -107,6 +113,29 @@ def test_syncs_only_named_paths_of_the_checkout(name, tmp_path, monkeypatch):
     monkeypatch.chdir(home)  # e.g. `ray up ~/tli/cluster.yaml` from the home directory
     with pytest.raises(FileNotFoundError):
         hash_runtime_conf(config["file_mounts"], None, config, generate_file_mounts_contents_hash=True)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_node_installs_the_verified_versions_and_prepares_the_model_once(name):
+    config = _config(name)
+    commands = [
+        c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands") for c in config.get(key, [])
+    ]
+    installs = [command for command in commands if "pip install" in command]
+    assert installs and all("-c ~/tli/constraints.txt" in command for command in installs)
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
+    assert {"torch", "transformers", "peft", "bitsandbytes", "ray", "safetensors", "accelerate"} <= set(pins)
+    assert f'"ray[default,tune]=={pins["ray"]}"' in installs[0] and "+" not in pins["torch"]  # no local build tag
+    prepare = [command for command in commands if "python -m tli.hub" in command]
+    if name == "cluster.yaml":  # the CPU head reads the config only; GPU workers fetch the weights
+        assert [c for c in config["head_setup_commands"] if "tli.hub" in c][0].count("--config-only") == 1
+        assert "--config-only" not in next(c for c in config["worker_setup_commands"] if "tli.hub" in c)
+        disk = config["available_node_types"]["gpu_worker"]["node_config"]["BlockDeviceMappings"][0]["Ebs"]
+        assert disk["VolumeType"] == "gp3" and disk["Throughput"] > 125  # gp3's default reads 16 GB in 2+ minutes
+    else:
+        assert len(prepare) == 1 and "--config-only" not in prepare[0]
+    assert all("P=$(" in c and ") &&" in c and ">> ~/.tli_env" in c for c in prepare)  # a failure stops setup
+    assert not any("huggingface" in remote for remote in config["file_mounts"])  # a hub token only if you add it
 
 
 def test_aws_nodes_imdsv2_encrypted_explicit_image_and_only_the_head_has_a_role():

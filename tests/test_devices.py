@@ -118,11 +118,28 @@ def test_settings_that_would_idle_or_miss_the_gpus_are_refused(asked, device, gp
 
 def test_a_share_the_estimate_says_cannot_fit_is_warned_about(caplog):
     assert resources.gpu_share(0.25, "auto", 1, int(8 * memory.GB), A10G_MIB * 2**20) == 0.25
-    assert "puts 4 trials on a GPU, but tli's estimate of a trial's peak (8.0 GB) fits 2" in caplog.text
-    assert "--gpus-per-trial auto: 0.5" in caplog.text
+    assert (
+        "puts 4 trial(s) on a GPU, but tli's estimate of a trial's peak (8.0 GB) fits 2 in the 21.7 GB" in caplog.text
+    )
+    assert resources.gpu_share(1, "auto", 1, int(30 * memory.GB), A10G_MIB * 2**20) == 1.0  # given: warned, not refused
+    assert "fits 0 in the 21.7 GB usable" in caplog.text
 
 
-def test_a_trial_larger_than_the_gpu_is_refused():
+def test_an_autoscaler_that_can_add_gpu_nodes_needs_the_share_given(tmp_path):
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    assert not resources.autoscaler_adds_gpus(bootstrap)  # no file: a private Ray or a cluster started by hand
+    bootstrap.write_text(
+        "available_node_types:\n  head: {resources: {CPU: 0}, max_workers: 0}\n"
+        "  gpu_worker: {resources: {CPU: 4, GPU: 1}, min_workers: 0, max_workers: 8}\n"
+    )
+    assert resources.autoscaler_adds_gpus(bootstrap)
+    with pytest.raises(TliError, match=r"no node .* has a GPU yet, but its autoscaler can add GPU nodes: give "):
+        resources.gpu_share("auto", "auto", 0, int(8 * memory.GB), None, gpus_may_come=True)
+    assert resources.gpu_share(0.5, "auto", 0, int(8 * memory.GB), None, gpus_may_come=True) == 0.5
+    assert resources.gpu_share("auto", "cpu", 0, None, None, gpus_may_come=True) == 0.0
+
+
+def test_a_trial_larger_than_the_gpu_is_refused_under_auto():
     with pytest.raises(TliError, match="a trial needs about 30.0 GB, more than"):
         resources.gpu_share("auto", "auto", 1, int(30 * memory.GB), A10G_MIB * 2**20)
 

@@ -37,7 +37,7 @@ VENV_BIN = Path(sys.executable).parent  # this environment's python and ray serv
 RAY = str(VENV_BIN / "ray")
 SSHD = "/usr/sbin/sshd"
 SWEEP = (
-    'cd ~/tli && python ablations/layer_sweep.py --model "$TLI_MODEL" --results "$TLI_RESULTS" '
+    'cd ~/tli && python ablations/layer_sweep.py --model "$TLI_MODEL_PATH" --results "$TLI_RESULTS" '
     "--address auto --smoke-test"
 )  # the command of docs/clusters.md, with --smoke-test
 WAIT_FOR_WORKER = """python -c 'import ray, time

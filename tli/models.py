@@ -207,15 +207,15 @@ def _cached_hub_folder(name: str) -> Path:
         ) from None
 
 
-def model_location(name: str) -> Path:
+def model_location(name: str, weights: bool = True) -> Path:
     """The checked local folder of an alias, a folder or a cached hub id (see `check_model_folder`)."""
     if name in EMBEDDED_MODELS:
-        return check_model_folder(embedded_model_dir(name))
+        return check_model_folder(embedded_model_dir(name), weights)
     path = Path(name).expanduser()
     if path.exists():
-        return check_model_folder(path)
+        return check_model_folder(path, weights)
     if looks_like_hub_id(name):
-        return check_model_folder(_cached_hub_folder(name))
+        return check_model_folder(_cached_hub_folder(name), weights)
     raise TliError(
         f"model {name!r} not found: not an embedded alias ({', '.join(EMBEDDED_MODELS)}), "
         "a folder, or a hub id (owner/name)"
@@ -325,20 +325,24 @@ def _check_model_type(folder: Path, values: dict[str, Any]) -> None:
         raise TliError(f"{folder} holds a {', '.join(map(str, architectures))}, not a causal language model ({causal})")
 
 
-def check_model_folder(folder: Path) -> Path:
+def check_model_folder(folder: Path, weights: bool = True) -> Path:
     """`folder` when it holds a model tli can load; else TliError naming the first problem found.
 
     Checked, before any weight is loaded: config.json (JSON, a supported causal model type), that the
     weights are safetensors (pickles are refused, never read), every safetensors header, a tokenizer file.
+    Without `weights`, a folder with no weight file at all passes (a head node that reads only the config:
+    `tli.hub --config-only`); weight files that are there are checked all the same.
     """
     if not folder.is_dir():
         raise TliError(f"model {folder} is a file, not a model folder")
     if not (folder / "config.json").exists():
         raise TliError(f"{folder} is not a model folder: no config.json in it")
     _check_model_type(folder, read_json(folder / "config.json"))
-    for path in _weight_files(folder):
-        if not tensor_shapes(path):
-            raise TliError(f"{path} holds no tensors")
+    suffixes = (".safetensors", SAFETENSORS_INDEX, *PICKLE_SUFFIXES, ".bin.index.json", *OTHER_WEIGHT_SUFFIXES)
+    if weights or any(path.name.endswith(suffixes) for path in folder.iterdir()):
+        for path in _weight_files(folder):
+            if not tensor_shapes(path):
+                raise TliError(f"{path} holds no tensors")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise TliError(f"{folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)}")
     return folder
@@ -367,8 +371,10 @@ def num_layers(name: str) -> int:
 
 
 def model_config(name: str) -> PretrainedConfig:
-    """The transformers config of model `name` (alias, folder or cached hub id); weights are not loaded."""
-    return _config_at(model_location(name))
+    """The transformers config of model `name` (alias, folder or cached hub id); weights are neither loaded nor
+    needed (a sweep's driver may run where only the config is).
+    """
+    return _config_at(model_location(name, weights=False))
 
 
 def _check_tensor_shapes(folder: Path, config: PretrainedConfig) -> None:
@@ -447,8 +453,8 @@ def _tokenizer_at(folder: Path) -> PreTrainedTokenizerBase:
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer of model `name` (alias, folder or cached hub id), padding on the right; no weight loaded."""
-    return _tokenizer_at(model_location(name))
+    """The tokenizer of model `name` (alias, folder or cached hub id), padding on the right; no weight needed."""
+    return _tokenizer_at(model_location(name, weights=False))
 
 
 def _weights_at(folder: Path, dtype: torch.dtype, device: torch.device, quantization) -> nn.Module:

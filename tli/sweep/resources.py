@@ -5,7 +5,9 @@ Inside Ray a trial runs on the GPUs Ray assigned it and on the CPU when it reser
 
   auto     where a node has GPUs: 1/n of a GPU, n = how many of the largest planned trial fit in the smallest
            GPU's memory (`tli.memory`: its estimated peak against 90% of the GPU, at most 8 per GPU); where no
-           node has one (now: an autoscaler may add some later), 0: trials run on CPUs.
+           node has one, 0: trials run on CPUs; refused when none has one yet but the cluster's autoscaler
+           can add GPU nodes (its config on the head, ~/ray_bootstrap_config.yaml, lists a node type with
+           GPUs): the GPUs' memory is unknown until one is up, so the share must be given.
   0        on a cluster with GPUs: refused unless --device cpu (the GPUs would idle while trials run on CPUs).
   a share  as given; a warning when the estimate says that many trials do not fit in one GPU.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import subprocess
+from pathlib import Path
 
 from tli import memory
 from tli.errors import TliError
@@ -44,18 +47,32 @@ class Reservation:
         return {"cpu": self.cpus, "gpu": self.gpus}
 
 
-def gpu_share(asked: float | str, device: str, cluster_gpus: float, peak_bytes: int | None, gpu_bytes: int | None):
+def gpu_share(
+    asked: float | str,
+    device: str,
+    cluster_gpus: float,
+    peak_bytes: int | None,
+    gpu_bytes: int | None,
+    gpus_may_come: bool = False,
+) -> float:
     """Ray's GPU quantity per trial (the policy of the module docstring); TliError for a setting that cannot work.
 
-    `cluster_gpus`: GPUs of the alive nodes; `peak_bytes`/`gpu_bytes`: needed (with GPUs) for auto and the check.
+    `cluster_gpus`: GPUs of the alive nodes; `peak_bytes`/`gpu_bytes`: needed (with GPUs) for auto and the check;
+    `gpus_may_come`: an autoscaler can add nodes with GPUs.
     """
     if device == "cpu":
         if asked not in ("auto", 0):
             raise TliError(f"--gpus-per-trial {asked:g} with --device cpu reserves GPUs no trial uses: drop one")
         return 0.0
     if not cluster_gpus:
-        if device.startswith("cuda"):
+        if device.startswith("cuda") and not gpus_may_come:
             raise TliError(f"--device {device}, but no node of the Ray cluster has a GPU")
+        if asked == "auto" and gpus_may_come:
+            estimate = f" (tli's estimate of a trial: {peak_bytes / memory.GB:.1f} GB)" if peak_bytes else ""
+            raise TliError(
+                "no node of the Ray cluster has a GPU yet, but its autoscaler can add GPU nodes: give "
+                f"--gpus-per-trial, the share of a GPU per trial{estimate}, or --device cpu to run on CPUs"
+            )
         if asked not in ("auto", 0):
             log.warning("a trial asks for %g GPU, no node has one yet: trials wait for one", asked)
         return 0.0 if asked == "auto" else float(asked)
@@ -64,19 +81,19 @@ def gpu_share(asked: float | str, device: str, cluster_gpus: float, peak_bytes: 
             f"the Ray cluster has {cluster_gpus:g} GPU(s) but --gpus-per-trial 0 reserves none: trials would run on "
             "CPUs while the GPUs idle; use --gpus-per-trial auto (or a share), or --device cpu to mean it"
         )
-    fitting = memory.trials_per_gpu(peak_bytes, gpu_bytes)
     if asked == "auto":
-        return memory.gpu_share(fitting)
-    if asked < 1 and int(1 / asked) > fitting:
+        return memory.gpu_share(memory.trials_per_gpu(peak_bytes, gpu_bytes))  # TliError when not one fits
+    usable = int(gpu_bytes * (1 - memory.SAFETY_MARGIN))
+    per_gpu = max(1, int(1 / asked))  # trials Ray puts on one GPU
+    if per_gpu * peak_bytes > usable:
         log.warning(
-            "--gpus-per-trial %g puts %d trials on a GPU, but tli's estimate of a trial's peak (%.1f GB) fits %d in "
-            "%.1f GB (--gpus-per-trial auto: %g): expect out-of-memory retries",
+            "--gpus-per-trial %g puts %d trial(s) on a GPU, but tli's estimate of a trial's peak (%.1f GB) fits %d "
+            "in the %.1f GB usable of a GPU: expect out-of-memory retries",
             asked,
-            int(1 / asked),
+            per_gpu,
             peak_bytes / memory.GB,
-            fitting,
-            gpu_bytes / memory.GB,
-            memory.gpu_share(fitting),
+            usable // peak_bytes,
+            usable / memory.GB,
         )
     return float(asked)
 
@@ -128,17 +145,36 @@ def smallest_gpu(nodes: list[str]) -> int:
     return min(sizes)
 
 
+def autoscaler_adds_gpus(path: Path | None = None) -> bool:
+    """Whether the Ray autoscaler of this head can add nodes with GPUs: a node type with GPUs and workers in the
+    config `ray up` leaves on the head (`~/ray_bootstrap_config.yaml`, node resources filled in by Ray); False
+    where there is none (a private Ray, a cluster started by hand).
+    """
+    import yaml
+
+    try:
+        config = yaml.safe_load((path or Path.home() / "ray_bootstrap_config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    types = config.get("available_node_types") or {}
+    return any(
+        (kind.get("resources") or {}).get("GPU", 0) > 0 and kind.get("max_workers", 0) > 0 for kind in types.values()
+    )
+
+
 def reserve(config: SweepConfig, planned: list[TrialSettings], inputs: ExperimentInputs) -> Reservation:
     """The Reservation of the sweep's tasks on the running Ray cluster; TliError before any task starts."""
     import ray
 
     nodes = {node["NodeID"]: node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node["Alive"]}
     cluster_gpus = sum(nodes.values())
+    may_come = bool(config.address) and not cluster_gpus and autoscaler_adds_gpus()
     peak = gpu = None
-    if cluster_gpus and config.model.device != "cpu" and config.gpus_per_trial != 0:
+    if (cluster_gpus or may_come) and config.model.device != "cpu" and config.gpus_per_trial != 0:
         peak = largest_peak(planned, inputs, config.smoke_test)
+    if cluster_gpus and peak is not None:
         gpu = smallest_gpu([node for node, gpus in nodes.items() if gpus])
-    share = gpu_share(config.gpus_per_trial, config.model.device, cluster_gpus, peak, gpu)
+    share = gpu_share(config.gpus_per_trial, config.model.device, cluster_gpus, peak, gpu, may_come)
     if config.gpus_per_trial == "auto" and share:
         log.warning(
             "--gpus-per-trial auto: %g GPU per trial (a trial's estimated peak %.1f GB, GPUs of %.1f GB)",

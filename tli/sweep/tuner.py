@@ -270,6 +270,7 @@ def run_sweep(
     callbacks = logger_callbacks(config)
     store = ExperimentStore(config.location)
     store.folder.check_writable()
+    models.model_location(config.model.model, weights=not config.address)  # a cluster's head may hold its config only
     n_layers = models.num_layers(config.model.model)
     inputs = load_inputs(config)
     grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
