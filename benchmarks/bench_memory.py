@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     args = _common.parse(parser, argv)
     if args.estimate:
         result = peak_against_estimate(args.estimate)
-        rows = [{"part": name, "MB": value / MB} for name, value in result.items() if name != "model"]
+        rows = [{"part": name, "MiB": value / MB} for name, value in result.items() if name != "model"]
         print_table(f"memory: a smoke trial of {args.estimate} at layer L, CPU, against tli.memory", rows, MODULE, argv)
         return result
     if args.smoke_test:

@@ -52,3 +52,32 @@ def test_gpu_benchmark_says_why_without_cuda(capsys):
         pytest.skip("a GPU is present: run `python -m benchmarks.bench_gpu` by hand (minutes)")
     assert "skipped" in bench_gpu.main([])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_gpu_check_says_what_it_would_run_without_cuda():
+    import os
+    import subprocess
+
+    if bench_gpu.torch.cuda.is_available():
+        pytest.skip("a GPU is present: run benchmarks/gpu_check.sh by hand (8 minutes)")
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        ["bash", str(root / "benchmarks" / "gpu_check.sh")],
+        env=os.environ | {"PYTHON": sys.executable},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and run.stderr == ""
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("gpu_check: skipped: torch sees no CUDA device here (torch ")
+    assert [line.split()[0] for line in lines[1:]] == ["nvidia-smi", "timeout", "timeout"]
+    assert "tests/test_cuda.py" in lines[2] and lines[3].endswith("-m benchmarks.bench_gpu --quick")
+
+
+def test_gpu_benchmark_quick_is_the_short_run(capsys, monkeypatch):
+    monkeypatch.setattr(bench_gpu.torch.cuda, "is_available", lambda: False)
+    assert "skipped" in bench_gpu.main(["--quick", "--epochs", "2"])  # parses, then stops without CUDA
+    row = {"precision": "nf4", "trial_s": 30.0, "reserved_peak_gb": 7.5, "device_used_gb": 8.1}
+    assert bench_gpu.alone(row)["projected_sweep_min"] == 96 * 30 / 60  # 96 trials one after another

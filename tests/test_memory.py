@@ -145,8 +145,8 @@ def test_trial_shape_follows_the_settings():
 @pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
 def test_the_estimate_matches_a_trials_measured_peak_on_the_cpu(alias):
     """benchmarks.bench_memory --estimate, in its own process: one smoke trial at layer L. Measured on a loaded 2-core
-    machine: SmolLM2 662 MB estimated, 669 MB measured (the tokenizer's 44 MB apart); Gemma 3 1,290 / 1,350 MB
-    (tokenizer 319 MB).
+    machine: SmolLM2 662 MiB estimated, 681 MiB measured (the tokenizer's 44 MiB apart); Gemma 3 1,270 / 1,345 MiB
+    (tokenizer 320 MiB).
     """
     import json
     import subprocess
