@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             measured, inputs = time_trials(folder, precision, args.layers, args.epochs)
             rows += measured
             together += [alone(row) for row in measured if row["target_layer"] == args.concurrent_layer]
-            for n in (int(x) for x in args.concurrent.split(",")):
+            for n in (int(x) for x in args.concurrent.split(",") if x):
                 together.append(concurrent_trials(folder, precision, args.concurrent_layer, args.epochs, n, inputs))
     projections = {
         p: projected_sweep_minutes([r for r in rows if r["precision"] == p])
