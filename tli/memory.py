@@ -156,7 +156,7 @@ def trial_shape(model: ModelConfig, train: TrainConfig, cuda: bool, word_tokens:
         drift_tokens=drift_tokens,
         weight_bytes=DTYPE_BYTES[dtype],
         compute_bytes=DTYPE_BYTES[dtype],
-        nf4=model.quantization == "nf4",
+        nf4=model.quantization in ("nf4", "fp4"),  # the same footprint: 4-bit codes + an absmax per 64
         cuda=cuda,
         full_forward=train.full_forward,
     )
