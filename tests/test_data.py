@@ -400,9 +400,9 @@ HUGE_LINES = {  # name: (file name, bytes, words the message must contain)
     "huge_quoted_newlines": (
         "p.csv",
         b'swahili,english\nmbwa,dog\n"' + b"a\n" * 100_000 + b'",cat\n',
-        ["line 3", "more than 131072"],
+        ["line 3", "more than 131072", "a quote never closed"],
     ),
-    "unterminated_quote": ("p.csv", b'swahili,english\nmbwa,dog\n"paka,cat\nsimba,lion\n', ["line 3", "1 fields"]),
+    "unterminated_quote": ("p.csv", b'swahili,english\nmbwa,dog\n"paka,cat\nsimba,lion\n', ["line 3", "never closed"]),
     "huge_json_line": (
         "p.json",
         b"[" + b'{"swahili": "mbwa", "english": "dog"}, ' * 30_000 + b"{}]",
@@ -414,6 +414,68 @@ HUGE_LINES = {  # name: (file name, bytes, words the message must contain)
         ["item 1", "5000000 characters"],
     ),
 }
+
+
+UNBALANCED_QUOTES = {  # (file, words of the message): the message says that a quote is unbalanced, and where
+    "csv_never_closed": ("p.csv", 'swahili,english\nmbwa,dog\n"paka,cat\nsimba,lion\n', ["line 3", "never closed"]),
+    "csv_never_closed_last_line": ("p.csv", 'swahili,english\nmbwa,dog\npaka,"cat\n', ["line 3", "never closed"]),
+    "csv_never_closed_crlf": ("p.csv", 'swahili,english\r\n"mbwa,dog\r\npaka,cat\r\n', ["line 2", "never closed"]),
+    "tsv_never_closed": ("p.tsv", 'swahili\tenglish\nmbwa\tdog\n"paka\tcat\nsimba\tlion\n', ["line 3", "never closed"]),
+    "header_never_closed": ("p.csv", '"swahili,english\nmbwa,dog\npaka,cat\n', ["line 1", "never closed"]),
+    "closed_lines_later": (
+        "p.csv",
+        'swahili,english\nmbwa,dog\n"paka,cat\nsimba",lion\nnyoka,snake\n',
+        ["line 3", "runs on to line 4", "is a quote unbalanced"],
+    ),
+    "tsv_closed_lines_later": (
+        "p.tsv",
+        'swahili\tenglish\n"mbwa\tdog\npaka"\tcat\nsimba\tlion\n',
+        ["line 2", "runs on to line 3", "is a quote unbalanced"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNBALANCED_QUOTES))
+def test_an_unbalanced_quote_is_named_as_such(tmp_path, case):
+    name, content, words = UNBALANCED_QUOTES[case]
+    (tmp_path / name).write_text(content)
+    message = raises(tmp_path / name)
+    assert all(word in message for word in words), message
+    assert "pair(s); at least 2 are needed" not in message and "fields, the header has" not in message
+
+
+def test_quoted_cells_that_close_on_their_line_still_load(tmp_path):
+    (tmp_path / "p.csv").write_text('swahili,english\n"mbwa","dog, the animal"\npaka,"cat ""felis"""\n')
+    assert load_pairs(tmp_path / "p.csv")["english"].tolist() == ["dog, the animal", 'cat "felis"']
+
+
+@pytest.mark.parametrize(
+    "rows, warned",
+    [
+        ([("water", "water"), ("fire", "fire"), ("maji", "water")], True),  # 2 of 3: most pairs
+        ([("Water", "water"), ("FIRE", "fire")], True),  # every pair, up to case
+        ([("caf\u00e9", "cafe\u0301"), ("radio", "radio")], True),  # up to Unicode normalisation (NFKC)
+        ([("maji", "water"), ("moto", "fire"), ("redio", "radio"), ("radio", "radio")], False),  # 1 of 4: a quirk
+        ([("maji", "water"), ("moto", "fire")], False),
+    ],
+)
+def test_a_file_of_mostly_identical_pairs_warns(tmp_path, caplog, rows, warned):
+    path = tmp_path / "p.tsv"
+    path.write_text("swahili\tenglish\n" + "".join(f"{sw}\t{en}\n" for sw, en in rows))
+    with caplog.at_level(logging.WARNING, logger="tli.data"):
+        load_pairs(path)
+    mostly = [r for r in caplog.records if "string identity, not translation" in r.getMessage()]
+    assert len(mostly) == warned, caplog.text
+    quirk = [r for r in caplog.records if "same word on both sides (cosine near 1" in r.getMessage()]
+    assert len(quirk) == (not warned and any(sw == en for sw, en in rows)), caplog.text
+
+
+def test_identical_evaluation_pairs_warn_too(tmp_path, caplog, paper):
+    path = tmp_path / "eval.tsv"
+    path.write_text("swahili\tenglish\nzzq\tzzq\nqqz\tqqz\n")
+    with caplog.at_level(logging.WARNING, logger="tli.data"):
+        load_eval_pairs(path, paper)
+    assert "string identity, not translation" in caplog.text
 
 
 @pytest.mark.parametrize("case", sorted(HUGE_LINES))

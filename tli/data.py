@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import re
 import stat
 import unicodedata
 from collections import Counter
@@ -82,6 +83,7 @@ def load_eval_pairs(path, trained: pd.DataFrame, source_column="swahili", target
         raise PairsError(f"{path}: all {len(pairs)} pairs share a word with the {len(trained)} trained pairs")
     if removed:
         log.warning("%s: %d of %d pairs share a word with the trained pairs (dropped)", path, removed, len(pairs))
+    _warn_identical(path, kept)
     return _flag_quirks(kept.copy())
 
 
@@ -205,21 +207,30 @@ def _read_text(path: Path) -> str:
 
 
 def _delimited_records(path: Path, text: str, sep: str, required) -> list[Record]:
-    """[(where, "column", {column: cell})] from a headed TSV/CSV, rejecting ragged rows."""
+    """[(where, "column", {column: cell})] from a headed TSV/CSV, rejecting ragged rows. A record that spans
+    lines (a quoted field holding a line break) is named by its first line, with a hint at an unbalanced quote.
+    """
     rows = _csv_rows(path, text, sep)
-    first, header = next(rows, (0, None))
+    first, last, header = next(rows, (0, 0, None))
     if header is None:
         raise PairsError(f"{path}: no header (every line is blank)")
     header = [name.strip() for name in header]
-    _check_header(f"{path}: line {first}", header, sep, required)
+    _check_header(f"{path}: {_lines(first, last)}", header, sep, required)
     records = []
-    for line, row in rows:
+    for first, last, row in rows:
         if len(row) != len(header):
-            raise PairsError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
-        records.append((f"line {line}", "column", dict(zip(header, row))))
+            raise PairsError(f"{path}: {_lines(first, last)} has {len(row)} fields, the header has {len(header)}")
+        records.append((_lines(first, last), "column", dict(zip(header, row))))
     if not records:
         raise PairsError(f"{path}: header but no rows")
     return records
+
+
+def _lines(first: int, last: int) -> str:
+    """Where a record is: its line, and where a quoted field carried it when it spans lines."""
+    if last <= first:
+        return f"line {first}"
+    return f"line {first} (a quoted field runs on to line {last}: is a quote unbalanced?)"
 
 
 def _check_header(where: str, header: list[str], sep: str, required) -> None:
@@ -236,8 +247,11 @@ def _check_header(where: str, header: list[str], sep: str, required) -> None:
 
 
 def _csv_rows(path: Path, text: str, sep: str):
-    """Yield (first line, cells) of each row not wholly blank; PairsError for what the csv module rejects."""
+    """Yield (first line, last line, cells) of each row not wholly blank; PairsError for what the csv module
+    rejects, and for a quote never closed (the csv module would read the rest of the file as one field).
+    """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    starts = [0] + [match.end() for match in re.finditer(r"\r\n|\r|\n", text)]  # where each line begins
     while True:
         line = reader.line_num + 1
         try:
@@ -248,13 +262,20 @@ def _csv_rows(path: Path, text: str, sep: str):
             if "field limit" in str(err):
                 limit = csv.field_size_limit()
                 raise PairsError(
-                    f"{path}: line {line}: a field of more than {limit} characters "
-                    f"(a word has at most {MAX_WORD_CHARS})"
+                    f"{path}: line {line}: a field of more than {limit} characters (a word has at most "
+                    f"{MAX_WORD_CHARS}; a quote never closed makes one of the rest of the file)"
                 ) from None
             kind = "TSV" if sep == "\t" else "CSV"
             raise PairsError(f"{path}: line {line}: unreadable as {kind} ({err})") from None
+        end = starts[reader.line_num] if reader.line_num < len(starts) else len(text)
+        broken = any("\n" in cell or "\r" in cell for cell in row)  # a quoted field holding a line break
+        if broken and text.count('"', starts[line - 1], end) % 2:
+            raise PairsError(
+                f'{path}: line {line}: a quote (") opens a field that is never closed, so the rest of the file '
+                "reads as one field (an unbalanced quote: a quoted field ends with a quote)"
+            )
         if any(cell.strip() for cell in row):
-            yield line, row
+            yield line, reader.line_num, row
 
 
 def _json_records(path: Path, text: str, required) -> list[Record]:
@@ -337,6 +358,15 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
+def same_word(pairs: pd.DataFrame) -> pd.Series:
+    """Whether a pair's two words are one string, up to case and Unicode normalisation (NFKC)."""
+
+    def fold(words: pd.Series) -> pd.Series:
+        return words.map(lambda word: unicodedata.normalize("NFKC", word).casefold().strip())
+
+    return fold(pairs["swahili"]) == fold(pairs["english"])
+
+
 def _flag_quirks(pairs: pd.DataFrame) -> pd.DataFrame:
     for column in ("swahili", "english"):
         pairs[f"repeated_{column}"] = pairs.duplicated(["split", column], keep=False)
@@ -346,8 +376,15 @@ def _flag_quirks(pairs: pd.DataFrame) -> pd.DataFrame:
     return pairs
 
 
+MOSTLY_SAME = 0.5  # a file where this share of pairs has one word on both sides is warned about on its own
+
+
 def _log_quirks(path: Path, pairs: pd.DataFrame) -> None:
+    """One warning line for the quirks flagged (rows kept); a file of mostly identical pairs: `_warn_identical`."""
+    same = _warn_identical(path, pairs)
     parts = []
+    if same.any() and same.mean() < MOSTLY_SAME:
+        parts.append(f"{int(same.sum())} pairs have the same word on both sides (cosine near 1 by construction)")
     for column in ("swahili", "english"):
         repeated = pairs[pairs[f"repeated_{column}"]]
         if len(repeated):
@@ -358,3 +395,21 @@ def _log_quirks(path: Path, pairs: pd.DataFrame) -> None:
         parts.append(f"{shared} control rows share a word with the trained split")
     if parts:
         log.warning("%s: %s (rows kept, see the flag columns)", path, "; ".join(parts))
+
+
+def _warn_identical(path: Path, pairs: pd.DataFrame) -> pd.Series:
+    """`same_word(pairs)`, with a warning of its own when at least MOSTLY_SAME of the pairs are identical."""
+    same = same_word(pairs)
+    if len(pairs) and same.mean() >= MOSTLY_SAME:
+        example = pairs[same].iloc[0]
+        log.warning(
+            "%s: %d of %d pairs have the same word on both sides (e.g. %r = %r, ignoring case): their pooled vectors "
+            "are equal or nearly, so cosines near 1 measure string identity, not translation; is the target column "
+            "a copy of the source column?",
+            path,
+            int(same.sum()),
+            len(pairs),
+            example["swahili"],
+            example["english"],
+        )
+    return same
