@@ -1,13 +1,18 @@
-"""Real multi-node Ray clusters on this machine for tests: `ray start --head` plus `ray start --address`.
+"""Real multi-node Ray clusters on this machine for tests: `ray start --head` plus `ray start --address`; and
+the TCP sockets of a process tree, to check that Ray listens and talks on loopback only.
 
-Every node listens on 127.0.0.1 only, authenticates with a token kept in the cluster's own temp dir
-(never ~/.ray), and is stopped with everything it started when the `local_cluster` block ends.
+Every node listens on 127.0.0.1 only: Ray's servers listen on loopback only when the node's address is exactly
+127.0.0.1 (on any other address, 127.0.0.2 included, on every interface), and Ray 2.60 rewrites 127.0.0.1 to
+the machine's routable address, so `ray start` runs under `tli.sweep.session.keep_loopback`, as tli's own
+private Ray and a driver joining a loopback --address do. Each cluster authenticates with a token kept in its
+own temp dir (never ~/.ray), and is stopped with everything it started when the `local_cluster` block ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import secrets
 import signal
@@ -16,10 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-RAY = str(Path(sys.executable).with_name("ray"))
+RAY_START = (  # `ray start ...`, keeping 127.0.0.1 as given
+    "import sys\n"
+    "from ray.scripts.scripts import main\n"
+    "from tli.sweep.session import keep_loopback\n"
+    "sys.argv[0] = 'ray'\n"
+    "with keep_loopback():\n"
+    "    main()\n"
+)
+LOOPBACK = "127.0.0.1"
 FAST_FAILURE_DETECTION = {  # a dead node is noticed in seconds, not the default half minute
     "RAY_health_check_initial_delay_ms": "0",
     "RAY_health_check_period_ms": "1000",
@@ -38,8 +51,58 @@ class Cluster:
 
 def free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Socket:
+    """One TCP socket of a process (from /proc/net/tcp and tcp6)."""
+
+    state: str  # LISTEN, ESTABLISHED, ...
+    local: str  # address:port
+    peer: str
+    pid: int
+
+    def on_loopback(self) -> bool:
+        """Whether the socket's own address, and its peer's when connected, are loopback (127.0.0.0/8, ::1)."""
+        hosts = [self.local] + ([self.peer] if self.state != "LISTEN" else [])
+        return all(ipaddress.ip_address(host.rsplit(":", 1)[0].strip("[]")).is_loopback for host in hosts)
+
+
+TCP_STATES = {"01": "ESTABLISHED", "0A": "LISTEN"}  # the others (closing, waiting) are shown by their code
+
+
+def tcp_sockets(pids: Iterable[int]) -> list[Socket]:
+    """The TCP sockets that processes `pids` hold open, as `ss -tanp` would list them."""
+    owner = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owner[target[8:-1]] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in owner:
+                    state = TCP_STATES.get(fields[3], fields[3])
+                    found.append(Socket(state, _address(fields[1]), _address(fields[2]), owner[fields[9]]))
+    return found
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's 0100007F:1F90 (little-endian words) as 127.0.0.1:8080; IPv4-mapped IPv6 shown as IPv4."""
+    host, port = hex_address.split(":")
+    raw = b"".join(bytes.fromhex(host[i : i + 8])[::-1] for i in range(0, len(host), 8))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    shown = str(address) if address.version == 4 else f"[{address}]"
+    return f"{shown}:{int(port, 16)}"
 
 
 def processes_naming(marker: str) -> list[int]:
@@ -94,7 +157,8 @@ def _stop(node: subprocess.Popen) -> None:
 
 def _wait_for_nodes(address: str, env: dict, count: int, deadline: float) -> None:
     probe = (
-        f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+        "import ray\nfrom tli.sweep.session import keep_loopback\n"
+        f"with keep_loopback():\n    ray.init(address={address!r}, log_to_driver=False)\n"
         "print(sum(node['Alive'] for node in ray.nodes()))"
     )
     while True:
@@ -113,8 +177,8 @@ def local_cluster(nodes: int = 2, extra_env: dict[str, str] | None = None) -> It
     token.write_text(secrets.token_hex(32))
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)} | (extra_env or {})
     port = free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+    address = f"{LOOPBACK}:{port}"
+    common = ["--block", "--num-cpus=1", f"--node-ip-address={LOOPBACK}", f"--temp-dir={temp}", "--disable-usage-stats"]
     log = open(Path(temp) / "nodes.log", "w")
     started: list[subprocess.Popen] = []
     try:
@@ -127,7 +191,7 @@ def local_cluster(nodes: int = 2, extra_env: dict[str, str] | None = None) -> It
             )
             started.append(
                 subprocess.Popen(
-                    [RAY, "start", *flags, *common],
+                    [sys.executable, "-c", RAY_START, "start", *flags, *common],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

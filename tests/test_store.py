@@ -4,8 +4,13 @@ read and import (fast: no model, no Ray).
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tli import report, stats
+from tli.errors import TliError
+from tli.files import Folder
 from tli.sweep import trial
 from tli.sweep.settings import TrialSettings
-from tli.sweep.store import ExperimentStore
+from tli.sweep.store import LOCK_FILE, DriverLock, ExperimentStore
 from tli.sweep.trial import TrialRecord, pack
 
 from report_fixture import make_results
@@ -176,3 +183,77 @@ def test_the_sweep_package_reads_top_down():
         below = {f"tli.sweep.{other}" for other in order[index:]}
         assert not imported & below, f"{name} imports {sorted(imported & below)}"
     assert sorted(p.stem for p in (ROOT / "tli" / "sweep").glob("*.py")) == sorted([*order, "__init__"])
+
+
+# --- one driver per experiment -------------------------------------------------------------------
+
+HOLD = (
+    "import sys, time\n"
+    "from tli.sweep.store import ExperimentStore\n"
+    "with ExperimentStore(sys.argv[1]).lock('python holder.py'):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(120)\n"
+)
+
+
+def test_a_local_experiment_admits_one_driver_and_frees_itself_when_its_driver_dies(tmp_path):
+    folder = tmp_path / "experiment"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TliError, match=f"is in use by another driver \\(pid {holder.pid} on "):
+            with ExperimentStore(str(folder)).lock():
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait(timeout=30)
+    with ExperimentStore(str(folder)).lock("second"):  # the kernel released the lock with its process
+        assert json.loads((folder / LOCK_FILE).read_text())["command"] == "second"
+
+
+@pytest.fixture()
+def lease(tmp_path, monkeypatch):
+    """An object store's lease, on a local folder (the protocol is the same), with short waits."""
+    monkeypatch.setattr(DriverLock, "settle_s", 0.05)
+    monkeypatch.setattr(DriverLock, "renew_s", 0.05)
+    folder = Folder(str(tmp_path))
+
+    def holder(**fields) -> None:
+        folder.write_json(LOCK_FILE, {"owner": "other", "host": socket.gethostname(), "pid": os.getpid()} | fields)
+
+    return folder, holder
+
+
+def test_a_lease_refuses_a_live_holder_and_takes_over_a_dead_or_silent_one(lease, caplog):
+    folder, holder = lease
+    holder(renewed_at=time.time())  # alive on this host, renewed just now
+    with pytest.raises(TliError, match="is in use by another driver"):
+        DriverLock(folder, lease=True).__enter__()
+    holder(host="elsewhere", renewed_at=time.time() - 10)  # another host, renewed within the lease
+    with pytest.raises(TliError, match="is in use by another driver .* on elsewhere"):
+        DriverLock(folder, lease=True).__enter__()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for stale in ({"pid": int(dead.stdout)}, {"host": "elsewhere", "renewed_at": time.time() - 3600}):
+        holder(**({"renewed_at": time.time()} | stale))
+        with caplog.at_level(logging.WARNING), DriverLock(folder, lease=True, command="mine") as lock:
+            assert folder.read_json(LOCK_FILE)["owner"] == lock.holder["owner"]
+        assert "taking over" in caplog.text and not folder.exists(LOCK_FILE)  # released: removed
+        caplog.clear()
+
+
+def test_a_lease_is_renewed_and_only_its_last_writer_goes_on(lease, monkeypatch):
+    folder, holder = lease
+    with DriverLock(folder, lease=True) as lock:
+        first = folder.read_json(LOCK_FILE)["renewed_at"]
+        time.sleep(0.5)
+        assert folder.read_json(LOCK_FILE)["renewed_at"] > first  # renewed while the driver runs
+        assert folder.read_json(LOCK_FILE)["owner"] == lock.holder["owner"]
+
+    wait = time.sleep
+    monkeypatch.setattr(
+        "tli.sweep.store.time.sleep", lambda seconds: (holder(renewed_at=time.time()), wait(seconds))
+    )  # another driver writes its lease while this one settles
+    with pytest.raises(TliError, match="is in use by another driver"):
+        DriverLock(folder, lease=True).__enter__()
+    assert folder.read_json(LOCK_FILE)["owner"] == "other"  # the refused driver leaves the lease alone

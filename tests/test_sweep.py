@@ -597,3 +597,74 @@ def test_help_answers_without_importing_ray_or_torch():
         timeout=60,
     ).stdout
     assert out.strip().endswith("[]") and "--save-adapters" in out and time.perf_counter() - started < 10
+
+
+# --- one experiment, one value of every setting it does not sweep --------------------------------
+
+IDENTITY_CHANGES = [
+    {"model": "gemma3-270m"},
+    {"dtype": "bfloat16"},
+    {"quantization": "nf4"},
+    {"validation_fraction": 0.2},
+    {"validation_seed": 1},
+    {"drift": False},
+    {"pooling_eval": "mean"},
+    {"pooling_train": "last"},
+    {"epochs": 3},
+    {"warmup_steps": 0},
+    {"n_boot": 500},
+    {"selection_layer": 10},
+    {"mask_false_negatives": False},
+    {"lr": 1e-3},
+    {"margin": 0.2},
+    {"lora_rank": 8},
+    {"heldout_category": "animal"},
+]
+
+
+@pytest.mark.parametrize("change", IDENTITY_CHANGES, ids=[next(iter(c)) for c in IDENTITY_CHANGES])
+def test_a_rerun_with_another_unswept_setting_is_refused(change):
+    from tli.sweep.tuner import _check_same_experiment
+
+    base = base_settings(SweepConfig())
+    stored = [base.replace(target_layer=2, seed=0, **change).row()]
+    name = next(iter(change))
+    with pytest.raises(TliError, match=f"holds trials with {name}=.* this run has {name}=.*use another --experiment"):
+        _check_same_experiment("results/x", stored, None, base, ["target_layer", "seed"], "digest")
+
+
+def test_a_rerun_that_only_adds_values_of_its_swept_settings_extends_the_experiment():
+    from tli.sweep.tuner import _check_same_experiment
+
+    base = base_settings(SweepConfig())
+    layers = [base.replace(target_layer=layer, seed=seed).row() for layer in (1, 2) for seed in (0, 1)]
+    _check_same_experiment("x", layers, {"pairs_digest": "d"}, base, ["target_layer", "seed"], "d")  # an older one
+    ranks = [base.replace(target_layer=2, lora_rank=rank).row() for rank in (4, 64)]  # alpha follows the rank
+    _check_same_experiment("x", ranks, {"runs": [{"pairs_digest": "d"}]}, base, ["target_layer", "lora_rank"], "d")
+    protocols = [base.replace(pooling_eval="mean", mask_false_negatives=False).row()]  # one axis sets both
+    _check_same_experiment("x", protocols, None, base, ["pooling_eval", "mask_false_negatives", "seed"], "d")
+    for stored in ({"runs": [{"pairs_digest": "d"}, {"pairs_digest": "e"}]}, {"pairs_digest": "e"}):
+        with pytest.raises(TliError, match="holds trials of other inputs .*pairs digest e, now d"):
+            _check_same_experiment("x", [], stored, base, ["target_layer"], "d")
+
+
+@pytest.mark.slow
+def test_mixed_settings_are_refused_before_ray_and_each_run_is_recorded(layer_smoke, capsys):
+    results, folder = layer_smoke
+    before = sorted(p.name for p in (folder / "trials").iterdir())
+    config = json.loads((folder / "sweep_config.json").read_text())
+    for flags in (
+        ["--validation-fraction", "0.2"],
+        ["--no-drift", "--model", "gemma3-270m"],
+        ["--pooling-eval", "mean"],
+    ):
+        started = time.perf_counter()
+        assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), *flags]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1 and "a setting it does not sweep" in errors[0], errors
+        assert time.perf_counter() - started < 60  # no Ray: refused before it starts
+    assert sorted(p.name for p in (folder / "trials").iterdir()) == before
+    assert json.loads((folder / "sweep_config.json").read_text()) == config  # nothing recorded for a refused run
+    runs = config["runs"]
+    assert runs[0]["pairs_digest"] and runs[0]["planned"] == 2 and runs[0]["sweep"]["save_adapters"] == "best"
+    assert all(run["base"]["inputs_digest"] == runs[0]["base"]["inputs_digest"] for run in runs)

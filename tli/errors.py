@@ -18,7 +18,7 @@ class TliError(Exception):
 def run_command(prog: str, command: Callable[[], object]) -> int:
     """Run `command`: 0, or for a TliError (also one raised inside a Ray worker) one line on stderr and its exit
     code (2). An OSError the machine raises (disk full, file too large, read-only, name too long, no permission)
-    is one line too, naming the path and the reason.
+    is one line too, naming the path and the reason; Ctrl-C is one line and 130, the shell's code for it.
     """
     try:
         command()
@@ -33,4 +33,7 @@ def run_command(prog: str, command: Callable[[], object]) -> int:
         where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
         print(f"{prog}: error: {where or 'a file'}: {error.strerror or error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -7,6 +7,8 @@ imports it, and Ray is imported only once the flags are parsed, so `--help` answ
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,14 +40,23 @@ def main_for(
     )
 
     def command() -> None:
-        from tli.sweep import tuner
+        from tli.sweep.inputs import load_inputs
 
         config = configs.from_namespace(SweepConfig, args, model=configs.from_namespace(ModelConfig, args))
         flags = configs.from_namespace(script_flags, args) if script_flags is not None else None
-        tuner.run_sweep(
-            grid and (lambda inputs: grid(config, flags, inputs)),
-            config,
-            search and (lambda inputs: search(config, flags, inputs)),
-        )
+        inputs = load_inputs(config)  # a bad pairs file is refused before Ray, torch and PEFT are imported
 
+        from tli.sweep import tuner
+
+        try:
+            tuner.run_sweep(
+                grid and (lambda inputs: grid(config, flags, inputs)),
+                config,
+                search and (lambda inputs: search(config, flags, inputs)),
+                inputs=inputs,
+            )
+        except tuner.SweepStopped as stopped:
+            raise tuner.SweepStopped(f"{stopped}; to resume, run the same command again: {resume}") from None
+
+    resume = shlex.join(["python", *(sys.argv if argv is None else [parser.prog, *argv])])
     return run_command(parser.prog, command)

@@ -10,7 +10,9 @@ Layout of ``<results>/<experiment>/`` (a local folder or a URI such as ``s3://bu
     train_log.parquet/<trial_id>.parquet   the training log (step, epoch, loss, lr, seconds)
     scan.parquet                           the base model's layer scan in every pooling mode
     drift_samples.parquet                  the base model's continuations that drift is measured on
-    sweep_config.json                      the resolved settings, the swept space, the planned trial count
+    sweep_config.json                      the resolved settings, the swept space, the planned trial count, and
+                                           under `runs` each run's own (appended, never overwritten)
+    driver.lock                            the driver running the experiment (`DriverLock`: one at a time)
     tune/                                  Ray Tune's own experiment folder (TensorBoard files, ...)
 
 The datasets grow by one file per table and trial, so a commit costs the same at the 5,000th trial as at
@@ -27,18 +29,26 @@ dataset files of trials not committed as ok.
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
+import os
 import re
+import secrets
+import socket
+import threading
+import time
 import zipfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tli.errors import TliError
 from tli.files import Folder
 from tli.sweep.trial import TABLES, trials_table
 
@@ -283,6 +293,10 @@ class ExperimentStore:
             return None
         return value if isinstance(value, dict) else None
 
+    def lock(self, command: str = "") -> DriverLock:
+        """The experiment's driver lock (a context manager): TliError when another driver holds it."""
+        return DriverLock(self.folder, command)
+
     def adapter_folder(self, trial_id: str) -> Folder | None:
         """The stored adapter of a trial, or None."""
         folder = self.folder.child("trials", trial_id, "adapter")
@@ -296,3 +310,180 @@ def _sorted(trials: pa.Table) -> pa.Table:
 
 def _short(error: Exception) -> str:
     return " ".join(str(error).split())[:200]
+
+
+# --- reports beside experiments -----------------------------------------------------------------
+
+EXPERIMENT_MARKERS = ("sweep_config.json", "trials.parquet")  # files only an experiment folder holds
+
+
+def check_report_folder(out: Folder, experiments: list[Folder]) -> None:
+    """TliError, before any work, when a report's folder `out` would mix with results: it is, holds or lies inside
+    an experiment folder (other than that experiment's own report/), or it exists and holds files but no
+    earlier report (a report replaces only a report).
+    """
+    for experiment in experiments:
+        found = out.relation(experiment)
+        if found and out.uri != experiment.child("report").uri:
+            raise TliError(
+                f"--out {out.uri} {found} the experiment {experiment.uri}: a report goes to a folder apart "
+                "(default: <experiment>/report)"
+            )
+    inputs = {experiment.uri for experiment in experiments}
+    for above in out.parents():
+        if above.uri not in inputs and any(above.is_file(marker) for marker in EXPERIMENT_MARKERS):
+            raise TliError(f"--out {out.uri} lies inside the experiment {above.uri}: a report goes to a folder apart")
+    if out.names() and not out.exists("significance.csv"):
+        raise TliError(
+            f"--out {out.uri} exists and holds files but no report: choose a new or empty folder (a report replaces "
+            "only an earlier report)"
+        )
+
+
+# --- one driver per experiment ------------------------------------------------------------------
+
+LOCK_FILE = "driver.lock"
+
+
+class DriverLock:
+    """One driver per experiment at a time: a second one is refused in one line, before Ray starts.
+
+    On a local folder: an exclusive `flock` on <experiment>/driver.lock, held while the driver runs and released
+    by the kernel however the driver ends (the file stays, naming the last holder). Reliable on a local disk; on
+    NFS only as far as its lock manager is.
+
+    On an object store, which has no locks: a lease. The driver writes driver.lock (host, pid, a random owner id)
+    and rewrites it every `renew_s` seconds; a new driver refuses while the lease was renewed within `lease_s`
+    seconds (by its own clock: clocks must agree to well within that) and, on the holder's host, while the
+    holder's pid lives. A lease left by a killed driver is taken over once stale, at once on the same host.
+    Writes are not conditional, so the protocol is write, wait `settle_s`, read back, and only the last writer
+    goes on: two drivers started together both go on only if one of them stalls for more than `settle_s`
+    between reading and writing the lease. The driver removes its lease when it ends.
+    """
+
+    lease_s, renew_s, settle_s = 120.0, 20.0, 2.0
+
+    def __init__(self, folder: Folder, command: str = "", lease: bool | None = None):
+        self.folder, self.lease = folder, (not folder.local) if lease is None else lease
+        self.holder = {
+            "owner": secrets.token_hex(8),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": _now(),
+            "command": command,
+        }
+        self._handle = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def __enter__(self) -> DriverLock:
+        self._take_lease() if self.lease else self._flock()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is not None:
+            self._handle.close()  # releases the flock
+            self._handle = None
+        if self._renewer is not None:
+            self._stop.set()
+            self._renewer.join()
+            self._renewer = None
+            if (self._read() or {}).get("owner") == self.holder["owner"]:
+                self.folder.delete(LOCK_FILE)
+
+    def _flock(self) -> None:
+        import fcntl
+
+        path = Path(self.folder.path) / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - held open while the driver runs
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = _holder(handle.read())
+            handle.close()
+            raise TliError(self._busy(other)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(self.holder) + "\n")
+        handle.flush()
+        self._handle = handle
+
+    def _take_lease(self) -> None:
+        other = self._read()
+        if other is not None and not self._stale(other):
+            raise TliError(self._busy(other))
+        if other is not None:
+            log.warning("%s: taking over %s of a driver that stopped (%s)", self.folder.uri, LOCK_FILE, _who(other))
+        self._write()
+        time.sleep(self.settle_s)
+        other = self._read()
+        if (other or {}).get("owner") != self.holder["owner"]:
+            raise TliError(self._busy(other or {}))
+        self._renewer = threading.Thread(target=self._renew, name="tli-lease", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_s):
+            other = self._read()
+            if (other or {}).get("owner") != self.holder["owner"]:
+                log.error("%s: %s now names %s: this driver lost its lease", self.folder.uri, LOCK_FILE, _who(other))
+                return
+            self._write()
+
+    def _write(self) -> None:
+        self.folder.write_json(LOCK_FILE, self.holder | {"renewed": _now(), "renewed_at": time.time()})
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return _holder(self.folder.read_bytes(LOCK_FILE).decode()) if self.folder.exists(LOCK_FILE) else None
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, other: dict[str, Any]) -> bool:
+        """Whether a lease's holder is gone: its pid is dead on this host, or it has not renewed within lease_s."""
+        if other.get("host") == self.holder["host"] and not _alive(other.get("pid")):
+            return True
+        renewed = other.get("renewed_at")
+        return not isinstance(renewed, (int, float)) or time.time() - renewed > self.lease_s
+
+    def _busy(self, other: dict[str, Any]) -> str:
+        return (
+            f"{self.folder.uri} is in use by another driver ({_who(other)}): one driver per experiment at a time; "
+            "wait for it to end, or use another --experiment"
+        )
+
+
+def _holder(text: str) -> dict[str, Any]:
+    """A lock file's holder (empty when unreadable: a holder that has not written it yet)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _who(holder: dict[str, Any] | None) -> str:
+    holder = holder or {}
+    if not holder.get("pid"):
+        return "holder unknown"
+    renewed = holder.get("renewed_at")
+    age = f", renewed {time.time() - renewed:.0f} s ago" if isinstance(renewed, (int, float)) else ""
+    return f"pid {holder['pid']} on {holder.get('host', '?')} since {holder.get('since', '?')}{age}"
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -16,9 +16,10 @@ import contextlib
 import dataclasses
 import logging
 import re
-import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,7 +29,7 @@ from ray import tune
 from tli import files, models
 from tli.config import TrainConfig
 from tli.errors import TliError
-from tli.sweep import resources
+from tli.sweep import resources, session
 from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logger_callbacks, short_value
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_drift_samples
@@ -122,38 +123,15 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
 
 @contextlib.contextmanager
 def ray_session(config: SweepConfig):
-    """Join `config.address`, or start a private local Ray (never a cluster some other process left running);
+    """Join `config.address`, or start a private local Ray on loopback with a token of its own (`session.connect`);
     shut down only what this started. TliError when no cluster answers or when a trial can never fit.
     """
     if ray.is_initialized():
         yield
         return
-    _check_answers(config.address)
-    try:
-        ray.init(
-            address=config.address or "local",
-            include_dashboard=False,
-            log_to_driver=config.verbose,
-            logging_level=logging.INFO if config.verbose else logging.WARNING,
-        )
-    except ConnectionError as error:
-        raise TliError(f"no Ray cluster at --address {config.address}: {files.reason(error)}") from None
-    try:
+    with session.connect(config.address, config.verbose):
         _check_resources(config)
         yield
-    finally:
-        ray.shutdown()
-
-
-def _check_answers(address: str | None, timeout_s: float = 10.0) -> None:
-    """TliError when nothing listens at a host:port address (ray.init would retry for minutes)."""
-    if not address or "://" in address or ":" not in address:
-        return  # "auto", "local" or a ray:// client address: ray.init says what is wrong
-    host, port = address.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except (OSError, ValueError) as error:
-        raise TliError(f"no Ray cluster answers at {address}: {files.reason(error)}") from None
 
 
 def _check_resources(config: SweepConfig) -> None:
@@ -259,75 +237,163 @@ def run_sweep(
     grid: dict[str, list] | Callable[[ExperimentInputs], dict[str, list]] | None,
     config: SweepConfig,
     search: Search | Callable[[ExperimentInputs], Search] | None = None,
+    inputs: ExperimentInputs | None = None,
 ) -> pd.DataFrame:
     """Run a sweep's trials and return the merged trials table.
 
     `grid` maps each flat setting to its values (a dict value sets several settings at once); trials already
     stored as ok are skipped. Or `search` draws `num_samples` trials from Tune domains. Either may be a
-    function of the experiment's inputs. Everything a user can get wrong is checked before Ray starts; a
-    sweep in which every trial failed is a TliError.
+    function of the experiment's inputs (`inputs`: `load_inputs(config)`, loaded here unless given). Everything
+    a user can get wrong is checked before Ray starts, with the experiment locked to this driver; a sweep in
+    which every trial failed is a TliError, one stopped before every trial ran a `SweepStopped`.
     """
     callbacks = logger_callbacks(config)
     store = ExperimentStore(config.location)
     store.folder.check_writable()
+    _check_apart(config, store)
+    inputs = load_inputs(config) if inputs is None else inputs
     models.model_location(config.model.model, weights=not config.address)  # a cluster's head may hold its config only
-    n_layers = models.num_layers(config.model.model)
-    inputs = load_inputs(config)
     grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
     base = base_settings(config)
+    axes = _check_plan(grid, search, config, inputs, base)
+    with store.lock(" ".join(sys.argv)):
+        stored, previous = store.rows(), store.read_json("sweep_config.json")
+        _check_same_experiment(store.uri, stored, previous, base, axes, inputs.digest)
+        try:
+            with ray_session(config):
+                stopped = _run_trials(grid, search, config, inputs, base, axes, stored, previous, store, callbacks)
+        except KeyboardInterrupt:
+            raise SweepStopped("interrupted before its trials ran: nothing new is stored") from None
+        trials = store.merge()
+    finish(trials, [a for a in axes if a != "seed"], store.uri)
+    if stopped is not None:
+        raise stopped
+    return trials
+
+
+def _check_plan(grid, search: Search | None, config: SweepConfig, inputs: ExperimentInputs, base) -> list[str]:
+    """TliError for a plan that cannot work (see `_check_trials`); returns the swept settings."""
     if search is not None and len(config.seeds) > 1:
         raise TliError("a search draws one seed per trial: pass one --seeds value (or sweep seeds with a grid)")
     if search is None:
         check_axes(grid)
     planned = expand_grid(_grid(grid, config), base) if search is None else [base]
     needs_objective = search is not None or config.save_adapters == "best"
-    _check_trials(planned, inputs, n_layers, config.model.model, needs_objective)
-    with ray_session(config):
-        reserved = resources.reserve(
-            config, planned if search is None else [base.replace(target_layer=n_layers)], inputs
+    _check_trials(planned, inputs, models.num_layers(config.model.model), config.model.model, needs_objective)
+    return swept_names(_grid(grid, config)) if search is None else list(search.domains)
+
+
+def _run_trials(
+    grid, search, config, inputs, base, axes, stored, previous, store: ExperimentStore, callbacks
+) -> SweepStopped | None:
+    """Inside Ray: the drift samples, this run's record in sweep_config.json, the scan and the trials not stored
+    as ok. Returns a `SweepStopped` when some trials did not run.
+    """
+    n_layers = models.num_layers(config.model.model)
+    largest = expand_grid(_grid(grid, config), base) if search is None else [base.replace(target_layer=n_layers)]
+    reserved = resources.reserve(config, largest, inputs)
+    pairs_digest, inputs = inputs.digest, with_drift_samples(inputs, config, store, reserved.gpus)
+    base = base.replace(inputs_digest=inputs.digest)
+    done = {row["trial_id"]: row for row in stored if row.get("status") == "ok"}
+    if search is None:
+        planned = expand_grid(_grid(grid, config), base)
+        todo = [settings.row() for settings in planned if settings.trial_id not in done]
+        log.warning(
+            "%s: %d trials, %d already done, %d to run",
+            config.experiment,
+            len(planned),
+            len(planned) - len(todo),
+            len(todo),
         )
-        inputs = with_drift_samples(inputs, config, store, reserved.gpus)
-        base = base.replace(inputs_digest=inputs.digest)
-        done = {row["trial_id"]: row for row in store.rows() if row.get("status") == "ok"}
-        if search is None:
-            planned = expand_grid(_grid(grid, config), base)
-            todo = [settings.row() for settings in planned if settings.trial_id not in done]
-            log.warning(
-                "%s: %d trials, %d already done, %d to run",
-                config.experiment,
-                len(planned),
-                len(planned) - len(todo),
-                len(todo),
-            )
-            axes = swept_names(_grid(grid, config))
-            space, total = [{name: row[name] for name in axes} for row in todo], len(todo)
-            swept = {name: [str(v) for v in values] for name, values in grid.items()}
-        else:
-            space, total, axes = search.domains, search.num_samples, list(search.domains)
-            swept = {name: str(domain) for name, domain in search.domains.items()}
-        store.write(
-            "sweep_config.json",
-            {
-                "sweep": dataclasses.asdict(config),
-                "space": swept,
-                "swept": axes,
-                "base": base.row(),
-                "planned": len(planned) if search is None else search.num_samples,
-                "n_pairs": len(inputs.pairs),
-                "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen),
-                "reserved": dataclasses.asdict(reserved),
-            }
-            | files.provenance(),
+        space, total = [{name: row[name] for name in axes} for row in todo], len(todo)
+        swept = {name: [str(v) for v in values] for name, values in grid.items()}
+        everything = len({s.trial_id for s in planned} | {row["trial_id"] for row in stored})
+    else:
+        space, total, planned = search.domains, search.num_samples, range(search.num_samples)
+        swept = {name: str(domain) for name, domain in search.domains.items()}
+        everything = max(search.num_samples, len(stored))
+    run = {
+        "sweep": dataclasses.asdict(config),
+        "space": swept,
+        "swept": axes,
+        "base": base.row(),
+        "planned": len(planned),
+        "n_pairs": len(inputs.pairs),
+        "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen),
+        "pairs_digest": pairs_digest,
+        "reserved": dataclasses.asdict(reserved),
+        "started_at": pd.Timestamp.now(tz="UTC").isoformat(),
+    } | files.provenance()
+    store.write("sweep_config.json", run | {"planned": everything, "runs": [*_runs(previous), run]})
+    scan, stopped = _start_scan(inputs, store, config.model, reserved), None
+    if total:
+        threads = max(1, int(config.cpus_per_trial))
+        context = TrialContext(inputs, base.row(), done, threads, config.save_adapters)
+        stopped = _fit(
+            space, total, config, reserved, context, search.searcher if search else None, axes, callbacks, store
         )
-        scan = _start_scan(inputs, store, config.model, reserved)
-        if total:
-            context = TrialContext(inputs, base.row(), done, max(1, int(config.cpus_per_trial)), config.save_adapters)
-            _fit(space, total, config, reserved, context, search.searcher if search else None, axes, callbacks, store)
-        if scan is not None:
-            store.write("scan.parquet", ray.get(scan))
-    trials = store.merge()
-    finish(trials, [a for a in axes if a != "seed"], store.uri)
-    return trials
+    if scan is not None:
+        store.write("scan.parquet", ray.get(scan))
+    return stopped
+
+
+class SweepStopped(TliError):
+    """A sweep stopped (Ctrl-C, a signal) before every planned trial ran: what finished is stored, a rerun of the
+    same command runs the rest. Exit code 130, the shell's for an interrupted command.
+    """
+
+    exit_code = 130
+
+
+def _runs(stored: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The runs recorded in a sweep_config.json (an older one is one run), oldest first."""
+    if not stored:
+        return []
+    runs = stored.get("runs")
+    return list(runs) if isinstance(runs, list) else [{k: v for k, v in stored.items() if k != "runs"}]
+
+
+def _check_same_experiment(
+    uri: str,
+    rows: list[dict[str, Any]],
+    stored: dict[str, Any] | None,
+    base: TrialSettings,
+    axes: list[str],
+    pairs_digest: str,
+) -> None:
+    """TliError, before Ray starts, unless this run extends the experiment's stored trials: the same pairs,
+    evaluation pairs and subset (the pairs digest its runs recorded), and in every setting this run does not sweep
+    (model, epochs, validation fraction, drift, pooling_eval, ...) the same value as every stored trial.
+    """
+    others = {run.get("pairs_digest") for run in _runs(stored)} - {None, pairs_digest}
+    if others:
+        raise TliError(
+            f"{uri} holds trials of other inputs (pairs, evaluation pairs or --smoke-test; pairs digest "
+            f"{sorted(others, key=str)[0]}, now {pairs_digest}): use another --experiment"
+        )
+    skip = {"trial_id", "inputs_digest", *axes} | ({"lora_alpha"} if "lora_rank" in axes else set())
+    fixed = {name: value for name, value in base.row().items() if name not in skip}
+    for row in rows:
+        try:
+            settings = TrialSettings.from_row(row).row()
+        except TliError as error:
+            raise TliError(f"{uri}: trial {row.get('trial_id')} has settings this tli cannot read ({error})") from None
+        for name, value in fixed.items():
+            if settings[name] != value:
+                raise TliError(
+                    f"{uri} holds trials with {name}={settings[name]!r} and this run has {name}={value!r}, a setting "
+                    "it does not sweep: one experiment, one value of each setting it does not sweep; use another "
+                    "--experiment"
+                )
+
+
+def _check_apart(config: SweepConfig, store: ExperimentStore) -> None:
+    """TliError when the experiment folder is, lies inside or holds one of the sweep's inputs (the pairs files,
+    the model folder): the sweep writes and tidies that folder.
+    """
+    if store.folder.local:
+        inputs = {"pairs file": config.pairs, "evaluation pairs file": config.eval_pairs}
+        files.check_not_inputs(Path(store.folder.path), inputs | {"model folder": config.model.model}, replaced=True)
 
 
 def trial_name(trial) -> str:
@@ -351,14 +417,17 @@ def _fit(
     axes: list[str],
     callbacks: list,
     store: ExperimentStore,
-) -> None:
-    """Run the trials on Ray Tune: `space` is the grid's flat trial configs (a list) or a search's domains."""
+) -> SweepStopped | None:
+    """Run the trials on Ray Tune: `space` is the grid's flat trial configs (a list) or a search's domains. Returns
+    a `SweepStopped` when some trials did not run (a stop signal), else None.
+    """
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    concurrent = config.max_concurrent or None  # a searcher's limit is Tune's; the grid's generator keeps its own
     if search_alg is None:  # each grid trial's config is its swept settings, flat: config/target_layer, ...
         values = {name: list({repr(point[name]): point[name] for point in space}.values()) for name in space[0]}
-        search_alg = BasicVariantGenerator(points_to_evaluate=space)
-        space = {name: tune.choice(choices) for name, choices in values.items()}
+        search_alg = BasicVariantGenerator(points_to_evaluate=space, max_concurrent=config.max_concurrent)
+        space, concurrent = {name: tune.choice(choices) for name, choices in values.items()}, None
     trainable_with_context = tune.with_resources(
         tune.with_parameters(trainable, context=context), reserved.tune_resources
     )
@@ -373,7 +442,7 @@ def _fit(
             reuse_actors=True,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
-            max_concurrent_trials=config.max_concurrent or None,
+            max_concurrent_trials=concurrent,
         ),
         run_config=tune.RunConfig(
             name=time.strftime("tune-%Y%m%d-%H%M%S"),
@@ -387,18 +456,52 @@ def _fit(
             ],
         ),
     )
-    for result in tuner.fit():  # trials that failed even after their retries
-        if result.error is not None and result.config:  # (a trial that never started has no config)
-            settings = context.settings(result.config)
-            if (store.row(settings.trial_id) or {}).get("status") != "ok":
-                message = (str(result.error).strip().splitlines() or [""])[-1][:500]
-                store.write_row(
-                    settings.row()
-                    | {
-                        "experiment": config.experiment,
-                        "status": "error",
-                        "objective": float("nan"),
-                        "error": f"{type(result.error).__name__}: {message}",
-                        "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
-                    }
-                )
+    notes = _TuneStopNotes()
+    logging.getLogger("ray.tune.tune").addFilter(notes)
+    try:
+        results = tuner.fit()
+    finally:
+        logging.getLogger("ray.tune.tune").removeFilter(notes)
+    ran = 0
+    for result in results:
+        if result.error is not None and result.config and not notes.stopped:  # failed even after its retries
+            _store_error(store, context.settings(result.config), result.error, config.experiment)
+        ran += result.error is not None or "status" in (result.metrics or {})  # its last report: its whole row
+    if ran == total:
+        return None
+    return SweepStopped(
+        f"{'interrupted' if notes.stopped else 'stopped'}: {total - ran} of the {total} trials of this run did not "
+        "run (those that finished are stored)"
+    )
+
+
+class _TuneStopNotes(logging.Filter):
+    """Ray Tune's notes on a stop signal (Ctrl-C): seen (`stopped`); its advice to resume with `Tuner.restore`
+    and its list of unfinished trials dropped (tli counts them, and resumes by running the same command again).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stopped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        self.stopped |= "Stop signal received" in text
+        return "Tuner.restore" not in text and "Trials did not complete" not in text
+
+
+def _store_error(store: ExperimentStore, settings: TrialSettings, error: Exception, experiment: str) -> None:
+    """An error row for a trial that failed after its retries (unless it is stored as ok)."""
+    if (store.row(settings.trial_id) or {}).get("status") == "ok":
+        return
+    message = (str(error).strip().splitlines() or [""])[-1][:500]
+    store.write_row(
+        settings.row()
+        | {
+            "experiment": experiment,
+            "status": "error",
+            "objective": float("nan"),
+            "error": f"{type(error).__name__}: {message}",
+            "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        }
+    )
