@@ -35,10 +35,10 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/tli scan --model $(MODEL) --pooling mean --output $(RESULTS)/demo/scan_mean.csv
-	$(VENV)/bin/tli scan --model $(MODEL) --pooling mean_content --output $(RESULTS)/demo/scan_mean_content.csv
-	$(VENV)/bin/tli train --model $(MODEL) --target-layer 2 --output $(RESULTS)/demo/adapter_layer2
-	$(VENV)/bin/tli evaluate --model $(MODEL) --adapter $(RESULTS)/demo/adapter_layer2 --output $(RESULTS)/demo/eval_layer2
+	$(VENV)/bin/tli scan --model $(MODEL) --pooling mean --output $(RESULTS)/demo/scan_mean.csv --overwrite
+	$(VENV)/bin/tli scan --model $(MODEL) --pooling mean_content --output $(RESULTS)/demo/scan_mean_content.csv --overwrite
+	$(VENV)/bin/tli train --model $(MODEL) --target-layer 2 --output $(RESULTS)/demo/adapter_layer2 --overwrite
+	$(VENV)/bin/tli evaluate --model $(MODEL) --adapter $(RESULTS)/demo/adapter_layer2 --output $(RESULTS)/demo/eval_layer2 --overwrite
 	@echo "demo results in $(RESULTS)/demo/"
 
 # The suite on the oldest versions pyproject.toml admits (its lower bounds = constraints-lowest.txt), in a
@@ -72,4 +72,4 @@ freedict: setup
 	    echo "(or: $(VENV)/bin/tli pairs import-freedict --dict-dir that/folder --output data/freedict-swh-eng.tsv)" >&2; \
 	    exit 1; }; \
 	fi
-	$(VENV)/bin/tli pairs import-freedict --dict-dir $(FREEDICT_DIR) --output data/freedict-swh-eng.tsv
+	$(VENV)/bin/tli pairs import-freedict --dict-dir $(FREEDICT_DIR) --output data/freedict-swh-eng.tsv --overwrite

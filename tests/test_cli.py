@@ -2,6 +2,7 @@
 of bad input to scan/train/evaluate/pairs: one line on stderr, exit code 2, nothing written or lost.
 """
 
+import errno
 import json
 import os
 import subprocess
@@ -38,12 +39,13 @@ SCAN_COLUMNS = {
 
 def test_scan_writes_one_row_per_layer_and_a_plot(tiny_llama_dir, small_pairs, tmp_path):
     pairs_path, pairs = small_pairs
-    for suffix in ("csv", "parquet"):
+    for suffix in ("csv", "parquet"):  # the second replaces the first's plot, scan.png
         out = tmp_path / f"scan.{suffix}"
         assert (
             main(
                 [
                     "scan",
+                    "--overwrite",
                     "--model",
                     str(tiny_llama_dir),
                     "--pairs",
@@ -119,6 +121,14 @@ def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
 
 
 # --- bad input: one line on stderr, exit code 2, nothing written -------------------------------
+
+
+def _last_error_line(capsys, command: str) -> str:
+    """The error line of a command that failed at its end, after its progress bars: the last line, the only error."""
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in err if "error" in line]
+    assert len(errors) == 1 and err[-1] == errors[0] and errors[0].startswith(f"tli {command}: error:"), err
+    return errors[0]
 
 
 def _one_error_line(capsys, command: str) -> str:
@@ -268,3 +278,201 @@ def test_help_and_version_answer_at_once_without_heavy_imports():
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout and "tli scan" in out.stdout and "--lora-rank" in out.stdout
     assert time.perf_counter() - started < 5
+
+
+# --- an output that is an input, an earlier result, a write the machine refuses ------------------
+
+
+def _inputs_on_disk(tmp_path, tiny_llama_dir, small_pairs):
+    """A pairs CSV in a folder, links to it (symbolic, hard, to its folder), an adapter folder recording it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    pairs = folder / "pairs.csv"
+    small_pairs[1][["swahili", "english", "split"]].to_csv(pairs, index=False)
+    (tmp_path / "symlink.csv").symlink_to(pairs)
+    os.link(pairs, tmp_path / "hardlink.csv")
+    (tmp_path / "data-link").symlink_to(folder)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "tli_config.json").write_text(json.dumps({"pairs": str(pairs), "train": {"target_layer": 2}}))
+    dictionary = tmp_path / "dictd"
+    dictionary.mkdir()
+    (dictionary / "freedict-swh-eng.index").write_text("00databaseshort\tA\tB\n")
+    os.link(dictionary / "freedict-swh-eng.index", tmp_path / "index.tsv")
+    return {"pairs": str(pairs), "data": str(folder), "model": str(tiny_llama_dir), "adapter": str(adapter)} | {
+        "tmp": str(tmp_path),
+        "dictd": str(dictionary),
+    }
+
+
+OUTPUTS_THAT_ARE_INPUTS = [  # (command line with {placeholders}, message)
+    ("scan --model {model} --pairs {pairs} --output {pairs}", "is the pairs file"),
+    ("scan --model {model} --pairs {pairs} --output {pairs} --overwrite", "is the pairs file"),
+    ("scan --model {model} --pairs {pairs} --output {tmp}/symlink.csv", "is the pairs file"),
+    ("scan --model {model} --pairs {pairs} --output {tmp}/hardlink.csv", "is the pairs file"),
+    ("scan --model {model} --pairs {pairs} --output {data}/../data/pairs.csv", "is the pairs file"),
+    ("scan --model {model} --pairs {tmp}/symlink.csv --output {pairs}", "is the pairs file"),
+    ("scan --model {model} --pairs {pairs} --output {model}/scan.csv", "lies inside the model folder"),
+    ("train --model {model} --pairs {pairs} --output {data}", "holds the pairs file"),
+    ("train --model {model} --pairs {pairs} --output {data} --overwrite", "holds the pairs file"),
+    ("train --model {model} --pairs {pairs} --output {tmp}/data-link --overwrite", "holds the pairs file"),
+    ("train --model {model} --pairs {pairs} --output {tmp} --overwrite", "holds the pairs file"),
+    ("train --model {model} --pairs {pairs} --output {pairs}", "is the pairs file"),
+    ("train --model {model} --pairs {pairs} --output {model} --overwrite", "is the model folder"),
+    ("train --model {model} --pairs {pairs} --output {model}/adapter", "lies inside the model folder"),
+    ("evaluate --adapter {adapter} --output {adapter}", "is the adapter folder"),
+    ("evaluate --adapter {adapter} --output {adapter}/evaluation", "lies inside the adapter folder"),
+    ("evaluate --adapter {adapter} --output {data} --overwrite", "holds the pairs file"),
+    ("evaluate --adapter {adapter} --output {tmp}/data-link", "holds the pairs file"),
+    ("evaluate --adapter {adapter} --pairs {tmp}/hardlink.csv --output {data}", "holds the pairs file"),
+    ("evaluate --adapter {adapter} --output {tmp} --overwrite", "holds the"),  # the pairs file, the adapter
+    ("evaluate --model {model} --adapter {adapter} --output {model}", "is the model folder"),
+    ("pairs import-freedict --dict-dir {dictd} --output {tmp}/index.tsv", "is the dictionary index"),
+]
+
+
+@pytest.mark.parametrize("line, message", OUTPUTS_THAT_ARE_INPUTS, ids=[c[0] for c in OUTPUTS_THAT_ARE_INPUTS])
+def test_no_command_writes_over_or_inside_its_inputs(line, message, tiny_llama_dir, small_pairs, tmp_path, capsys):
+    places = _inputs_on_disk(tmp_path, tiny_llama_dir, small_pairs)
+    before = {path: path.stat().st_mtime_ns for path in [*tmp_path.rglob("*"), *tiny_llama_dir.rglob("*")]}
+    capsys.readouterr()
+    arguments = line.format(**places).split()
+    assert main(arguments) == 2
+    assert message in _one_error_line(capsys, arguments[0])
+    after = {path: path.stat().st_mtime_ns for path in [*tmp_path.rglob("*"), *tiny_llama_dir.rglob("*")]}
+    assert after == before  # nothing written, nothing replaced
+
+
+def _ok(capsys, arguments: list[str]) -> None:
+    """Run a command that must succeed; its output is dropped."""
+    assert main(arguments) == 0
+    capsys.readouterr()
+
+
+def test_an_earlier_result_is_replaced_only_with_overwrite(tiny_llama_dir, small_pairs, tmp_path, capsys):
+    pairs = str(small_pairs[0])
+    scan = ["scan", "--model", str(tiny_llama_dir), "--pairs", pairs, "--layers", "1,2", "--output"]
+    _ok(capsys, [*scan, str(tmp_path / "scan.csv")])
+    for output in ("scan.csv", "scan.parquet"):  # the table, or the plot beside it, is an earlier result
+        before = (tmp_path / "scan.png").read_bytes()
+        assert main([*scan, str(tmp_path / output)]) == 2
+        assert "exists: pass --overwrite to replace it" in _last_error_line(capsys, "scan")
+        assert (tmp_path / "scan.png").read_bytes() == before and not (tmp_path / "scan.parquet").exists()
+    _ok(capsys, [*scan, str(tmp_path / "scan.csv"), "--overwrite"])
+
+    adapter = tmp_path / "adapter"
+    assert (
+        main(["train", "--model", str(tiny_llama_dir), "--pairs", pairs, "--epochs", "1", "--output", str(adapter)])
+        == 0
+    )
+    evaluate = [
+        "evaluate",
+        "--adapter",
+        str(adapter),
+        "--n-boot",
+        "100",
+        "--layers",
+        "2",
+        "--output",
+        str(tmp_path / "e"),
+    ]
+    assert main(evaluate) == 0
+    record = (tmp_path / "e" / "evaluation.json").read_text()
+    assert main(evaluate) == 2
+    assert "exists and is not empty: pass --overwrite" in _last_error_line(capsys, "evaluate")
+    assert (tmp_path / "e" / "evaluation.json").read_text() == record
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("not an evaluation")
+    assert main([*evaluate[:-1], str(tmp_path / "notes"), "--overwrite"]) == 2
+    assert "is not an evaluation folder (no evaluation.json)" in _last_error_line(capsys, "evaluate")
+    _ok(capsys, [*evaluate, "--overwrite"])
+    assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["evaluated_at"]
+
+    existing = tmp_path / "pairs.tsv"
+    existing.write_text("mine")
+    assert main(["pairs", "import-freedict", "--dict-dir", str(tmp_path / "dictd"), "--output", str(existing)]) == 2
+    assert "exists: pass --overwrite" in _last_error_line(capsys, "pairs") and existing.read_text() == "mine"
+
+
+def test_an_evaluation_never_falls_back_to_other_pairs(tiny_llama_dir, small_pairs, tmp_path, capsys):
+    moved = tmp_path / "pairs.tsv"
+    moved.write_bytes(small_pairs[0].read_bytes())
+    adapter = tmp_path / "adapter"
+    command = [
+        "train",
+        "--model",
+        str(tiny_llama_dir),
+        "--pairs",
+        str(moved),
+        "--epochs",
+        "1",
+        "--output",
+        str(adapter),
+    ]
+    assert main(command) == 0
+    for gone in (lambda: moved.rename(tmp_path / "elsewhere.tsv"), lambda: moved.symlink_to(tmp_path / "nowhere")):
+        gone()
+        assert main(["evaluate", "--adapter", str(adapter), "--output", str(tmp_path / "e")]) == 2
+        line = _last_error_line(capsys, "evaluate")
+        assert "the pairs file the adapter" in line and "is gone: pass --pairs" in line
+        assert not (tmp_path / "e").exists()
+        moved.unlink(missing_ok=True)
+
+
+REFUSED_WRITES = [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES]
+
+
+@pytest.mark.parametrize("code", REFUSED_WRITES, ids=[errno.errorcode[c] for c in REFUSED_WRITES])
+def test_a_write_the_machine_refuses_is_one_line_and_leaves_every_earlier_result(
+    code, tiny_llama_dir, small_pairs, tmp_path, capsys, monkeypatch
+):
+    pairs, model = str(small_pairs[0]), str(tiny_llama_dir)
+    scan = ["scan", "--model", model, "--pairs", pairs, "--layers", "1", "--output", str(tmp_path / "s.csv")]
+    train = ["train", "--model", model, "--pairs", pairs, "--epochs", "1", "--output", str(tmp_path / "a")]
+    evaluate = ["evaluate", "--adapter", str(tmp_path / "a"), "--n-boot", "100", "--layers", "2"]
+    evaluate += ["--output", str(tmp_path / "e")]
+    for command in (scan, train, evaluate):
+        assert main(command) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def refuse(source, target):
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr("tli.files.os.replace", refuse)  # the moment a written file would take its place
+    for command in (scan, train, evaluate):
+        assert main([*command, "--overwrite"]) == 2
+        line = _last_error_line(capsys, command[0])
+        assert os.strerror(code) in line and str(tmp_path) in line, line
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # no half-written file, no temporary file left, every earlier result whole
+
+
+def test_names_too_long_for_the_file_system_are_refused_before_anything_is_made(tiny_llama_dir, tmp_path, capsys):
+    long = "x" * 300
+    for command in (
+        ["scan", "--model", str(tiny_llama_dir), "--output", str(tmp_path / f"{long}.csv")],
+        ["train", "--model", str(tiny_llama_dir), "--output", str(tmp_path / long / "adapter")],
+        ["evaluate", "--adapter", str(tmp_path), "--output", str(tmp_path / long)],
+    ):
+        assert main(command) == 2
+        assert "bytes, above the" in _one_error_line(capsys, command[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_size_limit_writing_the_scan_plot_leaves_neither_file(tiny_llama_dir, small_pairs, tmp_path):
+    """`ulimit -f` for real (EFBIG): the scan's CSV fits, its PNG does not; neither is left."""
+    probe = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death by signal\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))\n"
+        "from tli.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    output = tmp_path / "scan.csv"
+    command = ["scan", "--model", str(tiny_llama_dir), "--pairs", str(small_pairs[0]), "--output", str(output)]
+    run = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=300)
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert run.returncode == 2 and len(errors) == 1 and run.stderr.strip().endswith(errors[0]), run.stderr[-3000:]
+    assert "scan.png" in errors[0] and os.strerror(errno.EFBIG) in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

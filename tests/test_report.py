@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -771,3 +772,46 @@ def test_a_rank_only_sweep_draws_its_axis(tmp_path):
     assert figures.swept_axes(["target_layer", "pooling_eval", "lora_rank"]) == ["lora_rank", "protocol"]
     assert [(r.start, r.stop) for r in figures._runs(np.array([2, 17, 18]))] == [(0, 1), (1, 3)]  # 2 and 17 apart
     assert len(set(figures.colours(12))) == 12 and len(set(figures.colours(30))) == 30
+
+
+def _report_places(tmp_path) -> dict[str, str]:
+    """Two experiments side by side, a user's folder with files of its own, an earlier report."""
+    space = {"target_layer": [1, 2], "seed": [0]}
+    first = make_results(tmp_path / "results", space, errored=0, unfinished=0, name="first")
+    make_results(tmp_path / "results", space, errored=0, unfinished=0, name="second")
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "main.tex").write_text("\\\\documentclass{article}")
+    (tmp_path / "first-link").symlink_to(first)
+    return {"results": str(tmp_path / "results"), "tmp": str(tmp_path)}
+
+
+REPORT_OUTS = [  # (arguments with {placeholders}, message): one line, nothing written anywhere
+    ("{results}/first --out {results}/first", "is the experiment"),
+    ("{results}/first --out {tmp}/first-link", "is the experiment"),
+    ("{results}/first --out {results}/first/trials", "lies inside the experiment"),
+    ("{results}/first --out {results}/first/summary.parquet", "lies inside the experiment"),
+    ("{results}/first --out {results}", "holds the experiment"),
+    ("{results}/first {results}/second --out {results}/first/report", "lies inside the experiment"),
+    ("{results}/first --out {results}/second/report", "lies inside the experiment"),
+    ("{results}/first --out {tmp}/paper", "holds files but no report"),
+    ("{results}/first --by target_layer,target_layer --out {tmp}/r", "'target_layer' given twice"),
+    ("s3:// --out {tmp}/r", "no bucket"),
+    ("s3:/bucket/first --out {tmp}/r", "is neither a URI"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", REPORT_OUTS, ids=[case[0] for case in REPORT_OUTS])
+def test_a_report_never_writes_into_results_or_over_other_files(arguments, message, tmp_path, capsys):
+    places = _report_places(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert load_ablation("aggregate").main([*arguments.format(**places).split(), "--n-boot", "100"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("aggregate.py: error: ") and message in err, err
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_a_report_goes_to_its_experiment_s_report_folder_again_and_again(tmp_path):
+    places = _report_places(tmp_path)
+    for _ in range(2):  # the default folder, then an earlier report replaced
+        assert load_ablation("aggregate").main([f"{places['results']}/first", "--n-boot", "100"]) == 0
+    assert (Path(places["results"]) / "first" / "report" / "report.md").is_file()

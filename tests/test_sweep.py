@@ -668,3 +668,58 @@ def test_mixed_settings_are_refused_before_ray_and_each_run_is_recorded(layer_sm
     runs = config["runs"]
     assert runs[0]["pairs_digest"] and runs[0]["planned"] == 2 and runs[0]["sweep"]["save_adapters"] == "best"
     assert all(run["base"]["inputs_digest"] == runs[0]["base"]["inputs_digest"] for run in runs)
+
+
+def _sweep_places(tmp_path, small_pairs, tiny_llama_dir) -> dict[str, str]:
+    """A pairs file in a folder, a symbolic link to that folder, the tiny model: inputs a results folder must avoid."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "pairs.tsv").write_bytes(small_pairs[0].read_bytes())
+    (data / "unseen.tsv").write_text("swahili\tenglish\nnyota\tstar\nmwezi\tmoon\n")
+    (tmp_path / "data-link").symlink_to(data)
+    return {"tmp": str(tmp_path), "pairs": str(data / "pairs.tsv"), "model": str(tiny_llama_dir), "long": "x" * 300}
+
+
+SWEEP_REFUSALS = [  # (flags with {placeholders}, message): one line, before Ray, nothing written
+    ("--results s3://", "s3://: no bucket"),
+    ("--results gs:///prefix", "no bucket"),
+    ("--results file://relative/folder", "needs an absolute path"),
+    ("--results s3:/bucket/prefix", "is neither a URI"),
+    ("--results ftp://host/folder", "unknown URI scheme 'ftp'"),
+    ("--results {tmp} --experiment {long}", "bytes, above the"),
+    ("--pairs {pairs} --results {tmp} --experiment data", "holds the pairs file"),
+    ("--pairs {pairs} --results {tmp} --experiment data-link", "holds the pairs file"),
+    ("--pairs {pairs} --results {tmp}/data --experiment pairs.tsv", "is the pairs file"),
+    ("--eval-pairs {tmp}/data/unseen.tsv --results {tmp} --experiment data", "holds the evaluation pairs file"),
+    ("--model {model} --results {model}", "lies inside the model folder"),
+    ("--results {tmp} --epochs 1 --epochs 2", "--epochs given twice"),
+    ("--results {tmp} --drift --no-drift", "--drift and --no-drift both given"),
+    ("--results {tmp} --seeds 0 --seeds=1", "--seeds given twice"),
+    ("--results {tmp} -v --verbose", "-v and --verbose both given"),
+    ("--results {tmp} --layers 1-100000", "must be >= 1 and <= "),
+    ("--results {tmp} --seeds 0-4294967295", "holds more than 10000 values"),
+    ("--results {tmp} --layers 2,3,2", "2 given twice"),
+]
+
+
+@pytest.mark.parametrize("flags, message", SWEEP_REFUSALS, ids=[case[0] for case in SWEEP_REFUSALS])
+def test_sweep_refusals_are_one_line_before_ray_and_write_nothing(
+    flags, message, tmp_path, small_pairs, tiny_llama_dir, capsys
+):
+    places = _sweep_places(tmp_path, small_pairs, tiny_llama_dir)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    started = time.perf_counter()
+    assert load_ablation("layer_sweep").main(["--smoke-test", *flags.format(**places).split()]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error" in line]
+    assert len(errors) == 1 and message in errors[0] and err[-1] == errors[0], err
+    assert not [line for line in err if "ray" in line.lower() and "error" not in line]  # no Ray chatter first
+    assert time.perf_counter() - started < 60 and sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert not Path("s3:").exists() and not Path("gs:").exists()  # a URI is never a local folder name
+
+
+@pytest.mark.parametrize("flags", [["--ranks", "1-100000"], ["--ranks", ",".join(map(str, range(1, 20_002)))]])
+def test_list_flags_are_bounded_before_they_are_expanded(flags, tmp_path, capsys):
+    started = time.perf_counter()
+    assert load_ablation("rank_sweep").main(["--results", str(tmp_path), *flags]) == 2
+    assert "--ranks" in capsys.readouterr().err and time.perf_counter() - started < 5

@@ -73,6 +73,7 @@ def _parser() -> configs.ArgumentParser:
     scan.add_argument(
         "--output", type=Path, required=True, help="OUT.csv or OUT.parquet (a PNG plot is written beside it)"
     )
+    scan.add_argument("--overwrite", action="store_true", help="replace an earlier scan table and its plot")
 
     train = commands.add_parser("train", help="train a TLI LoRA adapter at one target layer")
     configs.add_arguments(train, ModelConfig)
@@ -105,6 +106,7 @@ def _parser() -> configs.ArgumentParser:
         "--dict-dir", type=Path, default=Path("/usr/share/dictd"), help="dictd folder (default: %(default)s)"
     )
     freedict.add_argument("--output", type=Path, required=True, help="OUT.tsv or OUT.csv")
+    freedict.add_argument("--overwrite", action="store_true", help="replace an existing pairs file")
     return parser
 
 
@@ -148,10 +150,10 @@ def run_scan(args: argparse.Namespace) -> None:
     from tli import files
 
     plot_path = args.output.with_suffix(".png")  # the plot beside the table
-    files.check_output_file(args.output)
-    files.check_output_file(plot_path, suffixes=(".png",))
     for output in (args.output, plot_path):
-        files.check_not_inputs(output, _inputs(args))
+        files.check_not_inputs(output, _inputs(args))  # first: never "pass --overwrite" for an input
+    files.check_output_file(args.output, overwrite=args.overwrite)
+    files.check_output_file(plot_path, suffixes=(".png",), overwrite=args.overwrite)
     pairs = _load_pairs(args)
     config = configs.from_namespace(ScanConfig, args)
     model_config = configs.from_namespace(ModelConfig, args)
@@ -173,8 +175,8 @@ def run_scan(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from tli import data, files
 
-    files.check_output_dir(args.output, overwrite=args.overwrite, what="adapter folder", marker="tli_config.json")
     files.check_not_inputs(args.output, _inputs(args), replaced=True)
+    files.check_output_dir(args.output, overwrite=args.overwrite, what="adapter folder", marker="tli_config.json")
     pairs = data.split_sets(_load_pairs(args)).get("trained")
     if pairs is None:
         raise TliError(f"{args.pairs} has no rows with split 'trained'")
@@ -223,10 +225,10 @@ def _evaluation_pairs(args: argparse.Namespace) -> Path | None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from tli import files
 
-    files.check_output_dir(args.output, overwrite=args.overwrite, what="evaluation folder", marker=EVALUATION_FILE)
     origin = _evaluation_pairs(args)
     inputs = _inputs(args, adapter_folder=args.adapter) | {"pairs file": origin}
     files.check_not_inputs(args.output, inputs, replaced=True)
+    files.check_output_dir(args.output, overwrite=args.overwrite, what="evaluation folder", marker=EVALUATION_FILE)
     pairs = _load_pairs(args, origin) if origin is not None else None
 
     from tli import adapters, evaluate, models
@@ -307,7 +309,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_pairs(args: argparse.Namespace) -> None:
     from tli import files, freedict
 
-    files.check_output_file(args.output, suffixes=(".tsv", ".csv"))
+    for stem in freedict.FREEDICT_STEMS:  # a new file beside them is fine; over one of them (a hard link) is not
+        read = {"dictionary index": f"{stem}.index", "dictionary": f"{stem}.dict.dz"}
+        files.check_not_inputs(args.output, {what: args.dict_dir / name for what, name in read.items()})
+    files.check_output_file(args.output, suffixes=(".tsv", ".csv"), overwrite=args.overwrite)
     pairs = freedict.import_freedict(args.dict_dir, args.output)
     print(f"wrote {len(pairs)} pairs to {args.output}")
 

@@ -11,6 +11,7 @@ wrong types are errors, never silently ignored).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
 import math
@@ -204,10 +205,11 @@ class ArgumentParser(argparse.ArgumentParser):
         for token in tokens:
             if token == "--" or token in commands:
                 return
-            if not token.startswith("--"):
+            if not token.startswith("-") or token == "-":
                 continue
-            name = token.split("=", 1)[0]
-            matches = {a for option, a in self._option_string_actions.items() if option.startswith(name)}
+            name = token.split("=", 1)[0]  # a long option may be abbreviated; a short one (-v) or a number may not
+            long = name.startswith("--")
+            matches = {a for option, a in self._option_string_actions.items() if long and option.startswith(name)}
             action = self._option_string_actions.get(name) or (matches.pop() if len(matches) == 1 else None)
             if action is None or action.dest in ("help", "version"):
                 continue
@@ -236,6 +238,7 @@ def parse_int_list(text: str, meta: dict | None = None) -> tuple[int, ...]:
     end outside the field's range in `meta`, more than MAX_LIST_ITEMS values), each checked before a range is
     expanded.
     """
+    _check_count(text)
     values: dict[int, None] = {}
     for part in (p.strip() for p in text.split(",")):
         low, dash, high = part.partition("-") if not part.startswith("-") else (part, "", "")
@@ -257,8 +260,15 @@ def parse_int_list(text: str, meta: dict | None = None) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _check_count(text: str) -> None:
+    """ArgumentTypeError for a list of more than MAX_LIST_ITEMS items, before any item is read."""
+    if text.count(",") >= MAX_LIST_ITEMS:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}... holds more than {MAX_LIST_ITEMS} values")
+
+
 def parse_float_list(text: str) -> tuple[float, ...]:
-    """'0.2,0.4' -> (0.2, 0.4); argparse.ArgumentTypeError for anything else."""
+    """'0.2,0.4' -> (0.2, 0.4); argparse.ArgumentTypeError for anything else (more than MAX_LIST_ITEMS values too)."""
+    _check_count(text)
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
@@ -269,11 +279,12 @@ def parse_float_list(text: str) -> tuple[float, ...]:
 
 
 def parse_str_list(text: str) -> tuple[str, ...]:
-    """'q_proj,v_proj' -> ('q_proj', 'v_proj'); empty items are an error."""
+    """'q_proj,v_proj' -> ('q_proj', 'v_proj'); empty items, repeats and more than MAX_LIST_ITEMS items are errors."""
+    _check_count(text)
     values = tuple(part.strip() for part in text.split(","))
     if not all(values):
         raise argparse.ArgumentTypeError(f"empty item in {text!r}")
-    repeated = [value for value in dict.fromkeys(values) if values.count(value) > 1]
+    repeated = [value for value, count in collections.Counter(values).items() if count > 1]
     if repeated:
         raise argparse.ArgumentTypeError(f"{repeated[0]!r} given twice in {text!r}")
     return values

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import json
 import os
 import re
 import secrets
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -114,6 +115,28 @@ class Folder:
 
     def child(self, *names: str) -> Folder:
         return Folder("/".join([self.uri, *names]))
+
+    def parents(self) -> list[Folder]:
+        """The folders above this one, nearest first (a URI's up to its bucket)."""
+        parts = self.path.rstrip("/").split("/")
+        if self.local:
+            return [Folder(str(parent)) for parent in Path(self.path).parents]
+        scheme = self.uri.split("://", 1)[0]
+        return [Folder(f"{scheme}://{'/'.join(parts[:end])}") for end in range(len(parts) - 1, 0, -1)]
+
+    def relation(self, other: Folder) -> str | None:
+        """How this folder touches `other`: "is", "lies inside" or "holds" it, or None when apart. Local paths
+        are compared resolved (symbolic links followed, a hard-linked or bind-mounted copy by identity), object
+        store paths by bucket and key.
+        """
+        if type(self.fs) is not type(other.fs):
+            return None
+        mine, theirs = PurePosixPath(self.path), PurePosixPath(other.path)
+        if mine == theirs or (self.local and self.exists() and other.exists() and os.path.samefile(mine, theirs)):
+            return "is"
+        if theirs in mine.parents:
+            return "lies inside"
+        return "holds" if mine in theirs.parents else None
 
     def _full(self, name: str) -> str:
         return f"{self.path}/{name}" if name else self.path
@@ -231,13 +254,17 @@ def reason(error: Exception) -> str:
 # --- local outputs of the command line -----------------------------------------------------------
 
 
-def check_output_file(path: Path, suffixes: tuple[str, ...] = TABLE_FORMATS) -> None:
-    """TliError unless `path` (with one of `suffixes`) can be written, checked before any work is done."""
+def check_output_file(path: Path, suffixes: tuple[str, ...] = TABLE_FORMATS, overwrite: bool = False) -> None:
+    """TliError unless `path` (with one of `suffixes`) can be written, checked before any work is done; an
+    existing file only with `overwrite` (an earlier result is never replaced without it).
+    """
     check_names(path)
     if path.suffix not in suffixes:
         raise TliError(f"output {path} must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise TliError(f"output {path} is a directory, not a file")
+    if not overwrite and os.path.lexists(path):
+        raise TliError(f"output {path} exists: pass --overwrite to replace it")
     _check_parent(path)
     Folder(path.parent).check_writable()
 
@@ -271,8 +298,10 @@ def _check_parent(path: Path) -> None:
 
 def check_not_inputs(output: Path, inputs: dict[str, str | Path | None], replaced: bool = False) -> None:
     """TliError when writing `output` would touch an input (`inputs`: what it is -> its path): the output is an
-    input, lies inside an input folder, or (`replaced`: a folder written whole) holds an input.
+    input (symbolic and hard links resolved), lies inside an input folder, or (`replaced`: a folder written whole
+    or tidied) holds an input, under its own name or as a hard link.
     """
+    check_names(output)
     target = Path(output).expanduser().resolve()
     for what, given in inputs.items():
         if given is None or not Path(given).expanduser().exists():
@@ -282,8 +311,21 @@ def check_not_inputs(output: Path, inputs: dict[str, str | Path | None], replace
             raise TliError(f"output {output} is the {what} {given}: choose another output")
         if source.is_dir() and source in target.parents:
             raise TliError(f"output {output} lies inside the {what} {given}: choose another output")
-        if replaced and target in source.parents:
-            raise TliError(f"output {output} holds the {what} {given}, which replacing it would delete")
+        if replaced and (target in source.parents or _holds_link(target, source)):
+            raise TliError(f"output {output} holds the {what} {given}: choose an output folder apart from the inputs")
+
+
+def _holds_link(folder: Path, source: Path, limit: int = 10_000) -> bool:
+    """Whether `folder` holds a hard link of file `source` among its first `limit` files (symbolic links aside)."""
+    if not (folder.is_dir() and source.is_file()):
+        return False
+    wanted = source.stat()
+    paths = (os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
+    for path in itertools.islice(paths, limit):
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
 
 
 def write_folder(folder: Path, contents: dict[str, bytes]) -> Path:

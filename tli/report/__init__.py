@@ -36,6 +36,7 @@ from tli.report.paper import table1, table2
 from tli.report.results import Results, combine, load_results, progress_line
 from tli.report.selection import selected
 from tli.report.significance import at_target, significance_table
+from tli.sweep.store import check_report_folder
 
 __all__ = [
     "Report",
@@ -84,6 +85,7 @@ def build_report(
     parts = [load_results(where) for where in locations]
     results = parts[0] if len(parts) == 1 else combine(parts)
     folder = Folder(out) if out is not None else Folder(results.uri).child("report")
+    check_report_folder(folder, [Folder(part.uri) for part in parts])
     folder.check_writable()  # before any work
     by = condition_columns(results.trials) if by is None else list(by)
     sig = significance_table(results, by, n_boot, seed)

@@ -90,10 +90,15 @@ class SweepConfig:
 
     @property
     def location(self) -> str:
-        """Where this experiment's files go: <results>/<experiment> (a local path or a URI)."""
-        if "://" in self.results:
-            return f"{self.results.rstrip('/')}/{self.experiment}"
-        return str(Path(self.results).expanduser().resolve() / self.experiment)
+        """Where this experiment's files go: <results>/<experiment> (a local path or a URI; TliError for a URI
+        without a bucket, of an unknown scheme, or missing a slash: `tli.files.check_location`).
+        """
+        from tli.files import check_location
+
+        results = check_location(self.results)
+        if "://" in results:
+            return f"{results}/{self.experiment}"
+        return str(Path(results).expanduser().resolve() / self.experiment)
 
 
 @dataclasses.dataclass(frozen=True)

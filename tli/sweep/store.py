@@ -319,12 +319,12 @@ EXPERIMENT_MARKERS = ("sweep_config.json", "trials.parquet")  # files only an ex
 
 def check_report_folder(out: Folder, experiments: list[Folder]) -> None:
     """TliError, before any work, when a report's folder `out` would mix with results: it is, holds or lies inside
-    an experiment folder (other than that experiment's own report/), or it exists and holds files but no
-    earlier report (a report replaces only a report).
+    an experiment folder (but a one-experiment report in that experiment's report/), or it exists and holds files
+    but no earlier report (a report replaces only a report).
     """
     for experiment in experiments:
         found = out.relation(experiment)
-        if found and out.uri != experiment.child("report").uri:
+        if found and (len(experiments) > 1 or out.uri != experiment.child("report").uri):
             raise TliError(
                 f"--out {out.uri} {found} the experiment {experiment.uri}: a report goes to a folder apart "
                 "(default: <experiment>/report)"

@@ -249,8 +249,8 @@ def run_sweep(
     """
     callbacks = logger_callbacks(config)
     store = ExperimentStore(config.location)
-    store.folder.check_writable()
     _check_apart(config, store)
+    store.folder.check_writable()
     inputs = load_inputs(config) if inputs is None else inputs
     models.model_location(config.model.model, weights=not config.address)  # a cluster's head may hold its config only
     grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
