@@ -476,3 +476,17 @@ def test_a_file_size_limit_writing_the_scan_plot_leaves_neither_file(tiny_llama_
     assert run.returncode == 2 and len(errors) == 1 and run.stderr.strip().endswith(errors[0]), run.stderr[-3000:]
     assert "scan.png" in errors[0] and os.strerror(errno.EFBIG) in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_bad_pairs_file_is_refused_before_torch_or_peft_is_imported(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("swahili\tenglish\nmaji\tmaji\n")  # one pair: at least 2 are needed
+    probe = (
+        "import sys, tli.cli\n"
+        f"for command in ('scan', 'train'):\n"
+        f"    print(tli.cli.main([command, '--pairs', {str(bad)!r}, '--output', {str(tmp_path / 'out.csv')!r}]))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'ray') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["2", "2", "[]"], run.stdout + run.stderr
+    assert run.stderr.count("at least 2 are needed") == 2

@@ -4,7 +4,8 @@ Two "machines", a head on 127.0.0.1 and a worker on 127.0.0.2, are this one behi
 keys, the test's client key), each in its own PID and mount namespaces: the account's home is a fresh folder
 (a copy of /etc/skel) and /tmp is empty, so `~/.bashrc`, `~/.ray` and /tmp/ray are the machine's own, and the
 bare `ray stop` of `ray up` and `ray down` (which stops every Ray process it can see) reaches only that
-machine. Both share one private network namespace, so Ray's default ports collide with nothing outside.
+machine. Both share one private network namespace whose only interface is loopback (checked), so the sshd and
+every Ray port listen and talk on loopback only, and Ray's default ports collide with nothing outside.
 `ray up`, `ray exec`, `ray rsync-down` and `ray down` run here, in that network namespace, with a HOME of
 their own (the token, Ray's local state). The real ~/.ssh, ~/.ray and ~/.bashrc are never read or written.
 
@@ -237,6 +238,13 @@ def test_ray_up_exec_rsync_down_and_down_leave_nothing_running(tmp_path):
     started = time.perf_counter()
     timings = {}
     with _cluster_machines() as (temp, head, worker):
+        links = subprocess.run(
+            ["nsenter", f"--target={head.init}", "--net", "--", "ip", "-o", "link", "show"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        assert [line.split(": ")[1] for line in links.splitlines()] == ["lo"], links  # sshd, Ray: loopback only
         config = _test_copy(temp, getpass.getuser())
         client = temp / "client"
         env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")} | {

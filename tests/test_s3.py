@@ -1,13 +1,12 @@
-"""Results on an object store: a smoke sweep into s3:// on a real S3-compatible server (`moto_server` on
-127.0.0.1) through pyarrow's S3 client; the driver killed after its first trial, a rerun, and the
-aggregator reading from s3://.
+"""Results on an object store: a smoke sweep into s3:// on a real S3-compatible server (`moto_server`, listening
+on 127.0.0.1 only) through pyarrow's S3 client; a second driver refused by the first's lease; the first driver
+killed after its first trial, a rerun that takes its lease over, and the aggregator reading from s3://.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ray_cluster import LOOPBACK, descendants, free_port, tcp_sockets
+
 ROOT = Path(__file__).resolve().parents[1]
 MOTO = Path(sys.executable).with_name("moto_server")
 BUCKET = "tli-results"
@@ -25,12 +26,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not MOTO.exists(), reason="moto_server missing: pip install -e '.[test]'"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -56,16 +51,16 @@ def s3_env(tmp_path_factory):
     """A moto S3 server on a free loopback port with one bucket: the environment that points pyarrow at it."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     server = subprocess.Popen(
-        [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+        [str(MOTO), "-H", LOOPBACK, "-p", str(port)],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     env = os.environ | {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": f"http://{LOOPBACK}:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -86,6 +81,8 @@ def s3_env(tmp_path_factory):
             except Exception:  # noqa: BLE001 - the server is still starting
                 assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
                 time.sleep(0.5)
+        sockets = tcp_sockets([server.pid, *descendants(server.pid)])
+        assert sockets and all(s.on_loopback() for s in sockets), sockets  # moto listens on loopback only
         yield env
     finally:
         _kill_group(server)
@@ -137,6 +134,12 @@ def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path,
     try:
         first = _sweep(s3_env, ray_dir)
         deadline = time.monotonic() + 400
+        while not _objects(s3_env, "runs/layer_sweep/driver.lock"):  # the first driver holds its lease
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()[-3000:]
+            time.sleep(0.5)
+        refused = _sweep(s3_env, ray_dir)  # while the first starts its Ray: refused before starting one
+        output, _ = refused.communicate(timeout=300)
+        assert refused.returncode == 2 and "is in use by another driver" in output.splitlines()[-1], output[-3000:]
         while not [key for key in _objects(s3_env, rows) if key.endswith("/row.json")]:
             assert first.poll() is None, first.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "no trial committed in time"
@@ -152,6 +155,7 @@ def test_a_killed_sweep_into_s3_resumes_and_aggregates_from_s3(s3_env, tmp_path,
         output, _ = second.communicate(timeout=600)
         assert second.returncode == 0, output[-3000:]
         assert "2 trials, 1 already done, 1 to run" in output
+        assert f"taking over driver.lock of a driver that stopped (pid {first.pid} " in output  # dead, this host
     finally:
         _kill_marked(ray_dir)
         subprocess.run(["rm", "-rf", ray_dir], check=False)

@@ -209,6 +209,10 @@ def test_a_local_experiment_admits_one_driver_and_frees_itself_when_its_driver_d
         holder.wait(timeout=30)
     with ExperimentStore(str(folder)).lock("second"):  # the kernel released the lock with its process
         assert json.loads((folder / LOCK_FILE).read_text())["command"] == "second"
+    assert not folder.exists()  # a driver that wrote nothing (a refused run) leaves no folder behind
+    with ExperimentStore(str(folder)).lock("third"):
+        (folder / "sweep_config.json").write_text("{}")
+    assert json.loads((folder / LOCK_FILE).read_text())["command"] == "third"  # who ran it last
 
 
 @pytest.fixture()

@@ -723,3 +723,49 @@ def test_list_flags_are_bounded_before_they_are_expanded(flags, tmp_path, capsys
     started = time.perf_counter()
     assert load_ablation("rank_sweep").main(["--results", str(tmp_path), *flags]) == 2
     assert "--ranks" in capsys.readouterr().err and time.perf_counter() - started < 5
+
+
+def test_a_bad_pairs_file_is_refused_before_ray_torch_or_peft_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text('swahili,english\nmaji,water\n"moto,fire\nkitabu,book\n')
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['layer_sweep.py', '--pairs', {str(bad)!r}, '--results', {str(tmp_path)!r}]\n"
+        "try: runpy.run_path('ablations/layer_sweep.py', run_name='__main__')\n"
+        "except SystemExit as exit: print('EXIT', exit.code)\n"
+        "print(sorted(m for m in ('ray', 'torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True
+    )
+    assert run.stdout.split() == ["EXIT", "2", "[]"], run.stdout + run.stderr
+    assert run.stderr.count("\n") == 1 and "line 3: a quote" in run.stderr and "never closed" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_a_resumed_sweep_commits_is_one_line_and_loses_nothing(layer_smoke, capsys, monkeypatch):
+    import errno
+    import os
+
+    from tli.files import Folder, WriteError
+
+    results, folder = layer_smoke
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and "tune" not in p.parts}
+    write = Folder.write_files
+
+    def full(self, contents):  # the disk fills as the new trial's tables are committed
+        if any(name.startswith("summary.parquet/") for name in contents):
+            raise WriteError(f"{self.uri}/summary.parquet", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return write(self, contents)
+
+    monkeypatch.setattr(Folder, "write_files", full)
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), "--layers", "3"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower() and "errors=" not in line]
+    assert errors == lines[-1:] and "summary.parquet: No space left on device" in errors[0], lines[-20:]
+    after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and "tune" not in p.parts}
+    kept = [p for p in before if p.name not in ("sweep_config.json", "driver.lock")]  # a run's record, its driver
+    assert {p: after.get(p) for p in kept} == {p: before[p] for p in kept}  # every earlier trial and table

@@ -29,6 +29,7 @@ dataset files of trials not committed as ok.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
@@ -382,6 +383,11 @@ class DriverLock:
 
     def __exit__(self, *exc_info) -> None:
         if self._handle is not None:
+            path = Path(self.folder.path)
+            if {entry.name for entry in path.iterdir()} == {LOCK_FILE}:  # a run refused before writing anything
+                (path / LOCK_FILE).unlink()  # while locked: a driver waiting on this file sees it go (`_flock`)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
             self._handle.close()  # releases the flock
             self._handle = None
         if self._renewer is not None:
@@ -392,18 +398,25 @@ class DriverLock:
                 self.folder.delete(LOCK_FILE)
 
     def _flock(self) -> None:
+        """Lock driver.lock (created if absent); once locked, check it is still the file at that path (a driver
+        that created nothing else removes it when it ends), else lock the new one.
+        """
         import fcntl
 
         path = Path(self.folder.path) / LOCK_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115 - held open while the driver runs
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            other = _holder(handle.read())
-            handle.close()
-            raise TliError(self._busy(other)) from None
+        while True:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # noqa: SIM115 - held open while the driver runs
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                other = _holder(handle.read())
+                handle.close()
+                raise TliError(self._busy(other)) from None
+            if _same_file(path, handle):
+                break
+            handle.close()  # it was removed while this driver waited for it
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps(self.holder) + "\n")
@@ -453,6 +466,14 @@ class DriverLock:
             f"{self.folder.uri} is in use by another driver ({_who(other)}): one driver per experiment at a time; "
             "wait for it to end, or use another --experiment"
         )
+
+
+def _same_file(path: Path, handle) -> bool:
+    """Whether `path` still names the file open as `handle`."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _holder(text: str) -> dict[str, Any]:

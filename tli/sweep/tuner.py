@@ -251,49 +251,64 @@ def run_sweep(
     store = ExperimentStore(config.location)
     _check_apart(config, store)
     store.folder.check_writable()
-    inputs = load_inputs(config) if inputs is None else inputs
-    models.model_location(config.model.model, weights=not config.address)  # a cluster's head may hold its config only
-    grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
-    base = base_settings(config)
-    axes = _check_plan(grid, search, config, inputs, base)
+    plan = _plan(grid, config, search, load_inputs(config) if inputs is None else inputs)
     with store.lock(" ".join(sys.argv)):
         stored, previous = store.rows(), store.read_json("sweep_config.json")
-        _check_same_experiment(store.uri, stored, previous, base, axes, inputs.digest)
+        _check_same_experiment(store.uri, stored, previous, plan.base, plan.axes, plan.inputs.digest)
         try:
             with ray_session(config):
-                stopped = _run_trials(grid, search, config, inputs, base, axes, stored, previous, store, callbacks)
+                stopped = _run_trials(plan, stored, previous, store, callbacks)
         except KeyboardInterrupt:
-            raise SweepStopped("interrupted before its trials ran: nothing new is stored") from None
+            raise SweepStopped("interrupted (the trials that finished are stored)") from None
         trials = store.merge()
-    finish(trials, [a for a in axes if a != "seed"], store.uri)
+    finish(trials, [a for a in plan.axes if a != "seed"], store.uri)
     if stopped is not None:
         raise stopped
     return trials
 
 
-def _check_plan(grid, search: Search | None, config: SweepConfig, inputs: ExperimentInputs, base) -> list[str]:
-    """TliError for a plan that cannot work (see `_check_trials`); returns the swept settings."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+    """One run of a sweep, as checked before Ray starts."""
+
+    config: SweepConfig
+    grid: dict[str, list] | None  # flat setting -> values (a grid), or None (a search)
+    search: Search | None
+    inputs: ExperimentInputs  # the pairs; the drift samples are added inside Ray
+    base: TrialSettings  # every setting at its default, without the inputs digest yet
+    axes: list[str]  # the swept settings
+
+
+def _plan(grid, config: SweepConfig, search, inputs: ExperimentInputs) -> _Plan:
+    """The run's plan; TliError for one that cannot work (see `_check_trials`)."""
+    grid, search = (x(inputs) if callable(x) else x for x in (grid, search))
+    base = base_settings(config)
     if search is not None and len(config.seeds) > 1:
         raise TliError("a search draws one seed per trial: pass one --seeds value (or sweep seeds with a grid)")
     if search is None:
         check_axes(grid)
     planned = expand_grid(_grid(grid, config), base) if search is None else [base]
     needs_objective = search is not None or config.save_adapters == "best"
+    models.model_location(config.model.model, weights=not config.address)  # a cluster's head may hold its config only
     _check_trials(planned, inputs, models.num_layers(config.model.model), config.model.model, needs_objective)
-    return swept_names(_grid(grid, config)) if search is None else list(search.domains)
+    axes = swept_names(_grid(grid, config)) if search is None else list(search.domains)
+    return _Plan(config, grid, search, inputs, base, axes)
 
 
 def _run_trials(
-    grid, search, config, inputs, base, axes, stored, previous, store: ExperimentStore, callbacks
+    plan: _Plan, stored: list[dict[str, Any]], previous: dict | None, store: ExperimentStore, callbacks: list
 ) -> SweepStopped | None:
     """Inside Ray: the drift samples, this run's record in sweep_config.json, the scan and the trials not stored
     as ok. Returns a `SweepStopped` when some trials did not run.
     """
+    config, grid, search, axes = plan.config, plan.grid, plan.search, plan.axes
     n_layers = models.num_layers(config.model.model)
-    largest = expand_grid(_grid(grid, config), base) if search is None else [base.replace(target_layer=n_layers)]
-    reserved = resources.reserve(config, largest, inputs)
-    pairs_digest, inputs = inputs.digest, with_drift_samples(inputs, config, store, reserved.gpus)
-    base = base.replace(inputs_digest=inputs.digest)
+    largest = (
+        expand_grid(_grid(grid, config), plan.base) if search is None else [plan.base.replace(target_layer=n_layers)]
+    )
+    reserved = resources.reserve(config, largest, plan.inputs)
+    inputs = with_drift_samples(plan.inputs, config, store, reserved.gpus)
+    base = plan.base.replace(inputs_digest=inputs.digest)
     done = {row["trial_id"]: row for row in stored if row.get("status") == "ok"}
     if search is None:
         planned = expand_grid(_grid(grid, config), base)
@@ -320,7 +335,7 @@ def _run_trials(
         "planned": len(planned),
         "n_pairs": len(inputs.pairs),
         "n_unseen": 0 if inputs.unseen is None else len(inputs.unseen),
-        "pairs_digest": pairs_digest,
+        "pairs_digest": plan.inputs.digest,
         "reserved": dataclasses.asdict(reserved),
         "started_at": pd.Timestamp.now(tz="UTC").isoformat(),
     } | files.provenance()
