@@ -762,7 +762,7 @@ def test_a_full_disk_while_a_resumed_sweep_commits_is_one_line_and_loses_nothing
         return write(self, contents)
 
     monkeypatch.setattr(Folder, "write_files", full)
-    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), "--layers", "3"]) == 2
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), "--layers", "4"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in lines if "error" in line.lower() and "errors=" not in line]
     assert errors == lines[-1:] and "summary.parquet: No space left on device" in errors[0], lines[-20:]

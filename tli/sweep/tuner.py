@@ -475,6 +475,11 @@ def _fit(
     logging.getLogger("ray.tune.tune").addFilter(notes)
     try:
         results = tuner.fit()
+    except Exception as error:  # Tune wraps what its callbacks raise: a write the machine refused stays one line
+        found = _tli_error(error)
+        if found is None:
+            raise
+        raise found from None
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(notes)
     ran = 0
@@ -488,6 +493,13 @@ def _fit(
         f"{'interrupted' if notes.stopped else 'stopped'}: {total - ran} of the {total} trials of this run did not "
         "run (those that finished are stored)"
     )
+
+
+def _tli_error(error: BaseException | None) -> TliError | None:
+    """The TliError inside `error`'s chain of causes (Tune's TuneError around a callback's WriteError), or None."""
+    while error is not None and not isinstance(error, TliError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 class _TuneStopNotes(logging.Filter):
