@@ -15,12 +15,13 @@ from conftest import load_ablation
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module's sweeps (the sweeps join it and leave it running)."""
-    import ray
+    """One private local Ray for the module's sweeps, on loopback with its own token, as a sweep starts it (the
+    sweeps join it and leave it running).
+    """
+    from tli.sweep import session
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with session.connect(None):
+        yield
 
 
 def _check_rank(trials):

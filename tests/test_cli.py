@@ -166,6 +166,15 @@ USAGE_ERRORS = [  # (command line, message): refused by the parser, before anyth
     (["evaluate", "--n-boot", "-1"], "argument --n-boot: must be >= 100"),
     (["evaluate", "--layers", "3-1"], "reversed range"),
     (["evaluate", "--format", "xlsx"], "argument --format: invalid choice"),
+    (["scan", "--layers", "0-100000"], "argument --layers: must be >= 0 and <= "),
+    (["scan", "--layers", "0-5,3"], "3 given twice"),
+    (["scan", "--pooling", "mean", "--pooling=last"], "--pooling given twice"),
+    (["train", "--epochs", "1", "--epochs", "2"], "--epochs given twice"),
+    (["train", "--rank", "4", "--lora-rank", "8"], "--rank and --lora-rank both given"),
+    (["train", "--target-modules", ",".join(f"m{i}" for i in range(10_001))], "holds more than 10000 values"),
+    (["train", "--target-modules", "q_proj,v_proj,q_proj"], "'q_proj' given twice"),
+    (["evaluate", "--overwrite", "--overwrite"], "--overwrite given twice"),
+    (["evaluate", "--layers", "2", "--layers", "3"], "--layers given twice"),
     (["pairs"], "the following arguments are required: COMMAND"),
     (["frobnicate"], "invalid choice"),
 ]
@@ -446,6 +455,24 @@ def test_a_write_the_machine_refuses_is_one_line_and_leaves_every_earlier_result
         assert os.strerror(code) in line and str(tmp_path) in line, line
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # no half-written file, no temporary file left, every earlier result whole
+
+
+def test_a_read_only_or_odd_model_cache_is_one_line(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    """The embedded model is converted into XDG_CACHE_HOME on first use: a cache the machine refuses is one line."""
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))  # ENOTDIR
+    scan = ["scan", "--model", "smollm2-135m", "--output", str(tmp_path / "o.csv")]
+    assert main(scan) == 2
+    assert "Not a directory" in _one_error_line(capsys, "scan")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "cache" / "tli"))
+
+    monkeypatch.setattr("tli.models.tempfile.TemporaryDirectory", read_only)
+    assert main(scan) == 2
+    line = _one_error_line(capsys, "scan")
+    assert str(tmp_path / "cache") in line and os.strerror(errno.EROFS) in line
 
 
 def test_names_too_long_for_the_file_system_are_refused_before_anything_is_made(tiny_llama_dir, tmp_path, capsys):

@@ -795,6 +795,7 @@ REPORT_OUTS = [  # (arguments with {placeholders}, message): one line, nothing w
     ("{results}/first --out {results}/second/report", "lies inside the experiment"),
     ("{results}/first --out {tmp}/paper", "holds files but no report"),
     ("{results}/first --by target_layer,target_layer --out {tmp}/r", "'target_layer' given twice"),
+    ("{results}/first --out {tmp}/r --n-boot 200", "--n-boot given twice"),  # the test adds --n-boot 100
     ("s3:// --out {tmp}/r", "no bucket"),
     ("s3:/bucket/first --out {tmp}/r", "is neither a URI"),
 ]

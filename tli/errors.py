@@ -6,7 +6,10 @@ import errno
 import sys
 from collections.abc import Callable
 
-REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM}
+REFUSALS = {  # what the machine says to a path a user gave: one line, never a traceback
+    *(errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM),
+    *(errno.ENOTDIR, errno.EISDIR, errno.ELOOP),
+}
 
 
 class TliError(Exception):
