@@ -93,3 +93,23 @@ def test_a_private_sweep_stays_on_loopback_is_locked_and_stops_on_ctrl_c(tmp_pat
     assert f"3 trials, {len(stored)} already done, {3 - len(stored)} to run" in rerun.stderr
     trials = pd.read_parquet(folder / "trials.parquet")
     assert len(trials) == 3 and set(trials["status"]) == {"ok"} and set(stored) < set(trials["trial_id"])
+
+
+@pytest.mark.slow
+def test_a_private_ray_that_came_up_beyond_loopback_is_stopped_and_refused(monkeypatch):
+    """What a later Ray that rewrote 127.0.0.1 again would do: tli refuses to run on it."""
+    import contextlib
+
+    import ray
+
+    from tli.errors import TliError
+    from tli.sweep import session
+
+    if ray.util.get_node_ip_address() == session.LOOPBACK:
+        pytest.skip("this machine's only route is loopback: Ray cannot come up anywhere else")
+    monkeypatch.setattr(session, "keep_loopback", contextlib.nullcontext)  # Ray's own rewrite, unprevented
+    before = {name: os.environ.get(name) for name in session.AUTH_VARIABLES}
+    with pytest.raises(TliError, match="the private Ray came up on .*, not on 127.0.0.1 only: stopped"):
+        with session.connect(None):
+            pass
+    assert not ray.is_initialized() and {name: os.environ.get(name) for name in session.AUTH_VARIABLES} == before

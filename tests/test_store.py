@@ -169,7 +169,19 @@ def test_the_sweep_package_reads_top_down():
     """
     import ast
 
-    order = ["settings", "flags", "inputs", "resources", "trial", "store", "callbacks", "tuner", "script", "replay"]
+    order = [
+        "settings",
+        "flags",
+        "inputs",
+        "resources",
+        "trial",
+        "store",
+        "session",
+        "callbacks",
+        "tuner",
+        "script",
+        "replay",
+    ]
     for index, name in enumerate(order):
         tree = ast.parse((ROOT / "tli" / "sweep" / f"{name}.py").read_text())
         tree.body = [n for n in tree.body if not (isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")]

@@ -5,7 +5,8 @@
   inputs    what every trial of an experiment shares: pairs, evaluation sets, the retrieval pool, drift samples
   resources what each task reserves on the cluster: CPUs and the GPU share (`--gpus-per-trial auto`)
   trial     one trial inside a Ray worker: train, evaluate, measure drift, return its record
-  store     the experiment's files on a local disk or an object store, written by the driver alone
+  store     the experiment's files on a local disk or an object store, written by the driver alone (one at a time)
+  session   the Ray a sweep runs on: a private one on loopback with a token of its own, or a cluster at --address
   tuner     Ray Tune plumbing: the trainable and what it reports, checks before Ray starts, `run_sweep`
   callbacks the driver's Tune callbacks: commit each trial's files, progress, loggers; the final table
   script    `main_for`: what every ablation script runs (parse, then `tuner.run_sweep`)

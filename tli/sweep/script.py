@@ -1,7 +1,7 @@
 """What an ablation script runs: parse the shared and the script's own flags, then `tuner.run_sweep`.
 
-The top of the package (settings, flags, inputs, resources, trial, store, callbacks, tuner, then this): nothing below
-imports it, and Ray is imported only once the flags are parsed, so `--help` answers at once.
+The top of the package (settings, flags, inputs, resources, trial, store, session, callbacks, tuner, then
+this): nothing below imports it, and Ray is imported only once the flags are parsed, so `--help` answers at once.
 """
 
 from __future__ import annotations

@@ -44,10 +44,8 @@ def connect(address: str | None, verbose: bool = False) -> Iterator[None]:
     """
     if address:
         check_answers(address)
-    with contextlib.ExitStack() as stack:
-        if not address:
-            stack.enter_context(private_token())
-        loopback = not address or _is_loopback(address.rsplit(":", 1)[0])
+    loopback = not address or _is_loopback(address.rsplit(":", 1)[0])
+    with private_token() if not address else contextlib.nullcontext():
         try:
             with keep_loopback() if loopback else contextlib.nullcontext():
                 ray.init(
@@ -88,10 +86,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_private() -> None:
-    """TliError (after stopping it) when the private Ray's node did not come up on loopback."""
+    """TliError (the caller stops that Ray) when the private Ray's node did not come up on loopback."""
     addresses = {node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
     if addresses != {LOOPBACK}:
-        ray.shutdown()
         raise TliError(
             f"the private Ray came up on {', '.join(sorted(addresses))}, not on {LOOPBACK} only: stopped (this Ray "
             f"{ray.__version__} no longer keeps loopback; run on a cluster with --address)"
