@@ -12,6 +12,7 @@ import torch
 
 from tli import drift, memory, models
 from tli.config import ModelConfig, TrainConfig
+from tli.sweep import session
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import load_inputs
 from tli.sweep.trial import WorkerCache, run_trial
@@ -86,7 +87,10 @@ def test_deterministic_training_repeats_bit_for_bit(small_pairs):
 def test_inside_ray_a_trial_uses_the_gpu_ray_gave_it_and_none_without():
     import ray
 
-    ray.init(num_cpus=2, num_gpus=torch.cuda.device_count(), _node_ip_address="127.0.0.2", include_dashboard=False)
+    with session.keep_loopback():  # 127.0.0.1 kept as given: every server on loopback only
+        ray.init(
+            num_cpus=2, num_gpus=torch.cuda.device_count(), _node_ip_address=session.LOOPBACK, include_dashboard=False
+        )
     try:
         where = ray.remote(lambda: (ray.get_gpu_ids(), models.runs_on(ModelConfig())))
         ids, placement = ray.get(where.options(num_gpus=0.5).remote())

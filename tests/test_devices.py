@@ -18,7 +18,7 @@ import torch
 from tli import memory, models
 from tli.config import ModelConfig
 from tli.errors import TliError
-from tli.sweep import resources
+from tli.sweep import resources, session
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import load_inputs
 from tli.sweep.tuner import base_settings
@@ -149,7 +149,9 @@ def test_a_trial_larger_than_the_gpu_is_refused_under_auto():
 
 @pytest.fixture(scope="module")
 def fake_gpu_ray(tmp_path_factory):
-    """A local Ray node on 127.0.0.2 declaring 2 GPUs, its workers finding an `nvidia-smi` that reports two A10Gs."""
+    """A local Ray node on loopback (127.0.0.1, kept) declaring 2 GPUs; its workers find an `nvidia-smi` that
+    reports two A10Gs.
+    """
     import ray
 
     folder = tmp_path_factory.mktemp("bin")
@@ -160,7 +162,10 @@ def fake_gpu_ray(tmp_path_factory):
     os.environ["PATH"] = f"{folder}{os.pathsep}{saved['PATH']}"  # workers inherit the driver's environment
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved["PYTHONPATH"]]))  # this module's tasks
     try:
-        ray.init(num_cpus=2, num_gpus=2, _node_ip_address="127.0.0.2", include_dashboard=False, log_to_driver=False)
+        with session.keep_loopback():  # 127.0.0.1 kept as given: every server on loopback only
+            ray.init(
+                num_cpus=2, num_gpus=2, _node_ip_address=session.LOOPBACK, include_dashboard=False, log_to_driver=False
+            )
         yield ray
     finally:
         ray.shutdown()
