@@ -116,7 +116,9 @@ def test_settings_that_would_idle_or_miss_the_gpus_are_refused(asked, device, gp
         resources.gpu_share(asked, device, gpus, int(8 * memory.GB), 24 * GIB)
 
 
-def test_a_share_the_estimate_says_cannot_fit_is_warned_about(caplog):
+def test_a_share_the_estimate_says_cannot_fit_is_warned_about(caplog, monkeypatch):
+    # a library configured earlier in the suite (logging.config.dictConfig) may have disabled tli's loggers
+    monkeypatch.setattr(resources.log, "disabled", False)
     assert resources.gpu_share(0.25, "auto", 1, int(8 * memory.GB), A10G_MIB * 2**20) == 0.25
     assert (
         "puts 4 trial(s) on a GPU, but tli's estimate of a trial's peak (8.0 GB) fits 2 in the 21.7 GB" in caplog.text
