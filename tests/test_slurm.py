@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import signal
 import socket
@@ -72,6 +73,7 @@ class Slurm:
 
     temp: Path
     holder: subprocess.Popen  # `sleep` in the namespace: the namespace lives while it does
+    first_job: int = dataclasses.field(default_factory=lambda: random.randrange(10**6, 6 * 10**7))  # unique folders
     daemons: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
 
     @property
@@ -136,7 +138,7 @@ def _stop(process: subprocess.Popen, sig: int, wait_s: float) -> None:
         process.wait(timeout=30)
 
 
-def _slurm_conf(temp: Path) -> str:
+def _slurm_conf(temp: Path, first_job: int) -> str:
     nodes = "\n".join(
         f"NodeName={name} NodeAddr={address} NodeHostname={socket.gethostname()} Port={6818 + index} CPUs=1 "
         f"RealMemory=1000 State=UNKNOWN"
@@ -144,6 +146,7 @@ def _slurm_conf(temp: Path) -> str:
     )
     return f"""\
 ClusterName=tli
+FirstJobId={first_job}
 SlurmctldHost={socket.gethostname()}(127.0.0.1)
 SlurmctldPort=6817
 SlurmUser=root
@@ -202,7 +205,7 @@ def _slurm_cluster() -> Iterator[Slurm]:
         for folder in ("state", *(f"spool-{name}" for name in NODES)):
             (temp / folder).mkdir()
         subprocess.run(["mungekey", "-c", "-k", str(temp / "munge.key")], check=True, timeout=30)
-        (temp / "slurm.conf").write_text(_slurm_conf(temp))
+        (temp / "slurm.conf").write_text(_slurm_conf(temp, slurm.first_job))
         slurm.start(
             "munged",
             "munged",
@@ -227,6 +230,8 @@ def _slurm_cluster() -> Iterator[Slurm]:
                 os.kill(pid, signal.SIGKILL)
         _stop(holder, signal.SIGKILL, 30)
         shutil.rmtree(temp, ignore_errors=True)
+        for job in range(slurm.first_job, slurm.first_job + 10):  # a failed job's folders
+            shutil.rmtree(f"/tmp/tli-{job}", ignore_errors=True)
 
 
 def _ray_nodes_while(job: subprocess.Popen, slurm: Slurm) -> tuple[dict[int, dict[str, str]], set[str]]:
