@@ -392,6 +392,15 @@ def test_adapter_files_are_safetensors_and_touch_nothing(trained, tmp_path, monk
     assert not list(tmp_path.iterdir())
 
 
+def test_model_card_of_an_embedded_alias_loads_its_base_from_tli_s_folder():
+    """An alias is no hub id that transformers loads: the card's PEFT line loads tli's converted folder."""
+    card = adapters.model_card({"model": {"model": "smollm2-135m"}, "train": {"target_layer": 2}})
+    assert "base_model:" not in card  # no hub id to link
+    base = 'AutoModelForCausalLM.from_pretrained(tli.models.model_location("smollm2-135m"))'
+    assert f'with PEFT: `PeftModel.from_pretrained({base}, "THIS_FOLDER")`' in card
+    assert callable(models.model_location)
+
+
 def test_failed_save_leaves_nothing_and_keeps_the_old_folder(trained, tiny_llama_dir, tmp_path):
     peft_model, log = trained
     stored = stored_for(tiny_llama_dir)

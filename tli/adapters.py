@@ -86,8 +86,8 @@ def model_card(stored: dict[str, Any]) -> str:
     """A Hugging Face model card (README.md) of an adapter from its tli_config.json `stored`.
 
     YAML front matter (`base_model` only for a hub id, `library_name: peft`, tags, languages), then the
-    base model, the training settings, the training data, the metrics in `stored["metrics"]` and the tli
-    version and commit that wrote it.
+    base model, the training settings, the training data, the metrics in `stored["metrics"]`, the tli
+    version and commit that wrote it, and how to load it (for an embedded alias, from tli's converted folder).
     """
     model, train = stored["model"]["model"], stored["train"]
     hub_id = models.looks_like_hub_id(model) and not Path(model).expanduser().exists()
@@ -98,7 +98,9 @@ def model_card(stored: dict[str, Any]) -> str:
     settings = "\n".join(f"| `{key}` | `{value}` |" for key, value in sorted(train.items()))
     metrics = "\n".join(f"| `{key}` | {value:.6g} |" for key, value in stored.get("metrics", {}).items())
     load = f"tli evaluate --adapter THIS_FOLDER --model {model}"
-    peft = f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{model}"), "THIS_FOLDER")'
+    # an embedded alias is no hub id: transformers loads the folder tli converted it into
+    base = f'tli.models.model_location("{model}")' if model in models.EMBEDDED_MODELS else f'"{model}"'
+    peft = f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base}), "THIS_FOLDER")'
     lines = [
         *front,
         "",
