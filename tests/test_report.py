@@ -571,6 +571,36 @@ def test_one_format_per_column():
     ]
 
 
+def test_compact_gain_and_its_ci_in_one_format_and_p_headed_by_its_correction():
+    """A gain below 0.001 beside CI bounds above it: one format for the three (not 1.29e-04 [-0.0002, 0.0015])."""
+    sig = pd.DataFrame(
+        {
+            "set": ["trained", "control"],
+            "mean_diff": [0.0421, 0.0003],
+            "ci_low": [0.03, -0.0004],
+            "ci_high": [0.05, 0.0006],
+            "cosine_p_holm": [0.0004, 0.43],
+            "gap_alike_diff": [0.000129, 2.7e-05],
+            "gap_alike_ci_low": [-0.0002, -0.0006],
+            "gap_alike_ci_high": [0.0015, 0.0008],
+            "gap_alike_p": [0.5, 0.9],
+        }
+    )
+    compact = render.compact_significance(sig, [])
+    assert list(compact.columns) == [
+        "set",
+        "cosine gain [95% CI]",
+        "cosine p (Holm)",
+        "gap (alike) gain [95% CI]",
+        "gap (alike) p",
+    ]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in render.table_text(compact).splitlines()[2:]]
+    assert rows == [
+        ["trained", "0.0421 [0.0300, 0.0500]", "<0.001", "0.0001 [-0.0002, 0.0015]", "0.500"],
+        ["control", "0.0003 [-0.0004, 0.0006]", "0.430", "0.0000 [-0.0006, 0.0008]", "0.900"],
+    ]
+
+
 def test_report_files_and_embedded_figures(built, sig):
     for name in ("significance.csv", "significance.md", "report.md", "report.html"):
         assert (built / name).stat().st_size > 500, name

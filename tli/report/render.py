@@ -40,8 +40,10 @@ Block = tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", DataFrame) or ("
 
 
 def _is_p(column: str) -> bool:
-    """A p-value column: `p`, `*_p`, and their corrections `*_holm`, `*_bh` (not `p_at_1`, a precision)."""
-    return column in ("p", "p_holm", "p_bh") or column.endswith(("_p", "_p_holm", "_p_bh"))
+    """A p-value column: `p`, `*_p`, and their corrections `*_holm`, `*_bh` (not `p_at_1`, a precision); the
+    compact table's `<effect> p` and `<effect> p (Holm)`.
+    """
+    return column in ("p", "p_holm", "p_bh") or column.endswith(("_p", "_p_holm", "_p_bh", " p", " p (Holm)"))
 
 
 def column_cells(values: pd.Series, column: str) -> list[str]:
@@ -144,7 +146,8 @@ EFFECT_P = {  # the p shown beside each effect: the family-corrected test where 
 def compact_significance(sig: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """The columns a paper shows: the condition, set, layer, n, then per effect (raw cosine, and the gap and centred
     gap over alike non-translations, which the verdict tests)
-    its gain as `0.0620 [0.0270, 0.0950]` and its p (Holm-corrected within its family where computed).
+    its gain as `0.0620 [0.0270, 0.0950]` (gain and bounds in one format: `column_cells` of the three columns as
+    one) and its p, headed `p (Holm)` where Holm-corrected within its family.
     """
     keep = [c for c in [*by, "set", "eval_layer", "n_seeds", "n", "mean_pre", "mean_post"] if c in sig]
     table = sig[keep].copy()
@@ -152,11 +155,12 @@ def compact_significance(sig: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         diff = "mean_diff" if not prefix else f"{prefix}diff"
         if diff not in sig:
             continue
-        gains = zip(*(column_cells(sig[c], c) for c in (diff, f"{prefix}ci_low", f"{prefix}ci_high")))
-        table[f"{name} gain [95% CI]"] = [f"{g} [{lo}, {hi}]" if g else "" for g, lo, hi in gains]
+        together = pd.concat([sig[c] for c in (diff, f"{prefix}ci_low", f"{prefix}ci_high")], ignore_index=True)
+        cells = np.array(column_cells(together, diff), dtype=object).reshape(3, len(sig))
+        table[f"{name} gain [95% CI]"] = [f"{g} [{lo}, {hi}]" if g else "" for g, lo, hi in cells.T]
         p = next((c for c in EFFECT_P[prefix] if c in sig), None)
         if p is not None:
-            table[f"{name} {p}"] = sig[p].to_numpy()
+            table[f"{name} p{' (Holm)' if p.endswith('_holm') else ''}"] = sig[p].to_numpy()
     return table
 
 
