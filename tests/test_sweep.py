@@ -541,6 +541,21 @@ def test_an_experiment_never_mixes_trials_of_other_inputs(layer_smoke, small_pai
     assert sorted(p.name for p in (folder / "trials").iterdir()) == before
 
 
+@pytest.mark.slow
+def test_a_full_sweep_into_a_smoke_tests_folder_is_refused_before_ray(layer_smoke, capsys, monkeypatch):
+    """Its drift samples would be made anew (the stored ones are a smoke test's): refused with neither Ray nor them."""
+    import ray
+
+    results, folder = layer_smoke
+    for name in ("init", "remote"):  # starting Ray, or the drift samples' task on a Ray already up
+        monkeypatch.setattr(ray, name, lambda *args, **kwargs: pytest.fail("Ray used before the refusal"))
+    started = time.perf_counter()
+    assert load_ablation("layer_sweep").main(["--results", str(results), "--layers", "1,2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "holds trials of other inputs" in errors[0] and "--smoke-test" in errors[0]
+    assert time.perf_counter() - started < 60
+
+
 def test_a_pairs_files_own_unseen_rows_join_the_unseen_set(tmp_path):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text(

@@ -2,6 +2,8 @@
 full forward passes, losses and LoRA gradients: test_surgery.py, on both model families.)
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -26,6 +28,24 @@ def test_training_logs_every_step_and_unload_restores_the_base(tiny_llama, small
     assert not any("lora_" in n for n, _ in restored.named_parameters())
     for name, value in restored.named_parameters():
         torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+
+
+def test_a_warm_up_longer_than_training_warns_with_the_peak_it_reaches(tiny_llama, small_pairs, caplog):
+    """The issue's case: 50 warm-up steps, fewer steps in all: the warning's peak is the log's largest lr."""
+    model, tokenizer = tiny_llama
+    trained_rows = small_pairs[1][small_pairs[1]["split"] == "trained"]  # 16 pairs, batch 8: 2 steps an epoch
+    config = TrainConfig(target_layer=2, epochs=2, batch_size=8, warmup_steps=50, lr=2e-4)
+    with caplog.at_level("WARNING", logger="tli.train"):
+        peft_model, log = train.train_tli(model, tokenizer, trained_rows, config, progress=False)
+    peft_model.unload()
+    warning = " ".join(r.getMessage() for r in caplog.records if "warm-up" in r.getMessage())
+    assert "50 warm-up steps but only 4 steps in all (16 pairs, batch 8, 2 epochs)" in warning
+    assert f"peaks at {log['lr'].max():.2g} and never reaches --lr 0.0002" in warning  # 2e-4 * 3 / 50 = 1.2e-05
+    assert log["lr"].max() == pytest.approx(2e-4 * 3 / 50)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tli.train"):
+        train.train_tli(model, tokenizer, trained_rows, dataclasses.replace(config, warmup_steps=2), progress=False)
+    assert not [r for r in caplog.records if "warm-up" in r.getMessage()]
 
 
 def test_same_seed_same_losses(tiny_llama, small_pairs):
