@@ -351,16 +351,9 @@ def merged(peft_model: PeftModel) -> nn.Module:
     """The base model with the adapter merged into its weights (PEFT's merge_and_unload: W + (alpha / r) B A; a 4-bit
     weight is dequantised, summed and quantised again, so a change below its quantisation step is lost), in eval mode.
 
-    It must come before any pass of the model: TliError when bitsandbytes has already repacked a 4-bit weight for its
-    CPU kernels (`surgery.repacked_4bit`), which PEFT's merge would misread (measured: errors the size of the
-    weights themselves).
+    A merge may follow passes of the model: on the CPU, `models.load_model` keeps bitsandbytes from repacking 4-bit
+    weights (a layout PEFT's merge would misread), and on CUDA bitsandbytes never repacks.
     """
-    repacked = surgery.repacked_4bit(peft_model)
-    if repacked:
-        raise TliError(
-            f"cannot merge the adapter: bitsandbytes repacked {len(repacked)} 4-bit weight(s) for its CPU kernels "
-            f"(e.g. {repacked[0]}) in an earlier pass; merge into a freshly loaded model"
-        )
     with warnings.catch_warnings():  # PEFT's note that 4-bit merges round: the --merge-adapter help says so
         warnings.filterwarnings("ignore", message="Merge lora module to 4-bit linear")
         return peft_model.merge_and_unload().eval()

@@ -245,11 +245,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     _check_layers(model_config.model, config.layers)
     model, tokenizer = _load_model(model_config)
     target_layer, lexicon, pre = stored["train"]["target_layer"], evaluate.Lexicon.from_pairs(pairs), None
-    if config.merge_adapter:  # the pre-TLI pass on this load, the merge on a fresh one (a merge precedes any pass)
+    if config.merge_adapter:  # the pre-TLI pass before the merge: a merged model cannot switch its adapter off
         layers = evaluate.eval_layers(config, target_layer, models.num_layers(model_config.model))
         pre = evaluate.embed_lexicon(model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
-        del model
-        model, tokenizer = _load_model(model_config)
     adapted = adapters.load_adapter(model, args.adapter, model_config)
     if config.merge_adapter:
         adapted = adapters.merged(adapted)

@@ -502,7 +502,7 @@ class EvalConfig:
         False,
         "merge the adapter into the base weights before the post-TLI pass (PEFT's merge_and_unload; 4-bit weights are "
         "requantised, so a LoRA change below the 4-bit step is lost, as in the paper's Table 1 evaluation); the "
-        "pre-TLI pass then runs on a load of its own",
+        "pre-TLI pass runs on the base model before the merge",
     )
 
     def __post_init__(self):

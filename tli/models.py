@@ -419,7 +419,8 @@ def _keep_4bit_trainable_on_cpu(model: nn.Module) -> None:
     bitsandbytes (0.50) repacks a Linear4bit's weights for its AVX512-BF16 kernel at the first eval-mode
     forward pass without gradients (`Linear4bit.forward`), and from then on multiplies through
     `gemv_4bit`, which has no autograd: after the pre-TLI embeddings, no gradient would reach LoRA and
-    B would stay 0. Turning the kernel off per layer keeps the dequantising path, which trains.
+    B would stay 0; and PEFT's merge misreads repacked weights (measured: errors the size of the weights). Turning
+    the kernel off per layer keeps the dequantising path, which trains and merges (`adapters.merged`) after any pass.
     """
     import bitsandbytes as bnb
 

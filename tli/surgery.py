@@ -49,17 +49,6 @@ def decoder(model: nn.Module) -> nn.Module:
     return unwrap(model).model
 
 
-def repacked_4bit(model: nn.Module) -> list[str]:
-    """The 4-bit linear layers whose weights bitsandbytes has repacked for its CPU kernels (at the first pass without
-    gradients on a CPU with AVX512-BF16); PEFT's merge misreads such weights, so a merge must come before any pass.
-    """
-    return [
-        name
-        for name, module in model.named_modules()
-        if getattr(getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
-    ]
-
-
 def num_layers(model: nn.Module) -> int:
     """L, the number of decoder blocks; valid layer indices are 0..L."""
     return len(decoder(model).layers)
