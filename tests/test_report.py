@@ -23,7 +23,7 @@ from test_stats import exact_bootstrap_variance
 from tli import report
 from tli import stats as tli_stats
 from tli.errors import TliError
-from tli.report import multiple, render, sections, selection, significance, training, verdict
+from tli.report import multiple, render, sections, selection, significance, training, uncertainty, verdict
 
 from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
@@ -234,7 +234,7 @@ def test_gain_against_the_trained_set_and_equivalence(results, sig):
     """The control set's gain minus the trained set's: difference, CI from the joint bootstrap, TOST by hand."""
     trials = _condition(results, 3, "mean_content")
     row, trained = _row(sig, 3, "mean_content", "control"), _row(sig, 3, "mean_content", "trained")
-    for prefix, metric in (("", "cosine"), ("centered_gap_", "centered_gap")):
+    for prefix, metric in (("", "cosine"), ("centered_gap_alike_", "centered_gap_alike")):
         gain = "mean_diff" if not prefix else f"{prefix}diff"
         groups = [_seed_matrix(results, trials, name, 3, metric) for name in ("control", "trained")]
         se = np.std(tli_stats.seed_pair_bootstrap(groups, [1.0, -1.0], n_boot=N_BOOT, seed=0), ddof=1)
@@ -248,6 +248,47 @@ def test_gain_against_the_trained_set_and_equivalence(results, sig):
         tost = max(scipy_stats.norm.sf((difference + margin) / se), scipy_stats.norm.cdf((difference - margin) / se))
         assert row[f"{prefix}vs_trained_tost_p"] == pytest.approx(tost)
     assert np.isnan(trained["vs_trained_diff"])  # the trained set is the reference
+
+
+def test_the_comparison_with_the_trained_set_reads_the_verdict_s_centred_gap():
+    """Known answer: a control set whose centred gap over every non-translation rises by 0.5 (length passing for
+    translation) but over alike ones by 0.2, as the trained set's: `centered_gap_alike_vs_trained_*` finds a
+    difference of 0, equivalent within the margin 0.1 (half the trained gain), and no comparison of the unmatched
+    gap is made. Values a_c + b_s (pair effect, seed shift shared by both sets): the seeds cancel in the difference,
+    so its bootstrap variance is var_pop(a_control) / C + var_pop(a_trained) / C = 2 x 0.05^2 / 30.
+    """
+    n, shifts = 30, (-0.01, 0.01)
+    effect = np.where(np.arange(n) % 2 == 0, 0.05, -0.05)  # mean 0, population variance 0.05^2
+    rows = []
+    for name, unmatched, sign in (("trained", 0.2, 1), ("control", 0.5, -1)):
+        for seed, shift in enumerate(shifts):
+            noise = sign * effect + shift
+            rows += [
+                {"set": name, "eval_layer": 2, "seed": seed, "pair_id": i, "swahili": f"{name}{i}"}
+                | {"cosine": 0.4 + noise[i], "gap": unmatched + noise[i], "centered_gap": unmatched + noise[i]}
+                | {"gap_alike": 0.2 + noise[i], "centered_gap_alike": 0.2 + noise[i]}
+                for i in range(n)
+            ]
+    table = uncertainty.set_rows(pd.DataFrame(rows), n_boot=20_000, seed=0).set_index("set")
+    control = table.loc["control"]
+    assert not any(c.startswith("centered_gap_vs_trained") for c in table)
+    assert control["centered_gap_alike_vs_trained_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert control["centered_gap_alike_vs_trained_margin"] == pytest.approx(0.1)
+    se = (control["centered_gap_alike_vs_trained_ci_high"] - control["centered_gap_alike_vs_trained_ci_low"]) / (
+        2 * scipy_stats.norm.ppf(0.975)
+    )
+    assert se == pytest.approx(np.sqrt(2 * 0.05**2 / n), rel=0.03)
+    assert control["centered_gap_alike_vs_trained_tost_p"] == pytest.approx(scipy_stats.norm.sf(0.1 / se))
+    assert control["centered_gap_alike_vs_trained_tost_p"] < 1e-6 and np.isnan(table.loc["trained", "vs_trained_diff"])
+    row = control.to_dict() | {"set": "control", "protocol": "author's code", "target_layer": 2, "n": n, "n_seeds": 2}
+    row |= {"mean_diff": 0.4, "gap_alike_diff": 0.2, "centered_gap_alike_diff": 0.2, "verdict": "specific"}
+    row |= {"cosine_p_holm": 0.001, "gap_alike_p_holm": 0.001, "centered_gap_alike_p_holm": 0.001}
+    row |= {"p_at_1_pre": 0.1, "p_at_1_post": 0.2, "p_at_1_chance": 0.05}
+    text = verdict.sentence(pd.Series(row))
+    assert re.search(
+        r"centred gap \(alike\) [+-]0\.0000 \(95% CI -0\.02\d\d to \+0\.02\d\d\), equivalent within ±0\.1000", text
+    )
+    assert re.search(r"its gains minus the trained set's: raw cosine [+-]0\.0000 .* equivalent within ±0\.2000", text)
 
 
 def test_unknown_by_column_is_an_error(results):

@@ -29,8 +29,9 @@ LEGEND = (
     "(and part of speech where labelled) only, so that length, which `mean` pooling leaves in every vector, "
     "cannot pass for translation. "
     "`*_holm`: Holm-corrected within the row's `family` (one set at one evaluation layer across the sweep's "
-    "conditions; `family_size` tests). `vs_trained_*` (raw) and `centered_gap_vs_trained_*`: the set's gain minus "
-    "the trained set's at the same layer (seeds drawn together), its CI, and TOST p of equivalence within "
+    "conditions; `family_size` tests). `vs_trained_*` (raw) and `centered_gap_alike_vs_trained_*` (the verdict's "
+    "centred gap): the set's gain minus the trained set's at the same layer (seeds drawn together), its CI, and "
+    "TOST p of equivalence within "
     "±`*_margin` (half the trained gain): a small p says the gains are comparable. `seed_sd_mean_diff` and "
     "`seed_sd_centered_gap_diff`: SD over seeds of each seed's mean gain. P@1 counts any gloss of a headword as "
     "correct among one fixed pool of candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the "
@@ -63,6 +64,8 @@ SHORT = [
     "centered_gap_alike_mde",
     "vs_trained_diff",
     "vs_trained_tost_p",
+    "centered_gap_alike_vs_trained_diff",
+    "centered_gap_alike_vs_trained_tost_p",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",

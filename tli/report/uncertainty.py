@@ -12,6 +12,9 @@ CI and p-value below is its normal approximation (`tli.stats.z_inference`):
   {prefix}vs_trained_diff/ci_low/ci_high                    the set's gain minus the trained set's (same seed draw)
   {prefix}vs_trained_margin, {prefix}vs_trained_tost_p      TOST of |difference| < EQUIVALENCE_FRACTION x the
                                                             trained gain: small p, the gains are comparable
+                                                            (COMPARED: the raw cosine, `vs_trained_*`, and the
+                                                            centred gap over alike non-translations that the
+                                                            verdict reads, `centered_gap_alike_vs_trained_*`)
 
 `mde` is the gain a two-sided test at 5% would detect with 80% power (2.80 se): a gain whose CI includes 0 is
 "not detectable above" it.
@@ -32,7 +35,7 @@ GAINS = {  # significance prefix -> per-pair metric
     "centered_gap_alike_": "centered_gap_alike",
 }
 EQUIVALENCE_FRACTION = 0.5  # "comparable to the trained gain": within half of it, either way
-COMPARED = ("", "centered_gap_")  # the gains compared with the trained set's
+COMPARED = ("", "centered_gap_alike_")  # compared with the trained set's: raw cosine, the verdict's centred gap
 REFERENCE = "trained"
 
 

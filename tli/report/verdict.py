@@ -23,6 +23,7 @@ import pandas as pd
 
 from tli.report.multiple import ALPHA
 from tli.report.significance import at_target, rows_of
+from tli.report.uncertainty import COMPARED
 
 NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> name
     ("mean", "mean", False): "paper as written",
@@ -44,6 +45,7 @@ RULE = (
 )
 
 VERDICT_GAPS = ("gap_alike_", "centered_gap_alike_")  # the two gap gains the verdict tests (significance prefixes)
+COMPARED_NAMES = {"": "raw cosine", "centered_gap_alike_": "centred gap (alike)"}  # each COMPARED gain, in words
 
 
 def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: bool | None) -> str:
@@ -108,6 +110,11 @@ VERDICT_COLUMNS = [
     "vs_trained_ci_high",
     "vs_trained_margin",
     "vs_trained_tost_p",
+    "centered_gap_alike_vs_trained_diff",
+    "centered_gap_alike_vs_trained_ci_low",
+    "centered_gap_alike_vs_trained_ci_high",
+    "centered_gap_alike_vs_trained_margin",
+    "centered_gap_alike_vs_trained_tost_p",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",
@@ -147,15 +154,22 @@ def _gain(row: pd.Series, prefix: str, name: str) -> str:
 
 
 def _against_trained(row: pd.Series) -> str:
-    """The raw gain against the trained set's, with the equivalence test ('' for the trained set)."""
+    """The raw gain and the centred gap gain over alike non-translations (the verdict's) minus the trained set's,
+    each with its equivalence test ('' for the trained set).
+    """
     if "vs_trained_diff" not in row or pd.isna(row["vs_trained_diff"]):
         return ""
-    shown = row["vs_trained_tost_p"] < ALPHA
-    return (
-        f"; its raw gain minus the trained set's is {row['vs_trained_diff']:+.4f} "
-        f"({_ci(row, 'vs_trained_')}), {'equivalent' if shown else 'not shown equivalent'} within "
-        f"±{row['vs_trained_margin']:.4f} (TOST p {row['vs_trained_tost_p']:.2g})"
-    )
+    compared = []
+    for prefix in COMPARED:
+        at = f"{prefix}vs_trained_"
+        if f"{at}diff" in row:
+            shown = row[f"{at}tost_p"] < ALPHA
+            compared.append(
+                f"{COMPARED_NAMES[prefix]} {row[f'{at}diff']:+.4f} ({_ci(row, at)}), "
+                f"{'equivalent' if shown else 'not shown equivalent'} within ±{row[f'{at}margin']:.4f} "
+                f"(TOST p {row[f'{at}tost_p']:.2g})"
+            )
+    return "; its gains minus the trained set's: " + " and ".join(compared)
 
 
 def sentence(row: pd.Series) -> str:
