@@ -1,10 +1,11 @@
 """Optuna search (Ray Tune's OptunaSearch) over target layer, LoRA rank, margin and lr.
 
-Objective (column `objective`, maximised): the validation set's gain in per-language centred gap
-(centred_gap_post - centred_gap_pre) at the selection layer (the same for every trial, default the last
-layer L). The validation set is carved from the trained pairs: the search never sees the control or
-unseen sets it is judged on. The sampler is seeded with the first --seeds value: its random start-up draws
-repeat on a rerun (and reuse their stored results); later draws depend on the order trials finish in.
+Objective (column `objective`, maximised): the validation set's gain in per-language centred gap over alike
+non-translations (centered_gap_alike_post - centered_gap_alike_pre, the verdict's gap: length cannot pass for
+translation) at the selection layer (the same for every trial, default the last layer L). The validation set
+is carved from the trained pairs: the search never sees the control or unseen sets it is judged on. The
+sampler is seeded with the first --seeds value: its random start-up draws repeat on a rerun (and reuse their
+stored results); later draws depend on the order trials finish in.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
-from tli.sweep.trial import TrialRecord, objective, pack, wide_metrics
+from tli.sweep.trial import OBJECTIVE_METRIC, TrialRecord, objective, pack, wide_metrics
 
 N_LAYERS = 4  # a 4-block model: layers 0..4; the selection layer is L = 4
 DIM = 24
@@ -126,6 +126,7 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
             "n_train_pairs": len(train_rows),
             "final_loss": 0.3 / t,
             "objective": objective(summary, N_LAYERS),
+            "objective_metric": OBJECTIVE_METRIC,
             "train_seconds": 1.0,
             "eval_seconds": 0.5,
             "drift_seconds": 0.2,

@@ -48,7 +48,8 @@ def _check_protocol(trials):
 
 def _check_optuna(trials):
     assert trials["target_layer"].between(1, 3).all()
-    np.testing.assert_allclose(trials["objective"], trials["final_validation_centered_gap_diff"])  # selection: L
+    np.testing.assert_allclose(trials["objective"], trials["final_validation_centered_gap_alike_diff"])  # selection: L
+    assert (trials["objective_metric"] == "centered_gap_alike_diff").all()
 
 
 CHECKS = {

@@ -68,6 +68,7 @@ def _row(trial_id: str, objective: float, sets: tuple[str, ...]) -> dict:
         "status": "ok",
         "error": None,
         "objective": objective,
+        "objective_metric": trial.OBJECTIVE_METRIC,
         "finished_at": "2026-01-01T00:00:00+00:00",
     }
     return row | {f"target_{name}_cosine_post": 0.5 for name in sets} | {f"target_{name}_n": 3 for name in sets}

@@ -163,6 +163,7 @@ def _record(trial_id: str, status: str = "ok", objective: float = 0.0, adapter: 
         "error": None if status == "ok" else "boom",
         "target_layer": 2,
         "objective": objective,
+        "objective_metric": sweep_trial.OBJECTIVE_METRIC,
         "finished_at": f"2026-01-01T00:00:0{int(objective * 10) % 10}",
     }
     if status != "ok":
@@ -217,6 +218,74 @@ def test_best_adapter_policy_keeps_only_the_best_objective(tmp_path):
     assert [t for t in store.trial_ids() if store.adapter_folder(t)] == ["bbbbbbbbbbbb"]
     store.commit(sweep_trial.pack(_record("dddddddddddd", objective=0.1, adapter=True)), save_adapters="all")
     assert store.adapter_folder("dddddddddddd") is not None
+
+
+def _validation_summary(gap: float, alike: float | None) -> pd.DataFrame:
+    """A summary whose validation set at layer 4 gained `gap` in centred gap over every non-translation and `alike`
+    over alike ones (None: the column of a tli before the alike baseline is absent).
+    """
+    summary = pd.DataFrame(
+        {"set": ["validation", "validation", "trained"], "eval_layer": [2, 4, 4], "centered_gap_diff": [0.7, gap, 0.8]}
+    )
+    return summary if alike is None else summary.assign(centered_gap_alike_diff=[0.6, alike, 0.5])
+
+
+def test_the_objective_is_the_validation_centred_gap_gain_over_alike_non_translations():
+    summary = _validation_summary(gap=0.9, alike=0.1)
+    assert sweep_trial.objective(summary, 4) == 0.1 and sweep_trial.objective(summary, 2) == 0.6
+    assert math.isnan(sweep_trial.objective(summary[summary["set"] != "validation"], 4))  # no validation set
+
+
+def _older_trial(store, trial_id: str, gap: float, alike: float | None) -> dict:
+    """Store an ok trial (adapter kept) as a tli before `objective_metric` did: objective = its validation
+    centred_gap_diff at the selection layer 4; returns its row.
+    """
+    record = _record(trial_id, objective=gap, adapter=True)
+    record = dataclasses.replace(record, tables=record.tables | {"summary": _validation_summary(gap, alike)})
+    store.commit(sweep_trial.pack(record), save_adapters="all")
+    row = {key: value for key, value in record.row.items() if key != "objective_metric"} | {"eval_layer_selection": 4}
+    store.folder.write_json(f"trials/{trial_id}/row.json", row)  # as the older tli committed it
+    return row
+
+
+def test_objectives_of_an_older_tli_are_rescored_never_mixed(tmp_path):
+    """A store whose rows an older tli scored by the centred gap over every non-translation: this tli's rows, trials
+    table (an older merge is rebuilt), report and --save-adapters best see each objective computed again from its
+    stored summary, said once; the trial best by the older definition (0.9) is not the best any more (0.1).
+    """
+    import pyarrow.parquet as pq
+
+    from tli import report
+
+    older = sweep_store.ExperimentStore(str(tmp_path))
+    rows = [_older_trial(older, "aaaaaaaaaaaa", gap=0.9, alike=0.1), _older_trial(older, "bbbbbbbbbbbb", 0.2, 0.25)]
+    pq.write_table(sweep_trial.trials_table(rows), tmp_path / "trials.parquet")  # the older tli's merge
+    store = sweep_store.ExperimentStore(str(tmp_path))
+    rescored = {row["trial_id"]: (row["objective"], row["objective_metric"]) for row in store.rows()}
+    assert rescored == {
+        "aaaaaaaaaaaa": (0.1, "centered_gap_alike_diff"),
+        "bbbbbbbbbbbb": (0.25, "centered_gap_alike_diff"),
+    }
+    assert len(store.notes) == 1 and "scored by an older tli (centered_gap_diff)" in store.notes[0]
+    results = report.load_results(str(tmp_path))
+    assert dict(zip(results.trials["trial_id"], results.trials["objective"])) == {
+        "aaaaaaaaaaaa": 0.1,
+        "bbbbbbbbbbbb": 0.25,
+    }
+    assert any("computed again from their summaries" in note for note in results.notes)
+    assert (pd.read_parquet(tmp_path / "trials.parquet")["objective_metric"] == "centered_gap_alike_diff").all()
+    store.commit(sweep_trial.pack(_record("cccccccccccc", objective=0.3, adapter=True)), save_adapters="best")
+    assert [t for t in store.trial_ids() if store.adapter_folder(t)] == ["cccccccccccc"]  # 0.3 beats 0.1 and 0.25
+
+
+def test_an_older_objective_that_cannot_be_rescored_is_refused_in_one_line(tmp_path, capsys):
+    older = sweep_store.ExperimentStore(str(tmp_path))
+    _older_trial(older, "aaaaaaaaaaaa", gap=0.9, alike=None)  # a summary from before the alike baseline
+    with pytest.raises(TliError, match="trial aaaaaaaaaaaa's objective is its centered_gap_diff .* lacks centered_gap"):
+        sweep_store.ExperimentStore(str(tmp_path)).rows()
+    assert load_ablation("aggregate").main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be computed again as centered_gap_alike_diff" in err
 
 
 def test_a_foreign_archive_member_is_refused(tmp_path):
@@ -282,9 +351,10 @@ def test_lora_does_not_leak_between_trials_of_one_worker(tiny_trials, tiny_llama
     pd.testing.assert_series_equal(before["first"], before["second"])  # both saw the same base model
     summary = first.tables["summary"]
     assert set(summary["eval_layer"]) == {2, 4} and (summary["n_candidates"] == len(inputs.lexicon.english)).all()
-    assert first.row["objective"] == pytest.approx(
-        summary.set_index(["set", "eval_layer"]).loc[("validation", 4), "centered_gap_diff"]
-    )
+    validation = summary.set_index(["set", "eval_layer"]).loc[("validation", 4)]
+    assert first.row["objective"] == pytest.approx(validation["centered_gap_alike_diff"])  # the verdict's gap
+    assert first.row["objective"] == first.row["final_validation_centered_gap_alike_diff"]
+    assert first.row["objective_metric"] == "centered_gap_alike_diff"
 
 
 @pytest.mark.slow

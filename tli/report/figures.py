@@ -200,7 +200,7 @@ def objective_and_drift(conds: pd.DataFrame, by: list[str]) -> bytes | None:
                     drift.plot(layers[run], kl[run], style, color=colour, lw=1)
     objective.set(
         xlabel="target layer",
-        ylabel="validation centred-gap gain (± SD over seeds)",
+        ylabel="validation centred gap gain, alike (± SD over seeds)",
         title="selection objective (conditions that compete)" if compared else "objectives on other scales: not drawn",
     )
     drift.set(xlabel="target layer", ylabel="KL(base || TLI), next-token", title="drift (solid: sw, dashed: en)")

@@ -181,12 +181,14 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
         ("h2", "Selection by the validation objective"),
         (
             "p",
-            f"The objective is the validation set's centred-gap gain at layer {ok['eval_layer_selection']:.0f}, the "
-            f"same layer for every trial; the validation set is {ok['validation_fraction']:.0%} of the trained "
-            f"pairs (whole headwords, seed {ok['validation_seed']:.0f}), so the control, held-out and unseen sets "
-            "play no part in the choice. Objectives measured with another evaluation pooling, or on another "
-            "validation set (another held-out category), are on other scales: where those vary, only the "
-            "conditions at the paper's defaults of them compete.",
+            "The objective is the validation set's gain in centred gap over alike non-translations (the verdict's "
+            "`centered_gap_alike`, so that length cannot select a condition) at layer "
+            f"{ok['eval_layer_selection']:.0f}, the same layer for every trial; the validation set is "
+            f"{ok['validation_fraction']:.0%} of the trained pairs (whole headwords, seed "
+            f"{ok['validation_seed']:.0f}), so the control, held-out and unseen sets play no part in the choice. "
+            "Objectives measured with another evaluation pooling, or on another validation set (another held-out "
+            "category), are on other scales: where those vary, only the conditions at the paper's defaults of them "
+            "compete.",
         ),
     ]
     if chosen is None:

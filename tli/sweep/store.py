@@ -25,6 +25,11 @@ A trial travels from its worker to the driver as one zip archive inside its last
 moment leaves each file absent, old or new: the next run skips trials committed as ok, re-runs errored
 and missing ones, and never duplicates a trial_id; its first merge reads every row.json again and drops
 dataset files of trials not committed as ok.
+
+Every row read is scored by this tli's objective (`trial.OBJECTIVE_METRIC`, named in each row's
+`objective_metric`): an ok row scored otherwise by an older tli is rescored from its stored summary when read
+or committed (said once in `notes`), so a resumed sweep, --save-adapters best and the report never compare
+objectives of two definitions; a row that cannot be rescored is a TliError.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ import pyarrow.parquet as pq
 
 from tli.errors import TliError
 from tli.files import Folder
-from tli.sweep.trial import TABLES, trials_table
+from tli.sweep.trial import EARLIER_OBJECTIVE, OBJECTIVE_METRIC, TABLES, objective, trials_table
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class ExperimentStore:
         self._pending: list[dict[str, Any]] = []  # rows committed since the last merge
         self._best: tuple[float, str] | None = None  # (objective, trial_id) whose adapter --save-adapters best keeps
         self._best_known = False
+        self._rescored = False  # whether a row scored by an older objective was rescored (said once in notes)
 
     def _warn(self, message: str, *args: Any) -> None:
         """Log a warning and keep it in `notes`."""
@@ -103,11 +109,13 @@ class ExperimentStore:
         self.folder.delete(f"trials/{trial_id}/row.json")  # uncommitted while its files change (a re-run)
         self.folder.delete(f"trials/{trial_id}/adapter")
         self._delete_tables(trial_id, keep=members)
-        keep_adapter = save_adapters == "all" or (save_adapters == "best" and self._is_best(row))
         for name, content in members.items():
             if name.endswith(".parquet"):
                 self.folder.write_bytes(self.table_name(name.removesuffix(".parquet"), trial_id), content)
-            elif keep_adapter:
+        row = self._rescore(row)  # from a worker running an older tli
+        keep_adapter = save_adapters == "all" or (save_adapters == "best" and self._is_best(row))
+        for name, content in members.items():
+            if name.startswith("adapter/") and keep_adapter:
                 self.folder.write_bytes(f"trials/{trial_id}/{name}", content)
         if save_adapters == "best" and keep_adapter:
             previous, self._best = self._best, (float(row["objective"]), trial_id)
@@ -244,12 +252,43 @@ class ExperimentStore:
         if not (isinstance(row, dict) and row.get("trial_id") == trial_id):
             self._warn("skipping %s: not a trial row of %s", name, trial_id)
             return None
-        return row
+        return self._rescore(row)
+
+    def _rescore(self, row: dict[str, Any]) -> dict[str, Any]:
+        """An ok row scored by another objective than OBJECTIVE_METRIC (an older tli's, EARLIER_OBJECTIVE when the
+        row does not say) with its objective computed again from its stored summary; TliError when it cannot be.
+        """
+        scored_by = row.get("objective_metric") or EARLIER_OBJECTIVE
+        if row.get("status") != "ok" or scored_by == OBJECTIVE_METRIC:
+            return row
+        trial_id, name = row["trial_id"], self.table_name("summary", row["trial_id"])
+        try:
+            summary = self.folder.read_table(name)
+        except (OSError, ValueError) as error:
+            problem = f"{name} cannot be read ({_short(error)})"
+        else:
+            problem = None if OBJECTIVE_METRIC in summary else f"{name} lacks {OBJECTIVE_METRIC}"
+        if problem:
+            raise TliError(
+                f"{self.uri}: trial {trial_id}'s objective is its {scored_by} (an older tli) and cannot be computed "
+                f"again as {OBJECTIVE_METRIC}: {problem}; rerun it (remove trials/{trial_id}) or use the tli that "
+                "ran it"
+            )
+        if not self._rescored:
+            self._rescored = True
+            self._warn(
+                "objectives of trials scored by an older tli (%s) are computed again from their summaries as the "
+                "validation %s at the selection layer",
+                scored_by,
+                OBJECTIVE_METRIC,
+            )
+        score = objective(summary, int(row["eval_layer_selection"]))
+        return row | {"objective": score, "objective_metric": OBJECTIVE_METRIC}
 
     def read(self, kind: str = "trials") -> pd.DataFrame:
-        """The trials table (rebuilt from trials/ with a warning when missing or unreadable), a whole dataset of
-        the ok trials (summary, pairs, train_log: `tables` reads parts of one), or an experiment-level table such
-        as scan (absent: an empty frame).
+        """The trials table (rebuilt from trials/ with a warning when missing or unreadable, and when an older tli
+        merged rows scored by its objective: see `_rescore`), a whole dataset of the ok trials (summary, pairs,
+        train_log: `tables` reads parts of one), or an experiment-level table such as scan (absent: an empty frame).
         """
         if kind in TABLES:
             trials = self.read("trials")
@@ -257,16 +296,20 @@ class ExperimentStore:
             return self.tables(kind, list(ok))
         name = f"{kind}.parquet"
         try:
-            if self.folder.exists(name):
-                return self.folder.read_table(name)
-            problem = "missing"
+            if not self.folder.exists(name):
+                problem = "missing"
+            else:
+                table = self.folder.read_table(name)
+                if kind != "trials" or not _scored_otherwise(table):
+                    return table
+                problem = "rescored"  # rebuilt from the rows, each rescored as it is read
         except (OSError, ValueError) as error:
             problem = f"unreadable ({error})"
         if kind != "trials":
             if problem != "missing":
                 self._warn("%s/%s is %s: ignored", self.uri, name, problem)
             return pd.DataFrame()
-        if problem != "missing":
+        if problem not in ("missing", "rescored"):
             self._warn("%s/%s is %s: rebuilt from %s/trials/", self.uri, name, problem, self.uri)
         return self.merge()
 
@@ -302,6 +345,12 @@ class ExperimentStore:
         """The stored adapter of a trial, or None."""
         folder = self.folder.child("trials", trial_id, "adapter")
         return folder if folder.exists("adapter_model.safetensors") else None
+
+
+def _scored_otherwise(trials: pd.DataFrame) -> bool:
+    """Whether an ok row of a trials table was scored by another objective than OBJECTIVE_METRIC (or does not say)."""
+    ok = trials[trials["status"] == "ok"] if "status" in trials else trials.iloc[:0]
+    return len(ok) > 0 and ("objective_metric" not in ok or bool((ok["objective_metric"] != OBJECTIVE_METRIC).any()))
 
 
 def _sorted(trials: pa.Table) -> pa.Table:

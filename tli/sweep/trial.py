@@ -34,6 +34,8 @@ from tli.sweep.settings import TrialSettings, setting_names
 
 TABLES = ("summary", "pairs", "train_log")  # a trial's tables (beside its row)
 OUTCOMES = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")  # per trial, beside the wide metrics
+OBJECTIVE_METRIC = "centered_gap_alike_diff"  # the objective: this summary column, validation set, selection layer
+EARLIER_OBJECTIVE = "centered_gap_diff"  # what rows without `objective_metric` (tli before it) were scored by
 PLACES = ("target", "final")  # evaluation layers named in trial rows: the target layer and the last layer L
 WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "n": "n",
@@ -50,6 +52,14 @@ WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "centered_gap_post": "centered_gap_post",
     "centered_gap_diff": "centered_gap_diff",
     "centered_gap_p": "centered_gap_p",
+    "gap_alike_pre": "gap_alike_pre",
+    "gap_alike_post": "gap_alike_post",
+    "gap_alike_diff": "gap_alike_diff",
+    "gap_alike_p": "gap_alike_p",
+    "centered_gap_alike_pre": "centered_gap_alike_pre",
+    "centered_gap_alike_post": "centered_gap_alike_post",
+    "centered_gap_alike_diff": "centered_gap_alike_diff",
+    "centered_gap_alike_p": "centered_gap_alike_p",
     "p_at_1_pre": "p_at_1_pre",
     "p_at_1_post": "p_at_1_post",
     "p_at_1_centered_pre": "p_at_1_centered_pre",
@@ -103,6 +113,7 @@ ROW_OUTCOMES = {
     "n_train_pairs": pa.int64(),
     "final_loss": pa.float64(),
     "objective": pa.float64(),
+    "objective_metric": pa.string(),
     "drift_kl_sw": pa.float64(),
     "drift_kl_en": pa.float64(),
     "train_seconds": pa.float64(),
@@ -248,9 +259,12 @@ def wide_metrics(summary: pd.DataFrame, layers: dict[str, int]) -> dict[str, Any
 
 
 def objective(summary: pd.DataFrame, layer: int) -> float:
-    """The selection objective: the validation set's centred-gap gain (post - pre) at the selection layer."""
+    """The selection objective: the validation set's gain (post - pre) in centred gap over alike non-translations
+    (`OBJECTIVE_METRIC`, the centred gap the verdict tests: under `mean` pooling the gap over every non-translation
+    also rewards length) at the selection layer; NaN without a validation set there.
+    """
     rows = summary[(summary["set"] == "validation") & (summary["eval_layer"] == layer)]
-    return float(rows["centered_gap_diff"].iloc[0]) if len(rows) else float("nan")
+    return float(rows[OBJECTIVE_METRIC].iloc[0]) if len(rows) else float("nan")
 
 
 def run_trial(
@@ -263,7 +277,8 @@ def run_trial(
     """Train, evaluate and measure one trial; a TliError becomes an `error` record (nothing else is caught)."""
     row = (
         settings.row()
-        | {"status": "error", "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        | {"status": "error", "error": None, "objective_metric": OBJECTIVE_METRIC}
+        | {"worker": f"{socket.gethostname()}:{os.getpid()}"}
         | _provenance()
     )
     try:
@@ -374,6 +389,7 @@ def _adapter_folder(
 
     stored = (
         {"model": models.describe(settings.model), "train": to_dict(settings.train), "trial_id": settings.trial_id}
+        | {"objective_metric": OBJECTIVE_METRIC}
         | adapters.training_record(pairs_file, train_rows)
         | {"metrics": metrics}
         | files.provenance()

@@ -6,8 +6,8 @@ owns `trial_id`), plus its files packed under ARCHIVE_KEY. The driver's `ResultS
 before Tune's loggers, takes the archive out of the result and commits it to the experiment's store. So
 Tune's loggers (TensorBoard, MLflow, W&B), `ResultGrid.get_dataframe()` and
 `get_best_result("objective", "max")` see every measurement, and no worker needs the results folder.
-`objective` (the validation set's centred-gap gain at the selection layer) is NaN until a trial's
-last report.
+`objective` (the validation set's gain in centred gap over alike non-translations, `centered_gap_alike_diff`,
+at the selection layer: `trial.objective`) is NaN until a trial's last report.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_dri
 from tli.sweep.resources import Reservation
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
-from tli.sweep.trial import WorkerCache, pack, run_trial
+from tli.sweep.trial import OBJECTIVE_METRIC, WorkerCache, pack, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -528,6 +528,7 @@ def _store_error(store: ExperimentStore, settings: TrialSettings, error: Excepti
             "experiment": experiment,
             "status": "error",
             "objective": float("nan"),
+            "objective_metric": OBJECTIVE_METRIC,
             "error": f"{type(error).__name__}: {message}",
             "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
         }
