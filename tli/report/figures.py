@@ -140,7 +140,9 @@ def scan_figure(table: pd.DataFrame, title: str = "") -> Figure:
 
 
 def gain_by_layer(sig: pd.DataFrame, by: list[str]) -> bytes | None:
-    """Per set (columns): raw cosine, gap and centred-gap gains (rows) with 95% CIs, by target layer."""
+    """Per set (columns): raw cosine, gap and centred-gap gains (GAINS: over alike non-translations; rows) with 95%
+    CIs, by target layer.
+    """
     rows = at_target(sig)
     if "target_layer" not in by or rows.empty:
         return None
@@ -240,7 +242,7 @@ def _order(values: pd.Series) -> list:
 
 
 def gain_by_axis(sig: pd.DataFrame, by: list[str], axis: str) -> bytes | None:
-    """Per set (columns): raw cosine, gap and centred-gap gains (rows) with 95% CIs at the target layer, at each
+    """Per set (columns): raw cosine, gap and centred-gap gains (GAINS; rows) with 95% CIs at the target layer, at each
     value of one swept axis (categorical positions, points only: nothing is drawn between values not measured),
     one colour per setting of the other condition columns.
     """
