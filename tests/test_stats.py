@@ -1,6 +1,8 @@
 """tli.stats against scipy/statsmodels, plain loops and constructed examples."""
 
+import itertools
 import warnings
+from math import comb
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from tli.stats import (
     PAIR_METRICS,
     adjust_pvalues,
     alike_baseline,
+    mcnemar_exact,
+    retrieval_chance,
     center_per_language,
     cosine_matrix,
     l2_normalize,
@@ -119,9 +123,18 @@ def _by_loop(src_pool, tgt_pool, src_index, tgt_index, gold, alike, k):
         out["mismatched_centered_alike"].append(centred[alike[i]].mean())
         out["centered_gap_alike"].append(centred[t] - centred[alike[i]].mean())
         out["cosine_joint_centered"].append(_cos(x - joint, tgt_pool[t] - joint))
-        for name, scores in (("hit", raw), ("hit_csls", csls), ("hit_centered", centred)):
-            out[name].append(float(gold[i, int(np.argmax(scores))]))
-        out["chance"].append(gold[i].sum() / len(tgt_pool))
+        for kind, scores in (("", raw), ("_csls", csls), ("_centered", centred)):
+            out[f"hit{kind}"].append(float(gold[i, int(np.argmax(scores))]))
+            order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))  # descending, ties to the lower index
+            rank = 1 + next(r for r, j in enumerate(order) if gold[i, j])
+            out[f"hit5{kind}"].append(float(rank <= 5))
+            out[f"hit10{kind}"].append(float(rank <= 10))
+            out[f"rr{kind}"].append(1 / rank)
+        g, m = gold[i].sum(), len(tgt_pool)
+        out["chance"].append(g / m)
+        for k in (5, 10):  # 1 - P(no gold among k draws without replacement)
+            out[f"chance{k}"].append(1 - comb(m - g, k) / comb(m, k))
+        out["rr_chance"].append(sum(comb(m - r, g - 1) / comb(m, g) / r for r in range(1, m - g + 2)))
     return {name: np.array(values) for name, values in out.items()}
 
 
@@ -274,6 +287,45 @@ def test_the_lexicon_locates_rows_with_their_alike_baseline():
     np.testing.assert_array_equal(alike[1], [0, 0, 1, 1, 1])  # ocean: no other 3-token word -> the 2-token ones
     np.testing.assert_array_equal(alike[2], [1, 0, 0, 1, 1])  # run (no POS): 2-token words
     np.testing.assert_array_equal(located[2].sum(axis=1), [2, 2, 1, 1, 1, 1])  # gold: every gloss of the headword
+
+
+def test_retrieval_chance_is_the_mean_over_every_ordering_of_the_candidates():
+    m = 6
+    for g in (1, 2, 3):
+        orderings = list(itertools.permutations(range(m)))  # gold words: 0..g-1
+        first = [1 + min(order.index(j) for j in range(g)) for order in orderings]
+        chance = retrieval_chance(np.array([g]), m)
+        assert chance["rr_chance"][0] == pytest.approx(np.mean([1 / r for r in first]))
+        assert chance["chance5"][0] == pytest.approx(np.mean([r <= 5 for r in first]))
+        assert chance["chance"][0] == pytest.approx(np.mean([r == 1 for r in first]))
+        assert chance["chance10"][0] == 1.0  # 6 candidates: one is always among the first 10
+
+
+def test_ranked_metrics_are_consistent_and_a_perfect_ranking_scores_one():
+    got = pair_metrics(*_pool(seed=7))
+    for kind in ("", "_csls", "_centered"):
+        assert np.array_equal(got[f"hit{kind}"], (got[f"rr{kind}"] == 1).astype(float))
+        assert np.all(got[f"hit{kind}"] <= got[f"hit5{kind}"]) and np.all(got[f"hit5{kind}"] <= got[f"hit10{kind}"])
+    eye = np.eye(3, dtype=bool)
+    perfect = set_metrics(pair_metrics(np.eye(3), np.eye(3), [0, 1, 2], [0, 1, 2], eye, ~eye))
+    assert perfect["mrr"] == perfect["p_at_5"] == perfect["mrr_centered"] == 1.0
+    assert perfect["mrr_chance"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_mcnemar_exact_matches_statsmodels_and_is_a_sign_test_on_averaged_outcomes():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rng = np.random.default_rng(3)
+    pre = rng.integers(0, 2, 40).astype(float)
+    post = np.where(rng.random(40) < 0.3, 1 - pre, pre)
+    got = mcnemar_exact(pre, post)
+    table = [[np.sum((pre == a) & (post == b)) for b in (0, 1)] for a in (0, 1)]
+    assert got["mcnemar_p"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert (got["gained"], got["lost"]) == (table[0][1], table[1][0])
+    averaged = mcnemar_exact([0, 0, 1, 1, 0], [1 / 3, 2 / 3, 1, 2 / 3, 0])  # 2 up, 1 down, 2 ties
+    assert (averaged["gained"], averaged["lost"]) == (2, 1)
+    assert averaged["mcnemar_p"] == pytest.approx(sps.binomtest(2, 3).pvalue)
+    assert mcnemar_exact([1, 0], [1, 0])["mcnemar_p"] == 1.0  # no pair changed
 
 
 def test_bad_shapes_are_errors():

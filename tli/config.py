@@ -507,3 +507,46 @@ class EvalConfig:
 
     def __post_init__(self):
         check(self)
+
+
+PROBE_SHOTS = 8  # example pairs `tli.probe.SHOTS` holds (a test checks it): the most a prompt can show
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """The translation probe (`tli.probe`): few-shot word translation both ways, before and after TLI."""
+
+    translation_probe: bool = setting(
+        True,
+        "run the translation probe: each word of every set translated Swahili->English and English->Swahili by a "
+        "few-shot prompt and greedy decoding, with the gold translation's log-probability and rank, before and after",
+    )
+    probe_pairs: int = setting(
+        40,
+        "pairs probed per set: a fixed sample (the pairs with the smallest hash of their words, the same in every "
+        "trial and set), 0 for every pair",
+        minimum=0,
+        maximum=10**7,
+    )
+    probe_shots: int = setting(
+        4,
+        "example pairs in the prompt (never scored: rows sharing a word with them are left out)",
+        minimum=0,
+        maximum=PROBE_SHOTS,
+    )
+    probe_max_new_tokens: int = setting(
+        16,
+        "most tokens decoded per answer (a batch stops at a newline or at its longest gloss plus the newline)",
+        minimum=1,
+        maximum=256,
+    )
+    probe_distractors: int = setting(
+        9,
+        "non-gloss words of the pool each gold translation is ranked against by teacher-forced log-probability "
+        "(MRR; a fixed seeded sample per direction: the whole pool would cost one forward pass per candidate)",
+        minimum=1,
+        maximum=10**5,
+    )
+
+    def __post_init__(self):
+        check(self)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tli import data, stats
+from tli import baselines, data, stats
 from tli.config import EvalConfig, check_layer, layer_name
 from tli.errors import TliError
 
@@ -47,6 +47,8 @@ TESTED = {  # summary prefix -> per-pair metric
     "gap_alike_": "gap_alike",
     "centered_gap_alike_": "centered_gap_alike",
 }
+RETRIEVAL_TESTED = {"p_at_1": "hit", "p_at_1_centered": "hit_centered", "p_at_1_csls": "hit_csls"}  # McNemar's
+CHANCE_COLUMNS = tuple(column for column, metric in stats.SET_METRICS.items() if metric in stats.CHANCE_METRICS)
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,18 @@ class Lexicon:
         """
         if self.english_tokens is None:
             raise ValueError("the pool's token counts are unknown: Lexicon.with_tokens(pooling.token_counts(...))")
+        src_index, tgt_index, gold = self.indices(rows)
+        alike = stats.alike_baseline(gold, tgt_index, self.english_tokens, self.english_pos)
+        return src_index, tgt_index, gold, alike
+
+    def indices(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Swahili index [n], English index [n], gold [n, m]) of `rows` in this pool: what retrieval needs."""
         sw = {word: i for i, word in enumerate(self.swahili)}
         en = {word: j for j, word in enumerate(self.english)}
         gold = np.zeros((len(rows), len(self.english)), dtype=bool)
         for i, word in enumerate(rows["swahili"]):
             gold[i, [en[gloss] for gloss in self.glosses[word]]] = True
-        tgt_index = rows["english"].map(en).to_numpy()
-        alike = stats.alike_baseline(gold, tgt_index, self.english_tokens, self.english_pos)
-        return rows["swahili"].map(sw).to_numpy(), tgt_index, gold, alike
+        return rows["swahili"].map(sw).to_numpy(), rows["english"].map(en).to_numpy(), gold
 
 
 def eval_layers(config: EvalConfig, target_layer: int, n_layers: int) -> list[int]:
@@ -171,7 +177,8 @@ def pair_table(
     sets: dict[str, pd.DataFrame], lexicon: Lexicon, pre: Embeddings, post: Embeddings, csls_k: int = 10
 ) -> pd.DataFrame:
     """One row per set x layer x pair: `pair_id` (the row's label in the experiment's pairs) and every
-    `stats.pair_metrics` metric before (`_pre`) and after (`_post`) TLI (`chance` once: it does not change).
+    `stats.pair_metrics` metric before (`_pre`) and after (`_post`) TLI (`stats.CHANCE_METRICS` once: they do not
+    change).
     """
     pools = {  # the pool x pool matrices, once per layer and before/after: every set indexes the same ones
         (layer, when): stats.PoolSimilarities.of(*embeddings[layer], k=csls_k)
@@ -188,7 +195,7 @@ def pair_table(
             frame.insert(0, "set", name)
             for when in ("pre", "post"):
                 for metric, values in pools[layer, when].pair_metrics(*located).items():
-                    frame["chance" if metric == "chance" else f"{metric}_{when}"] = values
+                    frame[metric if metric in stats.CHANCE_METRICS else f"{metric}_{when}"] = values
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -200,9 +207,11 @@ def summary_table(
     n_candidates: int,
     removed: dict[str, int] | None = None,
     bootstrap: bool = True,
+    baselines: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per set x layer: set means before/after, and paired tests of cosine, gap and centred gap (CIs NaN
-    without `bootstrap`: the report computes its own).
+    """One row per set x layer: set means before/after, paired tests of cosine, gap and centred gap (CIs NaN
+    without `bootstrap`: the report computes its own), McNemar's exact test of each P@1 (`RETRIEVAL_TESTED`), and
+    the `baselines` columns (`tli.baselines.baseline_table`) of the same set and layer.
     """
     rows = []
     for (name, layer), group in pairs.groupby(["set", "eval_layer"], sort=False):
@@ -225,15 +234,23 @@ def summary_table(
                 }
             row |= tests
         for when in ("pre", "post"):
-            per_pair = {m: group[f"{m}_{when}" if m != "chance" else m].to_numpy() for m in stats.PAIR_METRICS}
+            per_pair = {
+                m: group[m if m in stats.CHANCE_METRICS else f"{m}_{when}"].to_numpy() for m in stats.PAIR_METRICS
+            }
             row |= {
                 f"{column}_{when}": value
                 for column, value in stats.set_metrics(per_pair).items()
-                if column not in ("n_pairs", "p_at_1_chance")
+                if column != "n_pairs" and column not in CHANCE_COLUMNS
             }
-        row["p_at_1_chance"] = float(group["chance"].mean())
+        row |= {column: float(group[stats.SET_METRICS[column]].mean()) for column in CHANCE_COLUMNS}
+        for column, metric in RETRIEVAL_TESTED.items():
+            tested = stats.mcnemar_exact(group[f"{metric}_pre"], group[f"{metric}_post"])
+            row |= {f"{column}_{name}": value for name, value in tested.items()}
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if baselines is not None:
+        table = table.merge(baselines, on=["set", "eval_layer"], how="left")
+    return table
 
 
 def evaluate_adapter(
@@ -246,7 +263,8 @@ def evaluate_adapter(
     pre: Embeddings | None = None,
     removed: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, per-pair table) of the base model (adapter disabled, or the given `pre`) against the adapted one.
+    """(summary, per-pair table) of the base model (adapter disabled, or the given `pre`) against the adapted one,
+    with the orthographic and Procrustes baselines (`tli.baselines`, the map fitted on `sets["trained"]`) beside.
 
     `peft_model` may also be a model with the adapter merged in (`adapters.merged`), given `pre`. `lexicon` defaults
     to the words of `sets`; `pre` must hold the evaluation layers of `config`.
@@ -264,5 +282,7 @@ def evaluate_adapter(
         with peft_model.disable_adapter():
             pre = embed_lexicon(peft_model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
     post = embed_lexicon(peft_model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
-    pairs = pair_table(sets, lexicon, {k: pre[k] for k in layers}, post, config.csls_k)
-    return summary_table(pairs, config, n_layers, len(lexicon.english), removed), pairs
+    pre = {k: pre[k] for k in layers}
+    pairs = pair_table(sets, lexicon, pre, post, config.csls_k)
+    found = baselines.baseline_table(sets, lexicon, pre, sets["trained"])
+    return summary_table(pairs, config, n_layers, len(lexicon.english), removed, baselines=found), pairs

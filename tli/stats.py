@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from statsmodels.stats.multitest import multipletests
 
 _EPS = 1e-12  # norm floor: a zero row stays zero and has cosine 0 with everything
@@ -79,7 +79,13 @@ PAIR_METRICS = (
     "hit_csls",
     "hit_centered",
     "chance",
+    *(f"{name}{kind}" for name in ("hit5", "hit10", "rr") for kind in ("", "_csls", "_centered")),
+    "chance5",
+    "chance10",
+    "rr_chance",
 )
+CHANCE_METRICS = ("chance", "chance5", "chance10", "rr_chance")  # per-pair metrics that training cannot change
+RETRIEVAL = {"": "raw", "_csls": "csls", "_centered": "centred"}  # metric suffix -> PoolSimilarities matrix
 
 
 def pair_metrics(
@@ -109,6 +115,10 @@ def pair_metrics(
                     to its k nearest English pool words, r_S(e): of e to its k nearest Swahili pool words);
                     hit_centered_i after per-language centring
       chance_i      gold count of row i / m: the hit rate of a random pick
+      rank_i        1 + the non-gold words ranked above the best-ranked gold word (similarity descending, ties
+                    to the lower index, as argmax): hit_i = [rank_i = 1], hit5_i = [rank_i <= 5],
+                    hit10_i = [rank_i <= 10], rr_i = 1 / rank_i (mean: MRR), each raw, `_csls` and `_centered`
+      chance5_i, chance10_i, rr_chance_i   the same of a random ordering (`retrieval_chance`)
 
     Because the pool, not the evaluated set, supplies the candidates and the centring means, a set's mean of
     any of these does not depend on the set's size: sets of 20 and 623 pairs compare.
@@ -142,6 +152,64 @@ def alike_baseline(gold: np.ndarray, tgt_index, tokens, pos=None) -> np.ndarray:
         chosen = np.where(same_kind.any(axis=1, keepdims=True), same_kind, same_length)
     nearest = np.where(others, distance, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
     return np.where(chosen.any(axis=1, keepdims=True), chosen, others & (distance == nearest))
+
+
+def gold_rank(sim, gold: np.ndarray) -> np.ndarray:
+    """[n] 1-based rank of each row's best-ranked gold candidate when its candidates are sorted by `sim` [n, m]
+    (descending; ties broken by the lower index, as np.argmax): 1 + the non-gold candidates ahead of it.
+    """
+    sim, gold = _as_array(sim), np.asarray(gold, dtype=bool)
+    rows, columns = np.arange(len(sim)), np.arange(sim.shape[1])
+    best = np.argmax(np.where(gold, sim, -np.inf), axis=1)  # [n]
+    top = sim[rows, best][:, None]
+    ahead = ~gold & ((sim > top) | ((sim == top) & (columns[None, :] < best[:, None])))
+    return 1 + ahead.sum(axis=1)
+
+
+def retrieval_metrics(rank) -> dict[str, np.ndarray]:
+    """{hit, hit5, hit10, rr} of 1-based ranks [n]: [rank = 1], [rank <= 5], [rank <= 10], 1 / rank."""
+    rank = np.asarray(rank, dtype=np.float64)
+    hits = {"hit": rank == 1, "hit5": rank <= 5, "hit10": rank <= 10}
+    return {name: hit.astype(float) for name, hit in hits.items()} | {"rr": 1.0 / rank}
+
+
+def retrieval_chance(n_gold, m: int) -> dict[str, np.ndarray]:
+    """{chance, chance5, chance10, rr_chance} [n] of a random ordering of m candidates, n_gold [n] of them gold:
+    P(a gold word among the first k) = 1 - C(m - g, k) / C(m, k) (hypergeometric), and
+    E[1 / rank of the first gold] = sum_{r=1}^{m-g+1} (1/r) C(m - r, g - 1) / C(m, g).
+    """
+    n_gold = np.asarray(n_gold, dtype=np.int64)
+    out = {"chance": n_gold / m}
+    for k in (5, 10):
+        out[f"chance{k}"] = 1.0 - stats.hypergeom.pmf(0, m, n_gold, min(k, m))
+    expected = {}
+    for g in np.unique(n_gold):
+        r = np.arange(1, m - g + 2)
+        log_p = (
+            special.gammaln(m - r + 1)
+            - special.gammaln(g)
+            - special.gammaln(m - r - g + 2)
+            - (special.gammaln(m + 1) - special.gammaln(g + 1) - special.gammaln(m - g + 1))
+        )  # log C(m - r, g - 1) - log C(m, g)
+        expected[g] = float(np.sum(np.exp(log_p) / r))
+    out["rr_chance"] = np.array([expected[g] for g in n_gold], dtype=np.float64)
+    return out
+
+
+def mcnemar_exact(pre, post) -> dict[str, float]:
+    """Exact McNemar test of paired outcomes in [0, 1] ([n] each, e.g. a pair's hit before and after TLI).
+
+    gained = #(post > pre), lost = #(post < pre); p = the two-sided exact binomial test of `gained` successes in
+    gained + lost trials at 1/2 (`scipy.stats.binomtest`), 1 when no pair changed. On binary outcomes this is
+    McNemar's exact test (statsmodels `mcnemar(exact=True)` gives the same p); on outcomes averaged over seeds it is
+    the exact sign test of post - pre, the pair (not the pair x seed) the unit.
+    """
+    pre, post = _as_array(pre), _as_array(post)
+    if pre.ndim != 1 or pre.shape != post.shape:
+        raise ValueError(f"pre and post must both be [n]; got {pre.shape} and {post.shape}")
+    gained, lost = int(np.sum(post > pre)), int(np.sum(post < pre))
+    p = float(stats.binomtest(gained, gained + lost, 0.5).pvalue) if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "mcnemar_p": p}
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,16 +248,12 @@ class PoolSimilarities:
             raise ValueError("gold must be [n, m] and mark each pair's own translation")
         if alike.shape != (n, m) or (alike & gold).any():
             raise ValueError("alike must be [n, m] and mark non-translations only (see alike_baseline)")
-        rows = np.arange(n)
-        raw, centred = self.raw[src_index], self.centred[src_index]  # [n, m]
+        rows, raw, centred = np.arange(n), self.raw[src_index], self.centred[src_index]  # [n], [n, m], [n, m]
 
         def mismatched(sim, among=~gold):  # mean over `among`; NaN for a row without any (every word a gloss)
             count = among.sum(axis=1)
             total = np.where(among, sim, 0.0).sum(axis=1)
             return np.divide(total, count, out=np.full(n, np.nan), where=count > 0)
-
-        def hits(sim):
-            return gold[rows, np.argmax(sim, axis=1)].astype(float)
 
         out = {
             "cosine": raw[rows, tgt_index],
@@ -204,12 +268,10 @@ class PoolSimilarities:
         out["gap_alike"] = out["cosine"] - out["mismatched_alike"]
         out["centered_gap_alike"] = out["cosine_centered"] - out["mismatched_centered_alike"]
         out["cosine_joint_centered"] = np.sum(self.src_joint[src_index] * self.tgt_joint[tgt_index], axis=1)
-        out |= {
-            "hit": hits(raw),
-            "hit_csls": hits(self.csls[src_index]),
-            "hit_centered": hits(centred),
-            "chance": gold.sum(axis=1) / m,
-        }
+        for kind, matrix in RETRIEVAL.items():
+            ranked = retrieval_metrics(gold_rank(getattr(self, matrix)[src_index], gold))
+            out |= {f"{name}{kind}": values for name, values in ranked.items()}
+        out |= retrieval_chance(gold.sum(axis=1), m)
         return {name: out[name] for name in PAIR_METRICS}
 
 
@@ -229,11 +291,18 @@ SET_METRICS = {  # set-level column -> the per-pair metric it averages
     "p_at_1_csls": "hit_csls",
     "p_at_1_centered": "hit_centered",
     "p_at_1_chance": "chance",
+    **{f"p_at_{k}{kind}": f"hit{k}{kind}" for k in (5, 10) for kind in RETRIEVAL},
+    **{f"mrr{kind}": f"rr{kind}" for kind in RETRIEVAL},
+    "p_at_5_chance": "chance5",
+    "p_at_10_chance": "chance10",
+    "mrr_chance": "rr_chance",
 }
 
 
 def set_metrics(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means over a set's pairs of `pair_metrics` (P@1 = mean hit), with cosine_std and n_pairs."""
+    """Means over a set's pairs of `pair_metrics` (P@1 = mean hit, P@5, P@10, MRR = mean rr), with cosine_std and
+    n_pairs.
+    """
     out = {column: float(np.mean(per_pair[name])) for column, name in SET_METRICS.items()}
     n = len(per_pair["cosine"])
     out["cosine_std"] = float(np.std(per_pair["cosine"], ddof=1)) if n > 1 else float("nan")

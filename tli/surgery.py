@@ -140,3 +140,22 @@ def lm_head_float32(model: nn.Module, hidden: torch.Tensor, chunk: int = 8_192) 
         logits = logits + head.bias.float()
     cap = getattr(unwrap(model).config.get_text_config(), "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module, adapter: bool = True) -> Iterator[None]:
+    """Inside: torch's inference mode, every module in eval mode (dropout off), and with `adapter=False` a
+    PeftModel's adapter disabled (the base model; a plain model is the base model already). Each module's own
+    training flag is restored after.
+    """
+    from peft import PeftModel
+
+    modes = [(module, module.training) for module in model.modules()]
+    base = model.disable_adapter() if isinstance(model, PeftModel) and not adapter else contextlib.nullcontext()
+    try:
+        model.eval()
+        with torch.inference_mode(), base:
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from tli import config as configs
-from tli.config import MAX_LAYER, ModelConfig, TrainConfig, setting
+from tli.config import MAX_LAYER, ModelConfig, ProbeConfig, TrainConfig, setting
 from tli.sweep.settings import TrialSettings
 
 CALLBACKS = ("tensorboard", "mlflow", "wandb")
@@ -50,6 +50,8 @@ class SweepConfig:
     selection_layer: int | None = configs.like(TrialSettings, "selection_layer")
     n_boot: int = configs.like(configs.EvalConfig, "n_boot")
     drift: bool = configs.like(TrialSettings, "drift", ", in every trial")
+    translation_probe: bool = configs.like(ProbeConfig, "translation_probe", ", in every trial")
+    probe_pairs: int = configs.like(ProbeConfig, "probe_pairs", " (a smoke test: 4, with 4 distractors)")
     address: str | None = setting(
         None, "Ray cluster to join: host:port or auto", unset="start a private local Ray and stop it after"
     )

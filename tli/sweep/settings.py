@@ -1,4 +1,4 @@
-"""One trial's settings, frozen: a `ModelConfig`, a `TrainConfig` and the evaluation fields.
+"""One trial's settings, frozen: a `ModelConfig`, a `TrainConfig`, the evaluation fields and a `ProbeConfig`.
 
 `TrialSettings.row()` is the flat dict of every setting (the columns of trials.parquet and the keys a
 grid axis names); `trial_id` is a hash of that row, so a rerun recognises a trial it has stored.
@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from tli import config as configs
-from tli.config import MAX_LAYER, POOLING_MODES, ModelConfig, TrainConfig, setting
+from tli.config import MAX_LAYER, POOLING_MODES, ModelConfig, ProbeConfig, TrainConfig, setting
 from tli.errors import TliError
 
-_PARTS = {"model": ModelConfig, "train": TrainConfig}
+_PARTS = {"model": ModelConfig, "train": TrainConfig, "probe": ProbeConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,7 @@ class TrialSettings:
     n_boot: int = configs.like(configs.EvalConfig, "n_boot")
     drift: bool = setting(True, "measure drift, KL(base || TLI) of next-token distributions")
     inputs_digest: str = setting("", "hash of the experiment's pairs, evaluation pairs and drift samples")
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)  # the translation probe (tli.probe)
 
     def __post_init__(self):
         configs.check(self)

@@ -26,16 +26,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tli.config import EvalConfig, ModelConfig, TrainConfig
+from tli.config import EvalConfig, ModelConfig, ProbeConfig, TrainConfig
 from tli.errors import TliError
 from tli.evaluate import SETS
 from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings, setting_names
 
-TABLES = ("summary", "pairs", "train_log")  # a trial's tables (beside its row)
+TABLES = ("summary", "pairs", "train_log", "probe")  # a trial's tables (beside its row; probe: when it ran)
 OUTCOMES = ("objective", "final_loss", "drift_kl_sw", "drift_kl_en")  # per trial, beside the wide metrics
 OBJECTIVE_METRIC = "centered_gap_alike_diff"  # the objective: this summary column, validation set, selection layer
 EARLIER_OBJECTIVE = "centered_gap_diff"  # what rows without `objective_metric` (tli before it) were scored by
+PROBE_DIRECTIONS = ("sw_en", "en_sw")  # tli.probe.DIRECTIONS (tli.probe imports torch; a test checks they agree)
 PLACES = ("target", "final")  # evaluation layers named in trial rows: the target layer and the last layer L
 WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "n": "n",
@@ -65,7 +66,36 @@ WIDE_METRICS = {  # trial-row suffix -> summary column, per place and set
     "p_at_1_centered_pre": "p_at_1_centered_pre",
     "p_at_1_centered_post": "p_at_1_centered_post",
     "p_at_1_chance": "p_at_1_chance",
+    # retrieval as the field reports it, McNemar's test of P@1, and the baselines on the same pool (issue 23)
+    "mrr_pre": "mrr_pre",
+    "mrr_post": "mrr_post",
+    "p_at_1_mcnemar_p": "p_at_1_mcnemar_p",
+    "p_at_1_centered_mcnemar_p": "p_at_1_centered_mcnemar_p",
+    "p_at_5_centered_pre": "p_at_5_centered_pre",
+    "p_at_5_centered_post": "p_at_5_centered_post",
+    "p_at_10_centered_pre": "p_at_10_centered_pre",
+    "p_at_10_centered_post": "p_at_10_centered_post",
+    "mrr_centered_pre": "mrr_centered_pre",
+    "mrr_centered_post": "mrr_centered_post",
+    "p_at_5_chance": "p_at_5_chance",
+    "p_at_10_chance": "p_at_10_chance",
+    "mrr_chance": "mrr_chance",
+    "orthographic_p_at_1": "orthographic_p_at_1",
+    "orthographic_mrr": "orthographic_mrr",
+    "procrustes_p_at_1": "procrustes_p_at_1",
+    "procrustes_mrr": "procrustes_mrr",
 }
+# the translation probe (tli.probe), per set and direction: trial-row column probe_{set}_{direction}_{metric}
+PROBE_METRICS = (
+    "n",
+    "accuracy_pre",
+    "accuracy_post",
+    "accuracy_mcnemar_p",
+    "mrr_pre",
+    "mrr_post",
+    "logprob_pre",
+    "logprob_post",
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -118,6 +148,7 @@ ROW_OUTCOMES = {
     "drift_kl_en": pa.float64(),
     "train_seconds": pa.float64(),
     "eval_seconds": pa.float64(),
+    "probe_seconds": pa.float64(),
     "drift_seconds": pa.float64(),
     "eval_layer_target": pa.int64(),
     "eval_layer_final": pa.int64(),
@@ -144,10 +175,11 @@ _TYPES = (("bool", pa.bool_()), ("float", pa.float64()), ("int", pa.int64()))  #
 @functools.cache
 def trials_schema() -> pa.Schema:
     """The columns of trials.parquet: ROW_FIRST, every setting (typed by TrialSettings), ROW_OUTCOMES, then
-    `{place}_{set}_{metric}` for every place, set and WIDE_METRICS metric (null where a trial lacks the set).
+    `{place}_{set}_{metric}` for every place, set and WIDE_METRICS metric (null where a trial lacks the set), then
+    `probe_{set}_{direction}_{metric}` for every PROBE_METRICS metric (null where the probe did not run).
     """
     hints = {}
-    for part in (ModelConfig, TrainConfig, TrialSettings):
+    for part in (ModelConfig, TrainConfig, ProbeConfig, TrialSettings):
         hints |= {f.name: str(f.type) for f in dataclasses.fields(part)}
     columns = dict(ROW_FIRST)
     for name in setting_names():
@@ -159,6 +191,12 @@ def trials_schema() -> pa.Schema:
             columns |= {
                 f"{place}_{name}_{metric}": pa.int64() if metric in ("n", "n_removed") else pa.float64()
                 for metric in WIDE_METRICS
+            }
+    for name in SETS:  # the translation probe's columns (probe_metrics)
+        for direction in PROBE_DIRECTIONS:
+            columns |= {
+                f"probe_{name}_{direction}_{metric}": pa.int64() if metric == "n" else pa.float64()
+                for metric in PROBE_METRICS
             }
     return pa.schema(list(columns.items()))
 
@@ -197,6 +235,7 @@ class WorkerCache:
         self.models: dict[ModelConfig, tuple] = {}  # at most one: config -> (model, tokenizer)
         self.embeddings: dict[tuple, tuple] = {}  # (model config, inputs digest, pooling, layer) -> (sw, en), LRU order
         self.embedding_bytes = embedding_bytes
+        self.answers: dict[tuple, Any] = {}  # (model config, inputs digest, probe config, direction, word) -> Answer
         self.trials = 0  # trials this process has run
 
     def model(self, config: ModelConfig) -> tuple:
@@ -242,6 +281,22 @@ class WorkerCache:
             total -= held[key]
             del self.embeddings[key]
 
+    def pre_answers(self, config: ModelConfig, inputs: ExperimentInputs, probe_config: ProbeConfig, wanted) -> dict:
+        """{(direction, word): tli.probe.Answer} of the base model for the Sources `wanted`, each computed once per
+        process.
+        """
+        from tli import probe
+
+        def key(source):
+            return config, inputs.digest, probe_config, source.direction, source.word
+
+        missing = [source for source in wanted if key(source) not in self.answers]
+        if missing:
+            model, tokenizer = self.model(config)
+            for (direction, word), found in probe.answer(model, tokenizer, missing, probe_config).items():
+                self.answers[config, inputs.digest, probe_config, direction, word] = found
+        return {(source.direction, source.word): self.answers[key(source)] for source in wanted}
+
 
 def has_lora(model) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -256,6 +311,15 @@ def wide_metrics(summary: pd.DataFrame, layers: dict[str, int]) -> dict[str, Any
         for _, entry in summary[summary["eval_layer"] == layer].iterrows():
             row |= {f"{place}_{entry['set']}_{name}": entry[column] for name, column in WIDE_METRICS.items()}
     return row
+
+
+def probe_metrics(summary: pd.DataFrame) -> dict[str, Any]:
+    """The translation probe's summary (`tli.probe.probe_summary`) as `probe_{set}_{direction}_{metric}` columns."""
+    return {
+        f"probe_{entry['set']}_{entry['direction']}_{metric}": entry[metric]
+        for _, entry in summary.iterrows()
+        for metric in PROBE_METRICS
+    }
 
 
 def objective(summary: pd.DataFrame, layer: int) -> float:
@@ -321,6 +385,7 @@ def _train_and_measure(
     )
     layers = evaluate.eval_layers(eval_config, settings.train.target_layer, n_layers)
     pre = cache.pre_embeddings(settings.model, inputs, settings.pooling_eval, layers)
+    probing = _probe_before(settings, inputs, cache, sets)
     peft_model = None
     try:
         started = time.perf_counter()
@@ -339,6 +404,8 @@ def _train_and_measure(
             removed=removed,
         )
         evaluated = time.perf_counter()
+        probed = _probe_after(peft_model, tokenizer, settings.probe, probing)
+        probe_done = time.perf_counter()
         measured = settings.drift and inputs.drift_samples is not None
         kl = (
             drift.drift_kl(peft_model, inputs.drift_samples)
@@ -367,7 +434,8 @@ def _train_and_measure(
             "objective": objective(summary, selection),
             "train_seconds": trained - started,
             "eval_seconds": evaluated - trained,
-            "drift_seconds": drifted - evaluated,
+            "probe_seconds": probe_done - evaluated,
+            "drift_seconds": drifted - probe_done,
             "eval_layer_target": settings.train.target_layer,
             "eval_layer_final": n_layers,
             "eval_layer_selection": selection,
@@ -377,7 +445,33 @@ def _train_and_measure(
         | floor
     )
     row |= wide_metrics(summary, {"target": settings.train.target_layer, "final": n_layers})
-    return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log}, files)
+    tables = {"summary": summary, "pairs": pairs, "train_log": train_log}
+    if probed is not None:
+        row |= probe_metrics(probed[1])
+        tables["probe"] = probed[0]
+    return TrialRecord(row, tables, files)
+
+
+def _probe_before(settings: TrialSettings, inputs: ExperimentInputs, cache: WorkerCache, sets: dict) -> tuple | None:
+    """(rows probed, rows excluded, Sources, the base model's Answers) of the translation probe, or None when off."""
+    if not settings.probe.translation_probe:
+        return None
+    from tli import probe
+
+    probed, excluded = probe.probed_rows(sets, settings.probe)
+    wanted = probe.sources(probed, inputs.lexicon, settings.probe)
+    return probed, excluded, wanted, cache.pre_answers(settings.model, inputs, settings.probe, wanted)
+
+
+def _probe_after(peft_model, tokenizer, config: ProbeConfig, probing: tuple | None) -> tuple | None:
+    """(probe table, probe summary) with the adapter applied, or None when the probe is off."""
+    if probing is None:
+        return None
+    from tli import probe
+
+    probed, excluded, wanted, before = probing
+    table = probe.probe_table(probed, wanted, before, probe.answer(peft_model, tokenizer, wanted, config))
+    return table, probe.probe_summary(table, excluded)
 
 
 def _adapter_folder(

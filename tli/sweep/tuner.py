@@ -27,7 +27,7 @@ import ray
 from ray import tune
 
 from tli import files, models
-from tli.config import TrainConfig
+from tli.config import ProbeConfig, TrainConfig
 from tli.errors import TliError
 from tli.sweep import resources, session
 from tli.sweep.callbacks import ARCHIVE_KEY, Progress, ResultSink, finish, logger_callbacks, short_value
@@ -41,6 +41,7 @@ from tli.sweep.trial import OBJECTIVE_METRIC, WorkerCache, pack, run_trial
 log = logging.getLogger(__name__)
 
 SMOKE = {"epochs": 1, "warmup_steps": 0, "n_boot": 200}  # a smoke test's trials (drift: inputs.SMOKE_DRIFT)
+SMOKE_PROBE = {"probe_pairs": 4, "probe_distractors": 4}  # a smoke test's translation probe: 4 pairs per set
 
 
 def report_to_tune(metrics: dict[str, Any]) -> None:
@@ -168,6 +169,10 @@ def base_settings(config: SweepConfig) -> TrialSettings:
         selection_layer=config.selection_layer,
         n_boot=SMOKE["n_boot"] if smoke else config.n_boot,
         drift=config.drift,
+        probe=ProbeConfig(
+            translation_probe=config.translation_probe,
+            **(SMOKE_PROBE if smoke else {"probe_pairs": config.probe_pairs}),
+        ),
     )
 
 
