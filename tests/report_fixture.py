@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tli import baselines, evaluate, probe, stats
 from tli import config as configs
-from tli import evaluate, stats
 from tli.config import EvalConfig, ModelConfig
 from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
-from tli.sweep.trial import OBJECTIVE_METRIC, TrialRecord, objective, pack, wide_metrics
+from tli.sweep.trial import OBJECTIVE_METRIC, TrialRecord, objective, pack, probe_metrics, wide_metrics
 
 N_LAYERS = 4  # a 4-block model: layers 0..4; the selection layer is L = 4
 DIM = 24
@@ -116,7 +116,9 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
     config = EvalConfig(
         pooling=settings.pooling_eval, n_boot=settings.n_boot, seed=settings.train.seed, layers=tuple(layers)
     )
-    summary = evaluate.summary_table(pairs, config, N_LAYERS, len(inputs.lexicon.english), removed)
+    found = baselines.baseline_table(sets, inputs.lexicon, {k: pool[k] for k in layers}, train_rows)
+    summary = evaluate.summary_table(pairs, config, N_LAYERS, len(inputs.lexicon.english), removed, baselines=found)
+    probed, probe_summary = _probe(settings, inputs, sets)
     kl = 0.001 * t * (2 if settings.pooling_eval == "mean" else 1)
     row = (
         settings.row()
@@ -140,11 +142,39 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
             "finished_at": "2026-01-01T00:00:00+00:00",
         }
         | wide_metrics(summary, {"target": t, "final": N_LAYERS})
+        | probe_metrics(probe_summary)
     )
     train_log = pd.DataFrame(
         {"step": [1, 2], "epoch": [1, 1], "loss": [0.5, 0.3], "lr": [2e-4, 1e-4], "seconds": [0.1, 0.2]}
     )
-    return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log})
+    return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log, "probe": probed})
+
+
+def _probe(settings: TrialSettings, inputs: ExperimentInputs, sets) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The translation probe's table and summary, made up without a model: before TLI a word is translated when
+    its number is a multiple of 3; after a "pull" trial every trained word is too, with a gold log-probability one
+    nat higher and rank 1; "inflate" and "none" trials translate as before.
+    """
+    probed, excluded = probe.probed_rows(sets, settings.probe)
+    wanted = probe.sources(probed, inputs.lexicon, settings.probe)
+    trained = set(sets["trained"]["swahili"]) | set(sets["trained"]["english"])
+    pull = settings.pooling_eval not in ("mean", "last")
+
+    def answers(after: bool) -> dict:
+        out = {}
+        for source in wanted:
+            better = after and pull and source.word in trained
+            correct = better or int(source.word.rstrip("_")[-1]) % 3 == 0
+            out[source.direction, source.word] = probe.Answer(
+                output=source.golds[0] if correct else "?",
+                correct=correct,
+                logprob={gold: -5.0 + better for gold in source.golds},
+                rank={gold: 1 if better else 3 for gold in source.golds},
+            )
+        return out
+
+    table = probe.probe_table(probed, wanted, answers(False), answers(True))
+    return table, probe.probe_summary(table, excluded)
 
 
 def scan_table(inputs: ExperimentInputs, pool) -> pd.DataFrame:

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import tiny_model
 from tli import data, probe, stats
 from tli.config import PROBE_SHOTS, ProbeConfig
 from tli.evaluate import Lexicon
+
+from conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def tokenizer(embedded_dir):
 
 
 def one_word_model(tokenizer, word: str = "ball") -> torch.nn.Module:
-    """A 2-block Llama that answers every prompt with " <word>\\n": the blocks add nothing (output projections 0), so
+    r"""A 2-block Llama that answers every prompt with " <word>\n": the blocks add nothing (output projections 0), so
     the logits depend on the current token only; after " <word>" the newline wins, after anything else " <word>".
     """
     (answer,) = tokenizer(f" {word}", add_special_tokens=False)["input_ids"]
@@ -49,7 +50,7 @@ def _pairs(rows: list[tuple[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["swahili", "english"]).assign(category="x", pos="noun", split="trained")
 
 
-def _probe(model, tokenizer, pairs, config=ProbeConfig(probe_distractors=3)):
+def _probe(model, tokenizer, pairs, config: ProbeConfig):
     lexicon = Lexicon.from_pairs(pairs)
     probed, excluded = probe.probed_rows({"trained": pairs}, config)
     wanted = probe.sources(probed, lexicon, config)

@@ -7,6 +7,7 @@
   multiple      which p-values are corrected together (the families), and how
   verdict       protocols named for what they are, and the specificity test
   training      the training check (a loss that never left its margin)
+  retrieval     P@k and MRR with McNemar's test beside the orthographic and Procrustes baselines; the probe
   overview      every condition at a glance
   paper         the paper's Tables 1 and 2
   figures       the figures, as PNG bytes
@@ -29,7 +30,7 @@ import pandas as pd
 
 from tli.errors import TliError
 from tli.files import Folder
-from tli.report import figures, multiple, render, sections, verdict
+from tli.report import figures, multiple, render, retrieval, sections, verdict
 from tli.report.conditions import condition_columns, conditions, prespecified
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
@@ -105,10 +106,13 @@ def build_report(
         chosen = selected(conds, by)
         found, verdicts = sections.replication(results, sig, conds, by)
         blocks += found + sections.selection(results, conds, by, chosen) + sections.at_a_glance(sig, conds, by)
+        blocks += sections.retrieval_section(sig, conds, by, chosen)
+        probed = retrieval.probe_rows(results, by)
+        blocks += sections.probe_section(probed)
         blocks += sections.paper_tables(results, sig, conds, by, chosen)
         embeddings = tsne(sections.best_trial(results, chosen)) if tsne is not None else None
         with matplotlib.rc_context(figures.PAPER_STYLE):
-            drawn = sections.plots(results, sig, conds, by, embeddings, seed)
+            drawn = sections.plots(results, sig, conds, by, embeddings, seed, probed)
         blocks += [("h2", "Figures")] + [("figure", plot) for plot in drawn]
         blocks += [
             ("h2", "Significance at the target layer"),

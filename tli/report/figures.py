@@ -335,6 +335,68 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     return png(fig)
 
 
+def _condition_labels(rows: pd.DataFrame, by: list[str]) -> pd.Series:
+    """Each row's condition as a short label (the values of `by`; 'all trials' without)."""
+    return rows.apply(lambda row: ", ".join(str(row[c]) for c in by) or "all trials", axis=1)
+
+
+def retrieval_baselines(rows: pd.DataFrame, by: list[str]) -> bytes | None:
+    """Per set (panels): centred P@1 before (open) and after (filled) TLI at each condition's target layer, beside
+    the orthographic and Procrustes baselines and chance on the same pool (categorical positions, points only).
+    """
+    needed = {"p_at_1_centered_pre", "orthographic_p_at_1", "procrustes_p_at_1"}
+    if rows.empty or not needed <= set(rows):
+        return None
+    rows = rows.assign(_label=_condition_labels(rows, by))
+    labels = list(dict.fromkeys(rows["_label"]))
+    sets = list(dict.fromkeys(rows["set"]))
+    fig = Figure(figsize=(max(3.6, 0.5 * len(labels) + 1.8) * len(sets), 3.8))
+    marks = [
+        ("p_at_1_centered_pre", "model before TLI (centred)", "o", "none"),
+        ("p_at_1_centered_post", "model after TLI (centred)", "o", None),
+        ("orthographic_p_at_1", "orthographic (edit distance)", "x", None),
+        ("procrustes_p_at_1", "Procrustes map (frozen model)", "^", None),
+        ("p_at_1_chance", "chance", "_", None),
+    ]
+    for ax, name in zip(fig.subplots(1, len(sets), squeeze=False)[0], sets):
+        part = rows[rows["set"] == name]
+        x = part["_label"].map({label: i for i, label in enumerate(labels)}).to_numpy(float)
+        for (column, text, marker, face), colour in zip(marks, colours(len(marks))):
+            kwargs = {"facecolors": face} if face else {}
+            ax.scatter(x, 100 * part[column].to_numpy(float), marker=marker, color=colour, label=text, **kwargs)
+        ax.set(title=f"{name} set", xticks=range(len(labels)), ylabel="P@1 (%)")
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle("retrieval at the target layer beside two baselines on the same candidate pool")
+    return png(fig)
+
+
+def translation_probe(rows: pd.DataFrame, by: list[str]) -> bytes | None:
+    """Per direction (panels): the translation probe's accuracy before (open) and after (filled) TLI, one colour
+    per set, at each condition (categorical positions, points only).
+    """
+    if rows.empty:
+        return None
+    rows = rows.assign(_label=_condition_labels(rows, by))
+    labels = list(dict.fromkeys(rows["_label"]))
+    sets = list(dict.fromkeys(rows["set"]))
+    directions = list(dict.fromkeys(rows["direction"]))
+    fig = Figure(figsize=(max(3.6, 0.5 * len(labels) + 1.8) * len(directions), 3.8))
+    width = 0.6 / max(1, len(sets))
+    for ax, direction in zip(fig.subplots(1, len(directions), squeeze=False)[0], directions):
+        for i, (name, colour) in enumerate(zip(sets, colours(len(sets)))):
+            part = rows[(rows["direction"] == direction) & (rows["set"] == name)]
+            x = part["_label"].map({label: j for j, label in enumerate(labels)}).to_numpy(float)
+            x = x + width * (i - (len(sets) - 1) / 2)
+            ax.scatter(x, 100 * part["accuracy_pre"], marker="o", facecolors="none", color=colour)
+            ax.scatter(x, 100 * part["accuracy_post"], marker="o", color=colour, label=name)
+        ax.set(title=direction.replace("_", " -> "), xticks=range(len(labels)), ylabel="words translated (%)")
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+    fig.axes[0].legend(fontsize=7, title="set (open: before, filled: after)")
+    fig.suptitle("translation probe: few-shot word translation, greedy, before and after TLI")
+    return png(fig)
+
+
 def _tsne(sw: np.ndarray, en: np.ndarray, seed: int) -> np.ndarray:
     """[2n, 2] t-SNE coordinates of the stacked rows (perplexity kept below the sample count; the exact method for
     up to 1,000 points: Barnes-Hut's OpenMP threads take seconds even on a few dozen points on a busy machine).

@@ -3,9 +3,10 @@
 A *family* is one set at one evaluation layer across every condition of the sweep: the rows at each
 condition's target layer form one family per set ("trained @ target"), the rows at a fixed layer another
 ("control @ layer 18"). Within a family, Holm's step-down correction (`tli.stats.holm`) adjusts each tested p:
-the paper's t-test `p` (-> `p_holm`) and the two-level bootstrap p-values (`cosine_p`, `gap_p`, `centered_gap_p`,
-and `gap_alike_p`, `centered_gap_alike_p`, which the verdict uses -> `*_holm`). Sets are not pooled into one
-family: they answer different questions, and they overlap (control is a subset of control_all).
+the paper's t-test `p` (-> `p_holm`), the two-level bootstrap p-values (`cosine_p`, `gap_p`, `centered_gap_p`,
+and `gap_alike_p`, `centered_gap_alike_p`, which the verdict uses -> `*_holm`) and McNemar's tests of raw and
+centred P@1 (`p_at_1_mcnemar_p`, `p_at_1_centered_mcnemar_p` -> `*_holm`). Sets are not pooled into one family: they
+answer different questions, and they overlap (control is a subset of control_all).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ CORRECTED = {  # p -> its Holm-corrected column
     "centered_gap_p": "centered_gap_p_holm",
     "gap_alike_p": "gap_alike_p_holm",
     "centered_gap_alike_p": "centered_gap_alike_p_holm",
+    "p_at_1_mcnemar_p": "p_at_1_mcnemar_p_holm",  # retrieval (tli.evaluate.RETRIEVAL_TESTED)
+    "p_at_1_centered_mcnemar_p": "p_at_1_centered_mcnemar_p_holm",
 }
 ALPHA = 0.05  # the family-wise error rate the verdict holds
 

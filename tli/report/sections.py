@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tli.report import author, figures, render, verdict
+from tli.report import author, figures, render, retrieval, verdict
 from tli.report.conditions import PROTOCOL, defaults_of, prespecified, unlike_defaults
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
@@ -293,6 +293,57 @@ def paper_tables(
     return blocks
 
 
+RETRIEVAL_NOTE = (
+    "Per condition at its target layer, every pair against the same candidate pool: centred P@1, P@5, P@10 and MRR "
+    "before and after TLI (pairs averaged over seeds), with chance; `p_at_1_centered_gained`/`lost` count the pairs "
+    "whose hit rose or fell, and `p_at_1_centered_mcnemar_p_holm` is McNemar's exact test of them (with several "
+    "seeds the exact sign test of each pair's seed-averaged hit), Holm-corrected within its family. Beside them, two "
+    "baselines scored on the same pool: `orthographic_*` ranks the English candidates by normalised edit distance "
+    "to the Swahili spelling (no model at all: loanwords such as hospitali / hospital), `procrustes_*` maps the "
+    "frozen model's per-language-centred vectors with an orthogonal map fitted on the training pairs (what a map "
+    "gives without touching the model; not scored on the trained set it is fitted on). A claim of alignment "
+    "stands beside them."
+)
+PROBE_NOTE = (
+    "Each probed pair's word is translated by the model with a fixed few-shot prompt (its example pairs never "
+    "scored), Swahili -> English and English -> Swahili, greedy; `accuracy_*` is the share whose answer, "
+    "normalised, is a gloss of the word; `accuracy_gained`/`lost` count the pairs that became right or wrong and "
+    "`accuracy_mcnemar_p` is McNemar's exact test of them (with several seeds the exact sign test of each pair's "
+    "seed-averaged correctness). `mrr_*`: the gold translation's reciprocal rank by teacher-forced log-probability "
+    "among it and a fixed seeded sample of distractor words of the pool (`mrr_chance`: a random ranking); "
+    "`logprob_*` its mean log-probability, `logprob_p` the paired t-test of its change. Each set is a fixed sample of "
+    "at most `probe_pairs` pairs (the same in every trial)."
+)
+
+
+def retrieval_section(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], chosen) -> list[render.Block]:
+    """Retrieval (P@k, MRR, McNemar) beside the orthographic and Procrustes baselines: tested sentences for the
+    conditions fixed in advance and the selected one, and the table of every condition.
+    """
+    heading = ("h2", "Retrieval beside two baselines: does retrieval follow?")
+    rows = retrieval.retrieval_rows(sig, by)
+    if rows.empty:
+        return [heading, ("p", "No condition has one target layer (`--by` leaves target_layer out): nothing to show.")]
+    named = {label(c, by): c for c in [*_fixed_in_advance(conds, by), *([chosen] if chosen is not None else [])]}
+    lines = []
+    for name, condition in named.items():
+        mine = rows_of_condition(rows, condition, by)
+        lines += [retrieval.sentence(row, name) for _, row in mine.iterrows()]
+    return [heading, ("p", RETRIEVAL_NOTE), *[("p", line) for line in lines], ("table", rows)]
+
+
+def rows_of_condition(rows: pd.DataFrame, condition: pd.Series, by: list[str]) -> pd.DataFrame:
+    """The rows of `rows` whose `by` columns hold the condition's values."""
+    return rows_of(rows, condition, by) if by else rows
+
+
+def probe_section(probe_rows: pd.DataFrame) -> list[render.Block]:
+    heading = ("h2", "Translation probe: does the model translate a word better after TLI?")
+    if probe_rows.empty:
+        return [heading, ("p", "No trial ran the translation probe (`--no-translation-probe`): nothing to show.")]
+    return [heading, ("p", PROBE_NOTE), ("table", probe_rows)]
+
+
 def best_trial(results: Results, chosen: pd.Series | None) -> str:
     """The selected condition's trial with the highest objective (else the first ok trial)."""
     trials = results.ok if chosen is None else results.ok[results.ok["trial_id"].isin(chosen["trial_ids"])]
@@ -301,7 +352,13 @@ def best_trial(results: Results, chosen: pd.Series | None) -> str:
 
 
 def plots(
-    results: Results, sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], embeddings: dict | None, seed: int
+    results: Results,
+    sig: pd.DataFrame,
+    conds: pd.DataFrame,
+    by: list[str],
+    embeddings: dict | None,
+    seed: int,
+    probe_rows: pd.DataFrame | None = None,
 ) -> list[Plot]:
     tsne = (
         Plot("tsne.png", None, "t-SNE", TSNE_HINT)
@@ -340,6 +397,19 @@ def plots(
             figures.heldout(sig, by),
             "Gains on each held-out category (trained on all the others)",
             "no held-out category varies",
+        ),
+        Plot(
+            "retrieval_baselines.png",
+            figures.retrieval_baselines(retrieval.retrieval_rows(sig, by), by),
+            "Centred P@1 before and after TLI at the target layer, beside the orthographic and Procrustes baselines "
+            "and chance on the same candidate pool",
+            "no condition has one target layer, or the trials stored no baselines",
+        ),
+        Plot(
+            "translation_probe.png",
+            figures.translation_probe(probe_rows if probe_rows is not None else pd.DataFrame(), by),
+            "Translation probe: share of words translated before and after TLI, per direction and set",
+            "no trial ran the translation probe",
         ),
         *(
             Plot(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tli import stats
+from tli import baselines, stats
 from tli.config import EvalConfig
 from tli.errors import TliError
 from tli.evaluate import SETS, summary_table
@@ -20,9 +20,11 @@ from tli.report import multiple, uncertainty
 from tli.report.conditions import check_by, condition_columns, groups, same
 from tli.report.results import Results
 
-PAIR_METRICS = [f"{m}_{when}" for m in stats.PAIR_METRICS if m != "chance" for when in ("pre", "post")] + ["chance"]
+PAIR_METRICS = [
+    f"{m}_{when}" for m in stats.PAIR_METRICS if m not in stats.CHANCE_METRICS for when in ("pre", "post")
+] + list(stats.CHANCE_METRICS)
 PAIR_COLUMNS = ["set", "eval_layer", "pair_id", "swahili", *PAIR_METRICS]  # what the table reads of pairs.parquet
-SUMMARY_COLUMNS = ["set", "eval_layer", "n_removed", "n_candidates"]  # ... and of summary.parquet
+SUMMARY_COLUMNS = ["set", "eval_layer", "n_removed", "n_candidates", *baselines.COLUMNS]  # ... and of summary.parquet
 
 
 def _layer_roles(trials: pd.DataFrame, layer: int) -> str:
@@ -49,8 +51,9 @@ def condition_tests(
     pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, n_boot: int, seed: int
 ) -> pd.DataFrame:
     """One condition's rows: each pair averaged over the condition's trials, then `summary_table`'s tests on the
-    unique pairs (n = pairs, not pairs x seeds); CIs, bootstrap p-values, MDEs and the comparison with the trained
-    set from `uncertainty.set_rows`; the seed spread beside them.
+    unique pairs (n = pairs, not pairs x seeds; McNemar's test of P@1 there is the exact sign test of each pair's
+    seed-averaged hit); CIs, bootstrap p-values, MDEs and the comparison with the trained set from
+    `uncertainty.set_rows`; the seed spread and the baselines (`tli.baselines`) beside them.
     """
     averaged = pairs.groupby(["set", "eval_layer", "pair_id"], sort=False)[PAIR_METRICS].mean().reset_index()
     removed = summary.groupby("set")["n_removed"].max().to_dict()
@@ -66,6 +69,10 @@ def condition_tests(
     two_level = uncertainty.set_rows(uncertainty.per_seed_gains(pairs, trials), n_boot, seed)
     table = table.drop(columns=replaced).merge(two_level, on=["set", "eval_layer"], how="left")
     table = table.merge(_seed_spread(pairs, trials), on=["set", "eval_layer"], how="left")
+    present = [c for c in baselines.COLUMNS if c in summary]  # the same in every trial of a condition
+    if present:
+        found = summary.groupby(["set", "eval_layer"], sort=False)[present].mean().reset_index()
+        table = table.merge(found, on=["set", "eval_layer"], how="left")
     table.insert(2, "layer_role", [_layer_roles(trials, k) for k in table["eval_layer"]])
     table.insert(3, "n_trials", len(trials))
     table.insert(4, "n_seeds", trials["seed"].nunique())

@@ -60,7 +60,7 @@ from tli.sweep.trial import EARLIER_OBJECTIVE, OBJECTIVE_METRIC, TABLES, objecti
 
 log = logging.getLogger(__name__)
 
-_MEMBER = re.compile(r"row\.json|(summary|pairs|train_log)\.parquet|adapter/[\w.-]+")
+_MEMBER = re.compile(r"row\.json|(" + "|".join(TABLES) + r")\.parquet|adapter/[\w.-]+")
 _TRIAL_ID = re.compile(r"[0-9a-f]{12}")
 _ROWS_AT_ONCE = 500  # rows turned into Arrow at a time when every row.json is read (bounds the Python objects)
 
