@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from peft import PeftModel
@@ -104,6 +105,7 @@ def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
     assert (
         main(
             ["evaluate", "--adapter", str(adapter), "--pairs", str(pairs_path), "--n-boot", "200", "--output", str(out)]
+            + ["--probe-pairs", "3", "--probe-distractors", "2"]
         )
         == 0
     )  # --model: the adapter's own
@@ -117,6 +119,15 @@ def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
     assert row["n"] == 16 and row["mean_diff"] == pytest.approx((trained["cosine_post"] - trained["cosine_pre"]).mean())
     assert row["ci_low"] <= row["mean_diff"] <= row["ci_high"]
     assert row["gap_diff"] == pytest.approx((trained["gap_post"] - trained["gap_pre"]).mean())
+    assert row["mrr_post"] == pytest.approx(trained["rr_post"].mean()) and 0 < row["mrr_chance"] < 1
+    assert row["p_at_1_centered_gained"] == ((trained["hit_centered_post"] > trained["hit_centered_pre"]).sum())
+    assert 0 <= row["orthographic_p_at_1"] <= 1 and np.isnan(row["procrustes_p_at_1"])  # fitted on trained
+    assert 0 <= control["procrustes_mrr"] <= 1
+    probe_table, probe_summary = pd.read_csv(out / "probe.csv"), pd.read_csv(out / "probe_summary.csv")
+    assert set(probe_summary["direction"]) == {"sw_en", "en_sw"} and (probe_summary["n"] <= 3).all()
+    assert set(probe_table["rank_pre"]) <= {1, 2, 3} and (probe_table["logprob_post"] < 0).all()
+    recorded = json.loads((out / "evaluation.json").read_text())
+    assert recorded["probe"]["probe_pairs"] == 3 and "probe_summary.csv" in recorded["files"]
     assert "mean_diff" in capsys.readouterr().out
 
 
@@ -175,6 +186,7 @@ USAGE_ERRORS = [  # (command line, message): refused by the parser, before anyth
     (["train", "--target-modules", "q_proj,v_proj,q_proj"], "'q_proj' given twice"),
     (["evaluate", "--overwrite", "--overwrite"], "--overwrite given twice"),
     (["evaluate", "--layers", "2", "--layers", "3"], "--layers given twice"),
+    (["evaluate", "--probe-shots", "9"], "argument --probe-shots: must be >= 0 and <= 8"),
     (["pairs"], "the following arguments are required: COMMAND"),
     (["frobnicate"], "invalid choice"),
 ]

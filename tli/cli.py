@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tli import config as configs
-from tli.config import EvalConfig, ModelConfig, ScanConfig, TrainConfig, check_layer
+from tli.config import EvalConfig, ModelConfig, ProbeConfig, ScanConfig, TrainConfig, check_layer
 from tli.errors import TliError, run_command
 
 DESCRIPTION = """\
@@ -91,6 +91,7 @@ def _parser() -> configs.ArgumentParser:
     configs.add_arguments(evaluate, ModelConfig, exclude=("model",))
     _add_pairs_arguments(evaluate, default="the file the adapter was trained on")
     configs.add_arguments(evaluate, EvalConfig)
+    configs.add_arguments(evaluate, ProbeConfig)
     evaluate.add_argument("--adapter", type=Path, required=True, help="folder written by `tli train`")
     evaluate.add_argument(
         "--output", type=Path, required=True, help=f"folder for the summary and per-pair tables and {EVALUATION_FILE}"
@@ -245,15 +246,20 @@ def run_evaluate(args: argparse.Namespace) -> None:
     _check_layers(model_config.model, config.layers)
     model, tokenizer = _load_model(model_config)
     target_layer, lexicon, pre = stored["train"]["target_layer"], evaluate.Lexicon.from_pairs(pairs), None
-    if config.merge_adapter:  # the pre-TLI pass before the merge: a merged model cannot switch its adapter off
+    probing = _probing(sets, lexicon, configs.from_namespace(ProbeConfig, args), config.batch_size)
+    before = None  # the probe's base-model answers: with the adapter disabled, unless merged (then before the merge)
+    if config.merge_adapter:  # the pre-TLI passes before the merge: a merged model cannot switch its adapter off
         layers = evaluate.eval_layers(config, target_layer, models.num_layers(model_config.model))
         pre = evaluate.embed_lexicon(model, tokenizer, lexicon, layers, config.pooling, config.batch_size)
+        before = _probe_answers(model, tokenizer, probing, adapter=True)
     adapted = adapters.load_adapter(model, args.adapter, model_config)
     if config.merge_adapter:
         adapted = adapters.merged(adapted)
     summary, table = evaluate.evaluate_adapter(
         adapted, tokenizer, sets, target_layer, config, lexicon=lexicon, pre=pre, removed=removed
     )
+    probed = _translation_probe(adapted, tokenizer, probing, before)
+    tables = {"summary": summary, "pairs": table} | probed
     record = {
         "adapter": str(args.adapter.expanduser().resolve()),
         "adapter_train": stored["train"],
@@ -262,20 +268,20 @@ def run_evaluate(args: argparse.Namespace) -> None:
         "pairs": str(origin.expanduser().resolve()),
         "pairs_sha1": hashlib.sha1(origin.read_bytes()).hexdigest(),
         "evaluate": configs.to_dict(config),
+        "probe": configs.to_dict(probing["config"]),
         "pooling": config.pooling,
         "target_layer": target_layer,
         "layers": sorted(int(layer) for layer in summary["eval_layer"].unique()),
         "sets": {name: len(rows) for name, rows in sets.items()},
-        "files": [f"summary.{args.format}", f"pairs.{args.format}"],
+        "files": [f"{name}.{args.format}" for name in tables],
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     } | files.provenance()
+    written = {
+        f"{name}.{args.format}": files.table_bytes(frame, f"{name}.{args.format}") for name, frame in tables.items()
+    }
+    written[EVALUATION_FILE] = (json.dumps(record, indent=2, default=str) + "\n").encode()
     files.write_folder(
-        args.output,
-        {
-            f"summary.{args.format}": files.table_bytes(summary, f"summary.{args.format}"),
-            f"pairs.{args.format}": files.table_bytes(table, f"pairs.{args.format}"),
-            EVALUATION_FILE: (json.dumps(record, indent=2, default=str) + "\n").encode(),
-        },
+        args.output, written
     )  # whole: an earlier evaluation (only with --overwrite) is replaced, never mixed
     columns = [
         "set",
@@ -301,7 +307,44 @@ def run_evaluate(args: argparse.Namespace) -> None:
         "p_at_1_chance",
     ]
     print(summary[[c for c in columns if c in summary]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"wrote summary.{args.format}, pairs.{args.format} and {EVALUATION_FILE} in {args.output}")
+    if "probe_summary" in tables:
+        shown = ["set", "direction", "n", "accuracy_pre", "accuracy_post", "accuracy_mcnemar_p", "mrr_pre", "mrr_post"]
+        print(tables["probe_summary"][shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"wrote {', '.join(record['files'])} and {EVALUATION_FILE} in {args.output}")
+
+
+def _probing(sets, lexicon, config: ProbeConfig, batch_size: int) -> dict:
+    """What the translation probe (`tli.probe`) scores: its config, rows, rows left out, Sources, batch size."""
+    from tli import probe
+
+    probed, excluded = probe.probed_rows(sets, config) if config.translation_probe else ({}, {})
+    wanted = probe.sources(probed, lexicon, config) if probed else []
+    size = max(1, batch_size // 4)  # each word's answers multiply the rows of a forward pass
+    return {"config": config, "probed": probed, "excluded": excluded, "wanted": wanted, "batch_size": size}
+
+
+def _probe_answers(model, tokenizer, probing: dict, adapter: bool) -> dict | None:
+    """The probe's answers of `model` (`adapter=False`: a PeftModel's adapter disabled); None when it is off."""
+    from tli import probe
+
+    if not probing["wanted"]:
+        return None
+    return probe.answer(model, tokenizer, probing["wanted"], probing["config"], adapter, probing["batch_size"])
+
+
+def _translation_probe(adapted, tokenizer, probing: dict, before: dict | None) -> dict:
+    """{"probe": per pair, "probe_summary": per set x direction} of `tli.probe`: the base model (`before`, else the
+    adapter disabled) against the adapted one; {} with --no-translation-probe.
+    """
+    from tli import probe
+
+    if not probing["wanted"]:
+        return {}
+    before = before or _probe_answers(adapted, tokenizer, probing, adapter=False)
+    table = probe.probe_table(
+        probing["probed"], probing["wanted"], before, _probe_answers(adapted, tokenizer, probing, True)
+    )
+    return {"probe": table, "probe_summary": probe.probe_summary(table, probing["excluded"])}
 
 
 def run_pairs(args: argparse.Namespace) -> None:

@@ -1,0 +1,60 @@
+"""tli.baselines: edit distance against a hand-written Levenshtein, Procrustes recovering a known rotation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import special_ortho_group
+
+from tli import baselines
+from tli.evaluate import Lexicon
+
+
+def _levenshtein(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
+def test_orthographic_similarity_is_one_minus_the_normalised_edit_distance():
+    swahili, english = ["hospitali", "-refu", "Kompyuta"], ["hospital", "long", "computer", "refu"]
+    got = baselines.orthographic_similarity(swahili, english)
+    for i, s in enumerate(swahili):
+        for j, e in enumerate(english):
+            s_form, e_form = baselines.spelling(s), e.lower()
+            expected = 1 - _levenshtein(s_form, e_form) / max(len(s_form), len(e_form))
+            assert got[i, j] == pytest.approx(expected)
+    assert got[1, 3] == 1.0  # "-refu" is spelt "refu"
+
+
+def _pairs(n: int) -> pd.DataFrame:
+    split = ["trained"] * (n - 10) + ["control"] * 10
+    return pd.DataFrame({"swahili": [f"sw{i}" for i in range(n)], "english": [f"w{i:03d}" for i in range(n)]}).assign(
+        split=split
+    )
+
+
+def test_procrustes_recovers_a_rotation_and_orthographic_matches_spelling():
+    rng = np.random.default_rng(0)
+    pairs = _pairs(60)
+    lexicon = Lexicon.from_pairs(pairs)
+    english = rng.normal(size=(60, 8))
+    swahili = english @ special_ortho_group.rvs(8, random_state=1) + rng.normal(scale=0.01, size=(60, 8))
+    sets = {name: rows for name, rows in pairs.groupby("split")}
+    table = baselines.baseline_table(sets, lexicon, {3: (swahili, english)}, sets["trained"]).set_index("set")
+    assert table.loc["control", "procrustes_p_at_1"] == 1.0 and table.loc["control", "procrustes_mrr"] == 1.0
+    assert np.isnan(table.loc["trained", "procrustes_p_at_1"])  # the rows it is fitted on
+    assert (table["eval_layer"] == 3).all() and list(table.columns[1:]) == list(baselines.COLUMNS)
+    # sw<i> against w<j:03d>: every English spelling is equally far from "sw1"..., so spelling ranks by index
+    assert 0 <= table.loc["control", "orthographic_p_at_1"] <= table.loc["control", "orthographic_p_at_10"] <= 1
+
+
+def test_a_random_map_does_not_retrieve():
+    rng = np.random.default_rng(1)
+    pairs = _pairs(200)
+    sets = {name: rows for name, rows in pairs.groupby("split")}
+    pools = {2: (rng.normal(size=(200, 16)), rng.normal(size=(200, 16)))}
+    table = baselines.baseline_table(sets, Lexicon.from_pairs(pairs), pools, sets["trained"]).set_index("set")
+    assert table.loc["control", "procrustes_p_at_1"] <= 0.1  # chance: 1 / 200
