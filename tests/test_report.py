@@ -23,7 +23,7 @@ from test_stats import exact_bootstrap_variance
 from tli import report
 from tli import stats as tli_stats
 from tli.errors import TliError
-from tli.report import multiple, render, sections, selection, significance, training, uncertainty, verdict
+from tli.report import multiple, render, retrieval, sections, selection, significance, training, uncertainty, verdict
 
 from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
@@ -887,3 +887,46 @@ def test_a_report_goes_to_its_experiment_s_report_folder_again_and_again(tmp_pat
     for _ in range(2):  # the default folder, then an earlier report replaced
         assert load_ablation("aggregate").main([f"{places['results']}/first", "--n-boot", "100"]) == 0
     assert (Path(places["results"]) / "first" / "report" / "report.md").is_file()
+
+
+# --- retrieval beside the baselines, and the translation probe (issue 23) -------------------------
+
+
+def test_the_retrieval_rows_carry_mcnemar_and_both_baselines(sig):
+    rows = retrieval.retrieval_rows(sig, BY)
+    assert {"trained", "control", "unseen"} <= set(rows["set"]) and len(rows) == len(at_target_rows(sig))
+    control = rows[rows["set"] == "control"]
+    assert control[["orthographic_p_at_1", "procrustes_p_at_1", "mrr_chance"]].notna().all().all()
+    assert rows["p_at_1_centered_mcnemar_p_holm"].between(0, 1).all()
+    assert rows[rows["set"] == "trained"]["procrustes_p_at_1"].isna().all()  # fitted there: not scored
+    row = rows.iloc[0].copy()
+    row[["p_at_1_centered_pre", "p_at_1_centered_post", "p_at_1_centered_mcnemar_p_holm"]] = [0.1, 0.3, 0.001]
+    assert "retrieval rises" in retrieval.sentence(row, "x")
+    row["p_at_1_centered_mcnemar_p_holm"] = 0.2
+    assert "does not change detectably" in retrieval.sentence(row, "x")
+
+
+def at_target_rows(sig):
+    target = sig[sig["layer_role"].str.contains("target")]
+    return target[target["set"].isin(retrieval.RETRIEVAL_SETS)]
+
+
+def test_the_probe_rows_find_what_the_fixture_made(results):
+    """The fixture's "pull" trials translate every trained word after TLI (a third of the words before); the
+    others translate as before.
+    """
+    rows = retrieval.probe_rows(results, BY)
+    assert set(rows["direction"]) == {"sw_en", "en_sw"} and (rows["n_trials"] >= 1).all()
+    pulled = rows[(rows["pooling_eval"] == "mean_content") & (rows["set"] == "trained")]
+    assert (pulled["accuracy_post"] == 1.0).all() and (pulled["accuracy_pre"] < 0.5).all()
+    assert (pulled["accuracy_lost"] == 0).all() and (pulled["accuracy_gained"] > 0).all()
+    others = rows[(rows["pooling_eval"] != "mean_content") | (rows["set"] != "trained")]
+    assert (others["accuracy_post"] == others["accuracy_pre"]).all() and (others["accuracy_mcnemar_p"] == 1).all()
+
+
+def test_the_report_has_the_retrieval_and_probe_sections_and_figures(built):
+    text = (built / "report.md").read_text()
+    assert "## Retrieval beside two baselines" in text and "Spelling alone (orthographic) reaches" in text
+    assert "## Translation probe" in text and "McNemar exact p" in text
+    for name in ("retrieval_baselines", "translation_probe"):
+        assert (built / "figures" / f"{name}.png").stat().st_size > 1000
