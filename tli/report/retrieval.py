@@ -99,9 +99,9 @@ def probe_rows(results: Results, by: list[str]) -> pd.DataFrame:
     averaged over its trials (with one seed, McNemar's exact test; with several, the exact sign test of each pair's
     seed-averaged correctness), and `n_trials`. Empty when no trial ran the probe.
     """
-    ran = results.ok
-    if "translation_probe" in ran:
-        ran = ran[ran["translation_probe"].fillna(False).astype(bool)]
+    if "translation_probe" not in results.ok:  # trials stored before the probe existed
+        return pd.DataFrame()
+    ran = results.ok[results.ok["translation_probe"].fillna(False).astype(bool)]
     frames = []
     for values, trials in groups(ran, by):
         table = results.tables("probe", list(trials["trial_id"]), [*PROBE_READ, "rr_chance"])
