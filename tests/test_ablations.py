@@ -78,6 +78,9 @@ def test_smoke_test_runs_and_writes_sound_results(script, local_ray, tmp_path):
         for m in ("cosine_pre", "cosine_post", "gap_pre", "centered_gap_post", "p_at_1_chance")
     ]
     assert np.isfinite(trials[metrics + ["final_loss", "objective"]].to_numpy(float)).all()
+    retrieval = [f"target_control_all_{m}" for m in ("mrr_pre", "mrr_centered_post", "orthographic_p_at_1")]
+    retrieval += [f"probe_trained_{d}_{m}" for d in ("sw_en", "en_sw") for m in ("n", "accuracy_pre", "mrr_post")]
+    assert np.isfinite(trials[retrieval].to_numpy(float)).all() and (trials["probe_trained_sw_en_n"] == 2).all()
     CHECKS[script](trials)
     pairs = pd.read_parquet(folder / "pairs.parquet")
     assert set(pairs["trial_id"]) == set(trials["trial_id"])

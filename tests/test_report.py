@@ -29,6 +29,7 @@ from conftest import load_ablation
 from report_fixture import RANK_MARGIN_SPACE, make_results
 
 N_BOOT = 200
+ALWAYS = {"retrieval_baselines.png", "translation_probe.png"}  # drawn whenever the trials stored baselines / probe
 BY = ["target_layer", "pooling_train", "pooling_eval"]
 
 
@@ -646,7 +647,14 @@ def test_report_files_and_embedded_figures(built, sig):
     for name in ("significance.csv", "significance.md", "report.md", "report.html"):
         assert (built / name).stat().st_size > 500, name
     figures = sorted(f.name for f in (built / "figures").glob("*.png"))
-    assert figures == ["gain_by_layer.png", "gain_by_protocol.png", "layer_scan.png", "objective_drift.png"]
+    assert figures == [
+        "gain_by_layer.png",
+        "gain_by_protocol.png",
+        "layer_scan.png",
+        "objective_drift.png",
+        "retrieval_baselines.png",
+        "translation_probe.png",
+    ]
     assert all(f.stat().st_size > 10_000 for f in (built / "figures").glob("*.png"))
     page = (built / "report.html").read_text()
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 4 and "figures/" not in page
@@ -679,7 +687,7 @@ def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):
     built = report.build_report(str(rank_margin_dir), str(tmp_path / "out"), n_boot=100)
     figures = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
     swept = {"gain_by_lora_rank.png", "gain_by_margin.png"}
-    assert figures == {"layer_scan.png", "rank_margin.png", "heldout.png", *swept}
+    assert figures == {"layer_scan.png", "rank_margin.png", "heldout.png", *swept, *ALWAYS}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "does not contain the condition fixed in advance" in text and not built.verdicts
     assert "Nothing is selected, although 8 conditions have an objective: heldout_category vary" in text
@@ -743,7 +751,7 @@ def test_report_html_images_load_in_headless_chromium(built, tmp_path):
         path.as_uri(),
     ]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
-    assert "<title>loaded 4 of 4</title>" in dom, dom[:300]
+    assert "<title>loaded 6 of 6</title>" in dom, dom[:300]
 
 
 # --- t-SNE through the sweep side ---------------------------------------------------------------
@@ -836,7 +844,7 @@ def test_a_rank_only_sweep_draws_its_axis(tmp_path):
     folder = make_results(tmp_path, {"lora_rank": [4, 16], "seed": [0]}, errored=0, unfinished=0, name="rank")
     report.build_report(str(folder), str(tmp_path / "out"), n_boot=100)
     drawn = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
-    assert drawn == {"layer_scan.png", "gain_by_lora_rank.png"}
+    assert drawn == {"layer_scan.png", "gain_by_lora_rank.png", *ALWAYS}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Figure skipped (Gain at the target layer by target layer" in text  # the layer figure needs layers
     assert "gain_by_lora_rank.png" in text and "Replication: the condition fixed in advance" in text

@@ -37,16 +37,19 @@ import re
 import string
 import unicodedata
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from tli import stats, surgery
+from tli import stats
 from tli.config import ProbeConfig
 from tli.errors import TliError
+
+if TYPE_CHECKING:  # the tables need no torch: the aggregator imports this module
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 SHOTS = (  # (Swahili, English): in neither tli/datasets/paper_pairs.tsv nor Debian's FreeDict Swahili-English
     ("mshumaa", "candle"),
@@ -180,6 +183,10 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, past=None, attention_mas
     after the cache `past` ([b, past] positions; None: none); `keep` > 0 keeps the last `keep` positions' logits.
     The one place the probe calls the model (transformers renamed `past_key_values` to `cache`: either is passed).
     """
+    import torch
+
+    from tli import surgery
+
     device = next(model.parameters()).device
     seen = past.get_seq_length() if past is not None else 0
     if attention_mask is None:
@@ -201,6 +208,8 @@ def _select(cache, rows: Sequence[int]):
     """A key/value cache holding batch rows `rows` of `cache` (repeats allowed), which is left as it was: the
     layers are copied shallowly, and selecting rebinds a layer's tensors to new ones.
     """
+    import torch
+
     copied = copy.copy(cache)
     copied.layers = [copy.copy(layer) for layer in cache.layers]
     copied.batch_select_indices(torch.as_tensor(list(rows), device=cache.layers[0].keys.device))
@@ -218,6 +227,8 @@ def answer(
     """{(direction, word): Answer} of every Source, `batch_size` words per forward pass; `adapter=False`: the base
     model (a PeftModel's adapter disabled).
     """
+    from tli import surgery
+
     out: dict[tuple[str, str], Answer] = {}
     with surgery.inference(model, adapter):
         for direction in DIRECTIONS:
@@ -228,6 +239,8 @@ def answer(
 
 
 def _answer_direction(model, tokenizer, direction: str, wanted: list[Source], config: ProbeConfig, batch_size: int):
+    import torch
+
     prefix = _ids(tokenizer, prefix_text(direction, config.probe_shots), special=True)
     if not prefix:  # a tokenizer without BOS and no shots: the prompt needs a first position
         prefix = _ids(tokenizer, "\n")
@@ -263,6 +276,8 @@ def _score(model, tokenizer, cache, first: torch.Tensor, candidates: list[list[s
     r"""Per query q, [len(candidates[q])] log p(" <word>\n" | prompt q) in float64: the first token's from `first`
     [b, vocab], the others from forward passes of the answers after the query's cache, right-padded.
     """
+    import torch
+
     rows = [(q, _ids(tokenizer, answer_text(word))) for q, words in enumerate(candidates) for word in words]
     totals = np.zeros(len(rows))
     vocab = first.shape[-1]
@@ -298,6 +313,8 @@ def _greedy(model, tokenizer, cache, first: torch.Tensor, steps: int) -> list[st
     log-probabilities [b, vocab]: one token per step, all rows together (no padding), until every row has a
     newline or a special token, or after `steps` tokens.
     """
+    import torch
+
     cache = _select(cache, range(first.shape[0]))  # a copy: the query cache stays as it was
     tokens = first.argmax(dim=-1)  # [b]
     generated = [tokens.cpu()]

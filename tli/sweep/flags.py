@@ -51,7 +51,7 @@ class SweepConfig:
     n_boot: int = configs.like(configs.EvalConfig, "n_boot")
     drift: bool = configs.like(TrialSettings, "drift", ", in every trial")
     translation_probe: bool = configs.like(ProbeConfig, "translation_probe", ", in every trial")
-    probe_pairs: int = configs.like(ProbeConfig, "probe_pairs", " (a smoke test: 4, with 4 distractors)")
+    probe_pairs: int = configs.like(ProbeConfig, "probe_pairs", " (a smoke test: 2, with 2 distractors)")
     address: str | None = setting(
         None, "Ray cluster to join: host:port or auto", unset="start a private local Ray and stop it after"
     )

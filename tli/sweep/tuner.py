@@ -41,7 +41,7 @@ from tli.sweep.trial import OBJECTIVE_METRIC, WorkerCache, pack, run_trial
 log = logging.getLogger(__name__)
 
 SMOKE = {"epochs": 1, "warmup_steps": 0, "n_boot": 200}  # a smoke test's trials (drift: inputs.SMOKE_DRIFT)
-SMOKE_PROBE = {"probe_pairs": 4, "probe_distractors": 4}  # a smoke test's translation probe: 4 pairs per set
+SMOKE_PROBE = {"probe_pairs": 2, "probe_distractors": 2}  # a smoke test's translation probe: 2 pairs per set
 
 
 def report_to_tune(metrics: dict[str, Any]) -> None:
