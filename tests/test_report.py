@@ -657,7 +657,7 @@ def test_report_files_and_embedded_figures(built, sig):
     ]
     assert all(f.stat().st_size > 10_000 for f in (built / "figures").glob("*.png"))
     page = (built / "report.html").read_text()
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 4 and "figures/" not in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 6 and "figures/" not in page
     assert len(pd.read_csv(built / "significance.csv")) == len(sig) == 9 * 5 * 2  # conditions x sets x eval layers
     text = (built / "report.md").read_text()
     for expected in (
