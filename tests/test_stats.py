@@ -15,8 +15,6 @@ from tli.stats import (
     PAIR_METRICS,
     adjust_pvalues,
     alike_baseline,
-    mcnemar_exact,
-    retrieval_chance,
     center_per_language,
     cosine_matrix,
     l2_normalize,
