@@ -161,3 +161,13 @@ def test_probe_summary_tests_paired_correctness_with_mcnemar():
     assert row["accuracy_mcnemar_p"] == pytest.approx(stats.mcnemar_exact([0, 0, 0, 1], [1, 1, 1, 0])["mcnemar_p"])
     assert row["mrr_diff"] == 0.5 and row["mrr_chance"] == 0.3
     assert row["logprob_diff"] == pytest.approx(np.mean([1, 1, 0.5, 0, 0.5, 1]))
+
+
+def test_a_pair_whose_gloss_is_the_word_itself_is_right_both_ways(tokenizer):
+    pairs = _pairs([("ball", "ball"), ("maji", "water"), ("moto", "fire")])
+    table, _ = _probe(one_word_model(tokenizer), tokenizer, pairs, ProbeConfig(probe_distractors=2, probe_shots=1))
+    correct = table.set_index(["direction", "swahili"])["correct_pre"]
+    assert correct[("sw_en", "ball")] == correct[("en_sw", "ball")] == 1.0
+    assert correct.drop([("sw_en", "ball"), ("en_sw", "ball")]).eq(0).all()
+    summary = probe.probe_summary(table).set_index("direction")
+    assert (summary["accuracy_pre"] == 1 / 3).all() and (summary["accuracy_mcnemar_p"] == 1.0).all()
