@@ -178,7 +178,7 @@ def significance_table(
     table = table.assign(_set=order).sort_values([*by, "_set", "eval_layer"], kind="stable")
     first = [c for c in FIRST_COLUMNS if c in table]
     rest = [c for c in table if c not in (*by, *FIRST_COLUMNS, "_set")]
-    return table[[*by, *first, *rest]].reset_index(drop=True)
+    return table[[*by, *first, *rest]].reset_index(drop=True).copy()  # consolidated: it is sliced and concatenated
 
 
 def _check_columns(pairs: pd.DataFrame, uri: str) -> None:
