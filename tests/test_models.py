@@ -678,7 +678,8 @@ def test_evaluate_defaults_to_the_adapter_model(
             )
             == 0
         )
-        assert {p.name for p in output.iterdir()} == {"summary.csv", "pairs.csv", "evaluation.json"}
+        written = {p.name for p in output.iterdir()}
+        assert written == {"summary.csv", "pairs.csv", "evaluation.json", "probe.csv", "probe_summary.csv"}
     assert "mean_diff" in capsys.readouterr().out
 
 
