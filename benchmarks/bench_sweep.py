@@ -144,9 +144,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--epochs", type=int, default=1, help="training epochs per trial (default: %(default)s)")
     parser.add_argument("--results", default=None, help="results root (default: a temporary folder)")
     args = _common.parse(parser, argv)
-    logging.getLogger("tli").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="bench_sweep-") as scratch:
-        result = run(args.smoke_test, args.epochs, Path(args.results or scratch))
+    tli_log = logging.getLogger("tli")
+    level = tli_log.level
+    tli_log.setLevel(logging.ERROR)  # the trials' notes would bury the table; restored for an in-process caller
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_sweep-") as scratch:
+            result = run(args.smoke_test, args.epochs, Path(args.results or scratch))
+    finally:
+        tli_log.setLevel(level)
     print_table(
         f"sweep: {result['trials']} trials ({result['ok']} ok), model loads = {result['workers']} workers, "
         f"trials per worker {result['trials_per_worker']}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -24,6 +25,20 @@ def load_ablation(name: str):
     sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def tli_logging_untouched():
+    """Fails a test that leaves the `tli` logger quieter than it found it (restoring it): later tests' caplog
+    would see none of tli's warnings, far from the cause.
+    """
+    log = logging.getLogger("tli")
+    before = (log.level, log.disabled, log.propagate)
+    yield
+    after = (log.level, log.disabled, log.propagate)
+    log.setLevel(before[0])
+    log.disabled, log.propagate = before[1:]
+    assert after == before, f"the test changed the tli logger's (level, disabled, propagate) from {before} to {after}"
 
 
 @pytest.fixture(scope="session")
