@@ -93,7 +93,9 @@ def test_train_then_evaluate(tiny_llama_dir, small_pairs, tmp_path, capsys):
         == 0
     )
     log = pd.read_csv(adapter / "train_log.csv")
-    assert list(log.columns[:4]) == ["step", "epoch", "loss", "lr"] and len(log) == 2 * 2  # 16 pairs, batch 8
+    assert (
+        list(log.columns[:4]) == ["step", "epoch", "loss", "lr"] and len(log) == 1 + 2 * 2
+    )  # step 0, 16 pairs, batch 8
     stored = json.loads((adapter / "tli_config.json").read_text())
     assert stored["train"]["target_layer"] == 2 and stored["train"]["lora_rank"] == 4 and stored["n_pairs"] == 16
     assert stored["train"]["lora_alpha"] == 8  # default alpha: 2 x rank

@@ -3,14 +3,17 @@
 import csv
 import gzip
 import io
+import itertools
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from tli import data, files
 from tli.data import (
@@ -249,6 +252,45 @@ def test_validation_split_drops_english_leaks_and_keeps_one_headword():
     one = frame("bahari:ocean", "bahari:sea")
     assert validation_split(one, 0.9, seed=0)[1].empty  # the only headword stays in training
     assert all(part.empty for part in validation_split(one.iloc[:0], 0.5, seed=0))
+
+
+def _meets_a_gloss(pairs: pd.DataFrame, english: list[str]) -> list[bool]:
+    """Per row, whether `english` is a gloss of its Swahili word in `pairs` (a plain loop over the rows)."""
+    return [
+        any(sw == other and word == gloss for other, gloss in zip(pairs["swahili"], pairs["english"]))
+        for sw, word in zip(pairs["swahili"], english)
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_derange_keeps_the_words_and_pairs_none_with_its_glosses(paper, seed):
+    trained = paper[paper["split"] == "trained"]
+    deranged = data.derange(trained, seed)
+    assert deranged.index.equals(trained.index) and deranged["swahili"].equals(trained["swahili"])
+    assert sorted(deranged["english"]) == sorted(trained["english"])  # a permutation of the English column
+    assert not any(_meets_a_gloss(trained, list(deranged["english"])))  # no fixed point by gloss (bahari: ocean/sea)
+    assert deranged["english"].equals(data.derange(trained, seed)["english"])  # seeded
+    assert not deranged["english"].equals(data.derange(trained, seed + 1)["english"])
+    assert (trained["english"] == paper.loc[trained.index, "english"]).all()  # the input is left as it was
+
+
+def test_derangement_is_uniform_over_the_qualifying_permutations():
+    pairs = frame("bahari:ocean", "bahari:sea", "mto:river", "jua:sun", "nyota:star")
+    english = list(pairs["english"])
+    qualifying = {
+        order
+        for order in itertools.permutations(range(len(pairs)))
+        if not any(_meets_a_gloss(pairs, [english[i] for i in order]))
+    }
+    drawn = Counter(tuple(data.derangement(pairs["swahili"], pairs["english"], seed)) for seed in range(3000))
+    assert set(drawn) == qualifying  # every qualifying permutation, nothing else
+    assert scipy_stats.chisquare(list(drawn.values())).pvalue > 1e-3  # equally often
+
+
+def test_derangement_that_cannot_exist_is_an_error():
+    with pytest.raises(PairsError, match="no permutation of 3 pairs keeps every Swahili word from its own glosses"):
+        data.derange(frame("bahari:ocean", "bahari:sea", "mto:river"), seed=0)  # both bahari rows would need river
+    assert list(data.derange(frame("a:x", "b:y"), seed=0)["english"]) == ["y", "x"]
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5])

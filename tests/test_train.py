@@ -4,10 +4,13 @@ full forward passes, losses and LoRA gradients: test_surgery.py, on both model f
 
 import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
-from tli import surgery, train
+from tli import data, lora, loss, pooling, surgery, train
 from tli.config import TrainConfig
 from tli.errors import TliError
 
@@ -19,9 +22,16 @@ def test_training_logs_every_step_and_unload_restores_the_base(tiny_llama, small
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = TrainConfig(target_layer=3, epochs=2, batch_size=4, warmup_steps=1, lr=1e-2)
     peft_model, log = train.train_tli(model, tokenizer, trained_rows, config, progress=False)
-    assert list(log.columns) == ["step", "epoch", "loss", "lr", "seconds"]
-    assert len(log) == 2 * 4 and log["epoch"].tolist() == [1] * 4 + [2] * 4
-    assert log["lr"].iloc[0] == 0.0 and log["lr"].max() == pytest.approx(1e-2)
+    assert list(log.columns) == list(train.LOG_COLUMNS)
+    assert len(log) == 1 + 2 * 4 and log["epoch"].tolist() == [0] + [1] * 4 + [2] * 4  # step 0: before any update
+    assert log["step"].tolist() == list(range(9)) and log["seconds"].is_monotonic_increasing
+    assert log["lr"].iloc[1] == 0.0 and log["lr"].max() == pytest.approx(1e-2) and np.isnan(log["lr"].iloc[0])
+    assert np.isnan(log["grad_norm"].iloc[0]) and (log["grad_norm"].iloc[1:] > 0).all()
+    norms = log["lora_norm"].tolist()  # step 1 trains at lr 0 (warm-up): the update appears at step 2
+    assert norms[:2] == [0.0, 0.0] and all(n > 0 for n in norms[2:])
+    assert norms[-1] == pytest.approx(lora.update_norm(peft_model))
+    np.testing.assert_allclose(log["loss_minus_margin"], log["loss"] - config.margin)
+    assert log["active_hinges"].between(0, 1).all() and log[list(train.LOG_COLUMNS)].iloc[1:].notna().all().all()
     lora_blocks = {n.split(".layers.")[1].split(".")[0] for n, _ in peft_model.named_parameters() if "lora_" in n}
     assert lora_blocks == {"0", "1", "2"}
     restored = peft_model.unload()
@@ -48,6 +58,52 @@ def test_a_warm_up_longer_than_training_warns_with_the_peak_it_reaches(tiny_llam
     assert not [r for r in caplog.records if "warm-up" in r.getMessage()]
 
 
+def _base_batches(model, tokenizer, pairs, config) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(anchor, positive, mask) of each batch of the first epoch, embedded by the model as it is (no LoRA)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    mask = loss.false_negative_mask(list(pairs["swahili"]), list(pairs["english"]))
+    out = []
+    for epoch, rows in train.batches(len(pairs), config.batch_size, config.epochs, generator):
+        if epoch > 0:
+            break
+        words = [*pairs["swahili"].iloc[rows.tolist()], *pairs["english"].iloc[rows.tolist()]]
+        vectors = pooling.pooled(model, pooling.tokenize(tokenizer, words), [config.target_layer], ["mean"])
+        anchor, positive = F.normalize(vectors["mean"][config.target_layer], dim=-1).split(len(rows))
+        out.append((anchor, positive, mask[rows][:, rows]))
+    return out
+
+
+@pytest.mark.parametrize("objective", ["triplet", "infonce"])
+@pytest.mark.parametrize("translations", ["true", "deranged"])
+def test_step_0_is_the_base_model_on_the_first_epoch_s_batches(tiny_llama, small_pairs, objective, translations):
+    model, tokenizer = tiny_llama
+    rows = small_pairs[1][small_pairs[1]["split"] == "trained"]
+    config = TrainConfig(
+        target_layer=2, epochs=2, batch_size=4, warmup_steps=0, loss=objective, translations=translations
+    )
+    seen = data.derange(rows, config.seed) if translations == "deranged" else rows  # what training is given
+    with torch.no_grad():
+        expected = _base_batches(model, tokenizer, seen, config)
+    losses = [
+        loss.triplet_margin_hardest_negative(a, p, config.margin, m)
+        if objective == "triplet"
+        else loss.info_nce(a, p, config.temperature, m)
+        for a, p, m in expected
+    ]
+    dynamics = pd.DataFrame([loss.batch_dynamics(a, p, config.margin, m) for a, p, m in expected]).mean()
+    peft_model, log = train.train_tli(model, tokenizer, rows, config, progress=False)
+    first, step0 = log.iloc[1], log.iloc[0]
+    assert step0["loss"] == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)  # the mean over the batches
+    assert first["loss"] == pytest.approx(losses[0].item(), rel=1e-5)  # step 1 sees the base model too (B = 0)
+    for name in ("cos_positive", "cos_hardest_negative", "centered_cos_negatives"):
+        assert step0[name] == pytest.approx(dynamics[name], rel=1e-5, abs=1e-7)
+    if objective == "infonce":  # no margin, no hinges
+        assert log[["loss_minus_margin", "active_hinges"]].isna().all().all()
+    else:
+        assert step0["active_hinges"] == pytest.approx(dynamics["active_hinges"])
+    peft_model.unload()
+
+
 def test_same_seed_same_losses(tiny_llama, small_pairs):
     model, tokenizer = tiny_llama
     trained_rows = small_pairs[1][small_pairs[1]["split"] == "trained"]
@@ -71,6 +127,9 @@ def test_same_seed_same_losses(tiny_llama, small_pairs):
         ({"lora_dropout": 1.0}, "lora_dropout must be >= 0 and < 1"),
         ({"lr": 0.0}, "lr must be > 0 and < 1"),
         ({"target_modules": ()}, "no LoRA target modules"),
+        ({"loss": "contrastive"}, "'contrastive' is not one of triplet, infonce"),
+        ({"temperature": 0.0}, "temperature must be > 0 and <= 10"),
+        ({"translations": "shuffled"}, "'shuffled' is not one of true, deranged"),
     ],
 )
 def test_impossible_settings_are_errors(changes, message):

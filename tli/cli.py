@@ -23,7 +23,7 @@ by default) inside a causal language model, with the controls that tell alignmen
 
   tli scan      cosine of word pairs at every layer of the base model, beside the mismatched-pair
                 baseline, per-language centring and retrieval P@1
-  tli train     train a TLI LoRA adapter (triplet-margin loss) at one target layer
+  tli train     train a TLI LoRA adapter (triplet-margin or InfoNCE loss) at one target layer
   tli evaluate  before/after comparison of an adapter on trained and control pairs, with paired tests
   tli pairs     word-pair files (import Debian's FreeDict Swahili-English dictionary)
 
@@ -192,12 +192,12 @@ def run_train(args: argparse.Namespace) -> None:
     stored = (
         {"model": models.describe(model_config), "train": configs.to_dict(config)}
         | adapters.training_record(args.pairs or data.default_pairs_path(), pairs)
-        | {"metrics": {"final_loss": float(log_table["loss"].iloc[-1]), "steps": len(log_table)}}
+        | {"metrics": {"final_loss": float(log_table["loss"].iloc[-1]), "steps": int(log_table["step"].iloc[-1])}}
         | files.provenance()
     )
     adapters.save_adapter(peft_model, args.output, stored, {"train_log.csv": log_table}, overwrite=args.overwrite)
     print(
-        f"final loss {log_table['loss'].iloc[-1]:.4f} after {len(log_table)} steps "
+        f"final loss {log_table['loss'].iloc[-1]:.4f} after {int(log_table['step'].iloc[-1])} steps "
         f"({log_table['seconds'].iloc[-1]:.1f} s); adapter, train_log.csv and tli_config.json in {args.output}"
     )
 

@@ -370,6 +370,8 @@ def from_namespace(cls: type[C], namespace: argparse.Namespace, **values: Any) -
 # --- the configs of each stage (each checked on construction, each reproducible from its JSON) ----
 
 POOLING_MODES = ("mean", "mean_content", "mean_skip_first", "last")  # see tli.pooling
+LOSSES = ("triplet", "infonce")  # see tli.loss
+TRANSLATIONS = ("true", "deranged")  # see tli.data.derange
 MAX_LAYER = 1024  # a bound above any real model's depth; the model's own range is checked once it is loaded
 
 
@@ -430,7 +432,7 @@ class ScanConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """`tli train`: LoRA + triplet-margin training at one target layer (defaults: the paper's)."""
+    """`tli train`: LoRA trained at one target layer, triplet-margin loss by default (defaults: the paper's)."""
 
     target_layer: int = setting(
         2,
@@ -458,7 +460,24 @@ class TrainConfig:
     )
     lora_dropout: float = setting(0.05, "LoRA dropout", minimum=0, below=1, flags=("--dropout",))
     target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "LoRA target modules of each block")
-    margin: float = setting(0.4, "triplet margin (cosine units)", minimum=0, maximum=2)
+    loss: str = setting(
+        "triplet",
+        "training objective: triplet (the paper's: hinge on the hardest in-batch negative, `margin`) or infonce "
+        "(symmetric InfoNCE over every in-batch negative, `temperature`); both on the pooled target-layer embeddings, "
+        "false negatives masked as `mask_false_negatives` says",
+        choices=LOSSES,
+    )
+    margin: float = setting(0.4, "triplet margin (cosine units; the triplet loss only)", minimum=0, maximum=2)
+    temperature: float = setting(
+        0.05, "InfoNCE temperature: logits are cosines / temperature (the infonce loss only)", above=0, maximum=10
+    )
+    translations: str = setting(
+        "true",
+        "what the Swahili words are trained towards: true (their translations) or deranged (the shuffled control: "
+        "the same words with the English column permuted, seeded by `seed`, no Swahili word paired with any of its "
+        "own glosses; evaluation still scores the true pairs)",
+        choices=TRANSLATIONS,
+    )
     pooling_train: str = setting(
         "mean", "pooling for training (the paper: mean, BOS included)", choices=POOLING_MODES, flags=("--pooling",)
     )

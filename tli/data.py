@@ -119,6 +119,51 @@ def validation_split(trained: pd.DataFrame, fraction: float, seed: int) -> tuple
     return train_rows, validation[~validation["english"].isin(train_rows["english"])]
 
 
+MAX_DERANGEMENT_DRAWS = 10_000  # permutations drawn before `derangement` gives up
+
+
+def derangement(swahili, english, seed: int) -> np.ndarray:
+    """A permutation `order` of the n rows such that no Swahili word meets one of its own glosses:
+    english[order[i]] is not in G(swahili[i]) = {english[j] : swahili[j] == swahili[i]} for any i.
+
+    Drawn by rejection: permutations from numpy's default_rng(seed) until one qualifies, so the result is
+    uniform over the qualifying permutations (about e draws on distinct words; the paper's 623 trained pairs,
+    whose 54 repeated headwords forbid more, take about 4). PairsError after MAX_DERANGEMENT_DRAWS draws
+    (e.g. when one Swahili word holds most rows and none can exist).
+    """
+    swahili, english = list(swahili), list(english)
+    if len(swahili) != len(english):
+        raise ValueError(f"swahili and english differ in length: {len(swahili)} != {len(english)}")
+    glosses: dict[str, set[str]] = {}
+    for sw, en in zip(swahili, english):
+        glosses.setdefault(sw, set()).add(en)
+    sw_ids = {word: i for i, word in enumerate(glosses)}
+    en_ids = {word: i for i, word in enumerate(dict.fromkeys(english))}
+    forbidden = np.zeros((len(sw_ids), len(en_ids)), dtype=bool)  # [Swahili word, English word]
+    for sw, words in glosses.items():
+        forbidden[sw_ids[sw], [en_ids[word] for word in words]] = True
+    rows = np.array([sw_ids[word] for word in swahili], dtype=np.int64)
+    columns = np.array([en_ids[word] for word in english], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for _ in range(MAX_DERANGEMENT_DRAWS):
+        order = rng.permutation(len(english))
+        if not forbidden[rows, columns[order]].any():
+            return order
+    raise PairsError(
+        f"no permutation of {len(english)} pairs keeps every Swahili word from its own glosses "
+        f"({MAX_DERANGEMENT_DRAWS} drawn): too few distinct words to derange"
+    )
+
+
+def derange(pairs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """`pairs` with its English column permuted by `derangement` (the shuffled control): the same Swahili and
+    English words, every Swahili word paired with another row's English word, never one of its glosses. The
+    index and every other column stay with their Swahili word.
+    """
+    order = derangement(pairs["swahili"], pairs["english"], seed)
+    return pairs.assign(english=pairs["english"].to_numpy()[order])
+
+
 def write_pairs(pairs: pd.DataFrame, path) -> Path:
     """Write PAIR_COLUMNS as TSV or CSV (chosen by extension), with a header, atomically; return the path.
 

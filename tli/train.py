@@ -1,13 +1,20 @@
-"""TLI training: LoRA on the blocks below the target layer, triplet-margin loss on its pooled embeddings.
+"""TLI training: LoRA on the blocks below the target layer, a contrastive loss on its pooled embeddings.
 
 Per step, a batch of b pairs is embedded at the target layer k (one forward pass of the 2b words,
-stopped at block k), L2-normalised, and scored with
-`tli.loss.triplet_margin_hardest_negative` (Swahili anchors, English positives, the hardest
-in-batch English negative, false negatives masked). Blocks above k cannot change hidden_states[k],
-so LoRA is attached to blocks 1..k only and the forward pass stops there; `full_forward` runs every
-block with LoRA everywhere, as a check (same losses, same gradients, at any dropout: the LoRA layers above k
-draw no dropout numbers, and the dropout stream is seeded after LoRA's initialisation, so the blocks below k
-draw the same numbers).
+stopped at block k), L2-normalised, and scored with the configured loss (`TrainConfig.loss`):
+`tli.loss.triplet_margin_hardest_negative` (the paper's: Swahili anchors, English positives, the hardest
+in-batch English negative) or `tli.loss.info_nce` (symmetric, every in-batch negative), false negatives
+masked. With `translations` deranged (the shuffled control) the pairs are first permuted by
+`tli.data.derange`. Blocks above k cannot change hidden_states[k], so LoRA is attached to blocks 1..k only
+and the forward pass stops there; `full_forward` runs every block with LoRA everywhere, as a check (same
+losses, same gradients, at any dropout: the LoRA layers above k draw no dropout numbers, and the dropout
+stream is seeded after LoRA's initialisation, so the blocks below k draw the same numbers).
+
+The log has one row per step s = 1..T: the step's batch as the model saw it before update s (`loss`, and
+`loss.batch_dynamics`: open hinges, mean cosines of anchor and translation, hardest and every negative, raw
+and per-language centred), the learning rate and the gradient norm of that update, and the norm of the LoRA
+update after it (`tli.lora.update_norm`). Row s = 0 is the model before any update (LoRA B = 0: the base
+model) on the first epoch's batches, each column the mean over those batches (no gradient, no learning rate).
 
 A training run that left the model unchanged (every LoRA B still 0, or the target-layer embeddings of the
 trained words the same with and without the adapter) is an `AdapterNoOp` error, never a result.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -29,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from tli import loss, pooling, surgery
+from tli import data, lora, loss, pooling, surgery
 from tli.config import TrainConfig
 from tli.errors import TliError
 
@@ -142,15 +150,26 @@ def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
     return full + (rest > 1) if full else 1
 
 
-def batch_loss(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: pd.DataFrame,
-    rows: torch.Tensor,
-    config: TrainConfig,
-    mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """The triplet loss of one batch of pairs (one forward pass over its Swahili and English words)."""
+LOG_COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "seconds",
+    "loss_minus_margin",  # triplet loss - margin (NaN for InfoNCE): 0 where d(a, p) = d(a, hardest n) throughout
+    "active_hinges",  # share of anchors whose triplet hinge is open (NaN for InfoNCE)
+    *(f"{kind}cos_{name}" for kind in ("", "centered_") for name in ("positive", "hardest_negative", "negatives")),
+    "grad_norm",  # L2 norm of every LoRA gradient of the step (NaN at step 0)
+    "lora_norm",  # ||delta W|| of the whole LoRA update after the step (0 at step 0)
+)
+
+
+def batch_embeddings(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, rows: torch.Tensor, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Swahili anchors [b, d], English positives [b, d]) of one batch: pooled at the target layer, L2-normalised,
+    from one forward pass over its 2b words.
+    """
     index = rows.tolist()
     words = [pairs["swahili"].iat[i] for i in index] + [pairs["english"].iat[i] for i in index]
     encoded = pooling.tokenize(tokenizer, words)
@@ -158,8 +177,62 @@ def batch_loss(
     mode = config.pooling_train
     vectors = pooling.pooled(model, encoded, [layer], [mode], truncate=not config.full_forward)[mode][layer]
     anchor, positive = F.normalize(vectors, dim=-1).split(len(index))
-    batch_mask = None if mask is None else mask[rows][:, rows].to(anchor.device)
-    return loss.triplet_margin_hardest_negative(anchor, positive, config.margin, batch_mask)
+    return anchor, positive
+
+
+def objective(
+    anchor: torch.Tensor, positive: torch.Tensor, config: TrainConfig, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The configured loss of one batch: the triplet loss at `margin`, or InfoNCE at `temperature`."""
+    if config.loss == "triplet":
+        return loss.triplet_margin_hardest_negative(anchor, positive, config.margin, mask)
+    return loss.info_nce(anchor, positive, config.temperature, mask)
+
+
+def batch_record(
+    anchor: torch.Tensor, positive: torch.Tensor, value: torch.Tensor, config: TrainConfig, mask: torch.Tensor | None
+) -> dict[str, float]:
+    """One batch's log columns: `loss`, `loss_minus_margin` and `loss.batch_dynamics` (hinges NaN for InfoNCE)."""
+    triplet = config.loss == "triplet"
+    record = {"loss": value.item(), "loss_minus_margin": value.item() - config.margin if triplet else math.nan}
+    record |= loss.batch_dynamics(anchor.detach(), positive.detach(), config.margin, mask)
+    return record if triplet else record | {"active_hinges": math.nan}
+
+
+def _batch_mask(mask: torch.Tensor | None, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    return None if mask is None else mask[rows][:, rows].to(device)
+
+
+@torch.no_grad()
+def initial_record(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pd.DataFrame,
+    steps: list[tuple[int, torch.Tensor]],
+    config: TrainConfig,
+    mask: torch.Tensor | None,
+) -> dict[str, float]:
+    """Log row 0: the mean `batch_record` over the first epoch's batches before any update, in eval mode (no
+    dropout, the training RNG untouched), with no gradient and a zero LoRA update.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        records = []
+        for epoch, rows in steps:
+            if epoch > 0:
+                break
+            anchor, positive = batch_embeddings(model, tokenizer, pairs, rows, config)
+            batch_mask = _batch_mask(mask, rows, anchor.device)
+            records.append(
+                batch_record(anchor, positive, objective(anchor, positive, config, batch_mask), config, batch_mask)
+            )
+    finally:
+        model.train(was_training)
+    means = pd.DataFrame(records).mean().to_dict()
+    return (
+        {"step": 0, "epoch": 0, "lr": math.nan} | means | {"grad_norm": math.nan, "lora_norm": lora.update_norm(model)}
+    )
 
 
 def train_tli(
@@ -170,7 +243,7 @@ def train_tli(
     progress: bool = True,
     on_epoch_end: Callable[[pd.DataFrame], None] | None = None,
 ) -> tuple[PeftModel, pd.DataFrame]:
-    """Train LoRA on `pairs`; returns (the PEFT model in eval mode, the log: step, epoch, loss, lr, seconds).
+    """Train LoRA on `pairs`; returns (the PEFT model in eval mode, the log: LOG_COLUMNS, rows 0..T).
 
     `on_epoch_end(log so far)` is called after each epoch (the sweep reports it to Ray Tune). With
     `config.deterministic` the steps run deterministic kernels only. AdapterNoOp when the trained adapter leaves
@@ -179,6 +252,8 @@ def train_tli(
     check_target_layer(config, surgery.num_layers(model))
     if len(pairs) < 2:
         raise TliError(f"{len(pairs)} training pair(s): in-batch negatives need at least 2")
+    if config.translations == "deranged":
+        pairs = data.derange(pairs, config.seed)
     torch.manual_seed(config.seed)
     peft_model = attach_lora(model, config)
     torch.manual_seed(config.seed)  # dropout's stream starts here, whatever full_forward's extra LoRA layers drew
@@ -205,32 +280,34 @@ def train_tli(
         else None
     )
     generator = torch.Generator().manual_seed(config.seed)
-    log, started = [], time.perf_counter()
-    peft_model.train()
-    steps = batches(len(pairs), config.batch_size, config.epochs, generator)
-    bar = tqdm(steps, total=total, desc=f"train @ layer {config.target_layer}", unit="step", disable=not progress)
+    steps = list(batches(len(pairs), config.batch_size, config.epochs, generator))
+    started = time.perf_counter()
     with deterministic_kernels(config.deterministic):
+        log = [initial_record(peft_model, tokenizer, pairs, steps, config, mask)]
+        log[0]["seconds"] = time.perf_counter() - started
+        peft_model.train()
+        bar = tqdm(steps, total=total, desc=f"train @ layer {config.target_layer}", unit="step", disable=not progress)
         for step, (epoch, rows) in enumerate(bar, start=1):
-            value = batch_loss(peft_model, tokenizer, pairs, rows, config, mask)
+            anchor, positive = batch_embeddings(peft_model, tokenizer, pairs, rows, config)
+            batch_mask = _batch_mask(mask, rows, anchor.device)
+            value = objective(anchor, positive, config, batch_mask)
             if not torch.isfinite(value):
                 raise TrainingDiverged(f"loss is {value.item()} at step {step} (epoch {epoch + 1})")
             value.backward()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None]).item()
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            record = batch_record(anchor, positive, value, config, batch_mask)
             log.append(
-                {
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "loss": value.item(),
-                    "lr": lr,
-                    "seconds": time.perf_counter() - started,
-                }
+                {"step": step, "epoch": epoch + 1, "lr": lr, "seconds": time.perf_counter() - started}
+                | record
+                | {"grad_norm": grad_norm, "lora_norm": lora.update_norm(peft_model)}
             )
             bar.set_postfix(loss=f"{value.item():.4f}", refresh=False)  # redrawn at tqdm's own pace
             if on_epoch_end is not None and step % per_epoch == 0:
-                on_epoch_end(pd.DataFrame(log))
+                on_epoch_end(pd.DataFrame(log, columns=list(LOG_COLUMNS)))
     peft_model.eval()
     check_changed_model(peft_model, tokenizer, pairs, config)
-    return peft_model, pd.DataFrame(log)
+    return peft_model, pd.DataFrame(log, columns=list(LOG_COLUMNS))
