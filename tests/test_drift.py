@@ -6,12 +6,13 @@ zero B matrices, so it must not move the model at all, and random B matrices mus
 
 import io
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tli import drift, train
+from tli import drift, lora, train
 from tli.config import TrainConfig
 from tli.errors import TliError
 
@@ -177,3 +178,40 @@ def test_the_noise_floor_is_the_drift_of_the_adapter_scaled_down(model, tokenize
         ratio = floor[f"drift_floor_{language}"] / full[f"drift_kl_{language}"]
         assert 1e-7 < ratio < 1e-3
     assert drift.drift_kl(peft_model, samples) == full  # the adapter's scaling is restored exactly
+
+
+def test_mean_ci_is_the_percentile_bootstrap_of_the_mean():
+    values = np.random.default_rng(0).gamma(2.0, size=12)
+    low, high = drift.mean_ci(values, n_boot=20_000, seed=0)
+    resampled = np.random.default_rng(1).choice(values, size=(20_000, len(values))).mean(axis=1)  # by hand
+    np.testing.assert_allclose([low, high], np.percentile(resampled, [2.5, 97.5]), rtol=0.03)
+    assert low < values.mean() < high and (low, high) == drift.mean_ci(values, n_boot=20_000, seed=0)
+    assert drift.mean_ci([0.3, 0.3, 0.3], n_boot=100, seed=0) == (0.3, 0.3)
+    assert all(np.isnan(drift.mean_ci([0.3], n_boot=100, seed=0)))
+
+
+def test_drift_measures_give_an_interval_and_a_random_direction_reference(model, tokenizer):
+    samples = drift.make_samples(model, tokenizer, PROMPTS, new_tokens=6)
+    peft_model = with_adapter(model, random_b=True)
+    weights = {name: p.detach().clone() for name, p in peft_model.named_parameters()}
+    measured = drift.drift_measures(peft_model, samples, n_boot=500, seed=0)
+    assert list(measured) == [
+        f"drift_kl_{language}{part}" for language in ("sw", "en") for part in ("", "_ci_low", "_ci_high", "_random")
+    ]
+    assert {k: measured[k] for k in ("drift_kl_sw", "drift_kl_en")} == drift.drift_kl(peft_model, samples)
+    per_sequence = drift.sequence_kl(peft_model, samples)
+    for language in ("sw", "en"):
+        name = f"drift_kl_{language}"
+        assert (measured[f"{name}_ci_low"], measured[f"{name}_ci_high"]) == drift.mean_ci(
+            per_sequence[language], 500, 0
+        )
+        assert measured[f"{name}_ci_low"] <= measured[name] <= measured[f"{name}_ci_high"]
+        assert measured[f"{name}_random"] > 1e-6 and measured[f"{name}_random"] != pytest.approx(measured[name])
+    with lora.random_directions(peft_model, seed=0):  # the reference is that adapter's drift
+        random = drift.drift_kl(peft_model, samples)
+    assert random == {k: measured[f"{k}_random"] for k in random}
+    for name, parameter in peft_model.named_parameters():  # the trained weights are back
+        torch.testing.assert_close(parameter, weights[name], rtol=0, atol=0)
+    same = tiny_model(model.config.model_type.split("_")[0], len(tokenizer), tokenizer.pad_token_id)
+    fresh = drift.drift_measures(with_adapter(same, random_b=False), samples, n_boot=500, seed=0)
+    assert all(abs(value) < 1e-9 for value in fresh.values())  # no update: no drift, and a zero reference

@@ -12,15 +12,21 @@ English prompts (`make_samples`, stored once per experiment); `drift_kl` runs th
 its LM head in float32, with the adapter disabled and applied. Sampling at temperature 1 from the base
 model makes the per-token mean a Monte Carlo estimate of the sequence-level KL(base || TLI) per
 token (the chain rule of KL), evaluated where the base model puts its own probability mass.
+
+A drift reads as large or small only against something: `drift_measures` gives each language's value a
+bootstrap CI over its sequences and a reference on the same sequences, the KL of an adapter whose every
+LoRA update has the trained norm but a random direction (`tli.lora.random_directions`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from peft import PeftModel
@@ -191,21 +197,20 @@ def _continuation_log_probs(model: nn.Module, batch: list[list[int]], n_prompt: 
     ]
 
 
-def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> dict[str, float]:
-    """{"drift_kl_<language>": mean per-token KL(base || TLI)} for each language of `samples`.
+def sequence_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> dict[str, list[float]]:
+    """{language: [mean per-token KL(base || TLI) of each of its samples]}, in the order of `samples`.
 
     `model` is a PeftModel (the TLI adapter); the base distribution is computed with its adapter
     disabled. Per sample (`input_ids` of length n, `n_prompt_tokens` = m), both full forward passes
     give log-probabilities [n - m, vocab] at positions m - 1 .. n - 2, and
     KL_t = sum_v p_base,t(v) (log p_base,t(v) - log p_tli,t(v)) in float64; the sample's value is
-    the mean over t, the language's the mean over its samples. `batch_size` sequences per forward pass
-    (the float32 logits of a batch's new tokens: mind a 262k vocabulary), under inference mode and in
-    eval mode (each module's mode restored after); keys follow the order in which languages first appear
-    (`make_samples` with the default prompts: sw, en).
+    the mean over t. `batch_size` sequences per forward pass (the float32 logits of a batch's new tokens: mind a
+    262k vocabulary), under inference mode and in eval mode (each module's mode restored after); languages in the
+    order in which they first appear (`make_samples` with the default prompts: sw, en).
     """
     if not isinstance(model, PeftModel):
         raise TliError(
-            "drift_kl needs the TLI model with its adapter (a PeftModel); "
+            "drift needs the TLI model with its adapter (a PeftModel); "
             f"got a plain {type(model).__name__}, which has no adapter to disable"
         )
     rows = [
@@ -229,6 +234,12 @@ def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> di
             for (language, _, _), log_p, log_q in zip(chunk, base, tuned):
                 kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # [n_new]
                 per_sample.setdefault(language, []).append(kl.mean().item())
+    return per_sample
+
+
+def drift_kl(model: nn.Module, samples: pd.DataFrame, batch_size: int = 4) -> dict[str, float]:
+    """{"drift_kl_<language>": the mean over the language's samples of `sequence_kl`}."""
+    per_sample = sequence_kl(model, samples, batch_size)
     return {f"drift_kl_{language}": sum(values) / len(values) for language, values in per_sample.items()}
 
 
@@ -263,3 +274,48 @@ def noise_floor(model: PeftModel, samples: pd.DataFrame) -> dict[str, float]:
         for key, value in measured.items()
         if re.fullmatch(r"drift_kl_[a-z]+", key)
     }
+
+
+def mean_ci(values: Sequence[float], n_boot: int, seed: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of mean(values) over resampled values (`scipy.stats.bootstrap`, n_boot resamples,
+    numpy's default_rng(seed)): (low, high); NaN for fewer than 2 values, (v, v) when every value is v.
+    """
+    from scipy import stats
+
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) < 2:
+        return math.nan, math.nan
+    if np.ptp(array) == 0:
+        return float(array[0]), float(array[0])
+    result = stats.bootstrap(
+        (array,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def drift_measures(model: nn.Module, samples: pd.DataFrame, n_boot: int, seed: int) -> dict[str, float]:
+    """Drift with its interval and its reference, per language of `samples` (columns of a trial row):
+
+    drift_kl_<lang>                   the mean of `sequence_kl` over the language's sequences (`drift_kl`)
+    drift_kl_<lang>_ci_low, _ci_high  its 95% CI, `mean_ci` over those sequences (seeded by `seed`)
+    drift_kl_<lang>_random            the same mean on the same sequences with every LoRA module's update replaced
+                                      by one of the same norm in a random direction (`lora.random_directions`,
+                                      seeded by `seed`): what an update of this size does when it is not trained
+    """
+    from tli import lora
+
+    trained = sequence_kl(model, samples)
+    with lora.random_directions(model, seed):
+        random = sequence_kl(model, samples)
+    row = {}
+    for language, values in trained.items():
+        low, high = mean_ci(values, n_boot, seed)
+        name = f"drift_kl_{language}"
+        row |= {name: float(np.mean(values)), f"{name}_ci_low": low, f"{name}_ci_high": high}
+        row[f"{name}_random"] = float(np.mean(random[language]))
+    return row
