@@ -17,14 +17,21 @@ import pytest
 import torch
 
 from tli import config as configs
-from tli import loss, models
+from tli import loss, models, train
 from tli.config import ModelConfig, TrainConfig
 from tli.errors import TliError
 from tli.sweep import inputs as sweep_inputs
 from tli.sweep import store as sweep_store
 from tli.sweep import trial as sweep_trial
 from tli.sweep.flags import SweepConfig
-from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, setting_names
+from tli.sweep.settings import (
+    TrialSettings,
+    check_axes,
+    cut_for_smoke_test,
+    expand_grid,
+    setting_names,
+    swept_names,
+)
 from tli.sweep.tuner import base_settings
 
 from conftest import load_ablation
@@ -61,6 +68,55 @@ def test_expand_grid_crosses_axes_merges_dict_values_and_dedups():
     ranks = expand_grid({"lora_rank": [4, 8]}, TrialSettings())
     assert [(t.train.lora_rank, t.train.lora_alpha) for t in ranks] == [(4, 8), (8, 16)]  # alpha = 2 x rank
     assert TrialSettings().replace(lora_rank=8, lora_alpha=8).train.lora_alpha == 8
+
+
+def test_an_axis_sweeps_every_setting_any_of_its_values_sets():
+    protocols = [{"pooling_train": "mean", "translations": "deranged"}, {"pooling_train": "last"}]
+    assert swept_names({"target_layer": [2], "protocol": protocols}) == [
+        "target_layer",
+        "pooling_train",
+        "translations",
+    ]
+    trials = expand_grid({"protocol": protocols}, TrialSettings())
+    assert [t.train.translations for t in trials] == ["deranged", "true"]  # the other protocol: the default
+    assert len({t.trial_id for t in trials}) == 2
+
+
+def test_training_columns_summarise_step_0_and_the_last_epoch():
+    log = pd.DataFrame(
+        {
+            "step": [0, 1, 2, 3, 4],
+            "epoch": [0, 1, 1, 2, 2],
+            "loss": [0.5, 0.45, 0.42, 0.41, 0.39],
+            "loss_minus_margin": [0.1, 0.05, 0.02, 0.01, -0.01],
+            "active_hinges": [1.0, 1.0, 0.75, 1.0, 0.5],
+            "cos_positive": [0.2, 0.3, 0.4, 0.5, 0.7],
+            "grad_norm": [np.nan, 2.0, 1.0, 3.0, 5.0],
+            "lora_norm": [0.0, 0.1, 0.2, 0.3, 0.4],
+        }
+    )
+    row = sweep_trial.training_columns(log)
+    assert set(row) == set(sweep_trial.ROW_TRAINING)
+    assert row["train_loss_start"] == 0.5 and row["train_loss_end"] == pytest.approx(0.40)
+    assert row["train_loss_minus_margin_end"] == pytest.approx(0.0) and row["train_cos_positive_end"] == 0.6
+    assert row["train_active_hinges_min"] == 0.5 and row["train_active_hinges_start"] == 1.0  # steps 1.., then 0
+    assert row["train_grad_norm_end"] == 4.0 and row["train_lora_norm_end"] == 0.4
+    assert math.isnan(row["train_centered_cos_positive_end"])  # not logged: NaN
+    infonce = sweep_trial.training_columns(log.assign(loss_minus_margin=np.nan, active_hinges=np.nan))
+    assert math.isnan(infonce["train_active_hinges_min"]) and math.isnan(infonce["train_loss_minus_margin_start"])
+
+
+def test_each_epoch_reports_its_mean_dynamics_to_tune():
+    from tli.sweep.tuner import epoch_metrics
+
+    log = pd.DataFrame(
+        {"step": [0, 1, 2], "epoch": [0, 1, 1], "loss": [0.5, 0.4, 0.2], "lr": [np.nan, 0.1, 0.2]}
+        | {"active_hinges": [1.0, 1.0, 0.5], "grad_norm": [np.nan, 1.0, 3.0], "lora_norm": [0.0, 0.1, 0.3]}
+    )
+    metrics = epoch_metrics("abc", log)
+    assert metrics["epoch"] == 1 and metrics["train_loss"] == pytest.approx(0.3) and metrics["train_loss_last"] == 0.2
+    assert metrics["train_active_hinges"] == 0.75 and metrics["train_grad_norm"] == 2.0
+    assert metrics["train_lora_norm"] == 0.3 and metrics["lr"] == 0.2 and math.isnan(metrics["train_cos_positive"])
 
 
 @pytest.mark.parametrize(
@@ -460,7 +516,15 @@ def test_layer_smoke_writes_the_contracted_tables(layer_smoke):
     } <= set(pairs.columns)
     counts = summary.groupby(["trial_id", "eval_layer"]).size()
     assert len(counts) == 4 and (counts >= 3).all()  # trials x eval layers; trained, validation, control(_all)
-    assert len(pd.read_parquet(folder / "train_log.parquet")) == 2 * 2  # 2 trials x 2 steps of 1 epoch
+    train_log = pd.read_parquet(folder / "train_log.parquet")
+    assert len(train_log) == 2 * 3 and set(train_log["step"]) == {0, 1, 2}  # 2 trials x (step 0 + 2 steps of 1 epoch)
+    assert list(train_log.columns) == ["trial_id", *train.LOG_COLUMNS]
+    dynamics = [f"train_{name}_{when}" for name in sweep_trial.DYNAMICS for when in ("start", "end")]
+    assert np.isfinite(trials[dynamics + ["train_active_hinges_min", "train_lora_norm_end"]].to_numpy(float)).all()
+    drift = [f"drift_kl_{lang}_{part}" for lang in ("sw", "en") for part in ("ci_low", "ci_high", "random")]
+    assert (trials[drift] > 0).all().all()
+    assert (trials["drift_kl_sw_ci_low"] <= trials["drift_kl_sw"]).all()
+    assert (trials["drift_kl_sw"] <= trials["drift_kl_sw_ci_high"]).all()
     scan = pd.read_parquet(folder / "scan.parquet")
     assert len(scan) == 31 * 4 and set(scan["pooling"]) == {"mean", "mean_content", "mean_skip_first", "last"}
     assert len(pd.read_parquet(folder / "drift_samples.parquet")) == 4
@@ -516,6 +580,8 @@ def test_ray_tune_sees_every_measurement(layer_smoke):
     assert best.metrics["tli_trial_id"] == trials["objective"].idxmax()
     progress = pd.read_csv(next((folder / "tune").glob("*/*/progress.csv")))
     assert "train_loss" in progress.columns and progress["train_loss"].notna().any()
+    for column in ("train_active_hinges", "train_cos_positive", "train_grad_norm", "train_lora_norm"):
+        assert progress[column].notna().any(), column  # each epoch's dynamics
     assert list((folder / "tune").glob("*/*/events.out.tfevents.*"))  # Tune's TensorBoard files
 
 

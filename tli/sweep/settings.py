@@ -137,11 +137,14 @@ def expand_grid(grid: dict[str, Axis], base: TrialSettings) -> list[TrialSetting
 
 
 def swept_names(grid: dict[str, Axis]) -> list[str]:
-    """The flat settings an axis of `grid` sets (a dict-valued axis sets each of its keys)."""
+    """The flat settings an axis of `grid` sets (a dict-valued axis sets each key of any of its values: a protocol
+    that alone sets `translations` sweeps it).
+    """
     names: list[str] = []
     for name, values in grid.items():
-        first = values[0] if isinstance(values, list) and values else None
-        names.extend(first.keys() if isinstance(first, dict) else [name])
+        values = list(values) if isinstance(values, (list, tuple)) else []
+        dicts = [value for value in values if isinstance(value, dict)]
+        names.extend([key for value in dicts for key in value] if dicts else [name])
     return list(dict.fromkeys(names))
 
 

@@ -169,14 +169,60 @@ ROW_DEVICE = {
 EMBEDDING_CACHE_BYTES = 256 * 2**20  # pre-TLI pool embeddings a worker keeps, least recently used dropped first
 
 
+# --- what training did, and drift against its reference (row columns from the training log and tli.drift) ----
+
+DYNAMICS = (  # train_log columns summarised in the row: at step 0 (`_start`) and over the last epoch (`_end`)
+    "loss",
+    "loss_minus_margin",
+    "active_hinges",
+    *(f"{kind}cos_{name}" for kind in ("", "centered_") for name in ("positive", "hardest_negative", "negatives")),
+)
+ROW_TRAINING = {
+    **{f"train_{name}_{when}": pa.float64() for name in DYNAMICS for when in ("start", "end")},
+    "train_active_hinges_min": pa.float64(),  # the fewest open hinges of any step: 1 = the margin never mattered
+    "train_grad_norm_end": pa.float64(),
+    "train_lora_norm_end": pa.float64(),  # ||delta W|| of the trained adapter
+}
+DRIFT_LANGUAGES = ("sw", "en")
+ROW_DRIFT = {
+    f"drift_kl_{language}_{part}": pa.float64()
+    for language in DRIFT_LANGUAGES
+    for part in ("ci_low", "ci_high", "random")
+}  # beside drift_kl_<lang>: its CI over sequences and the random-direction reference (`tli.drift.drift_measures`)
+
+
+def training_columns(train_log: pd.DataFrame) -> dict[str, float]:
+    """ROW_TRAINING from a training log (`tli.train.LOG_COLUMNS`): each DYNAMICS column at step 0 (before any
+    update) and its mean over the last epoch's steps, the fewest open hinges of any step, the last epoch's mean
+    gradient norm, the final LoRA update norm. NaN where the log lacks a column.
+    """
+    log = train_log.reindex(columns=[*DYNAMICS, "step", "epoch", "grad_norm", "lora_norm"])
+    start, steps = log[log["step"] == 0], log[log["step"] > 0]
+    last = steps[steps["epoch"] == steps["epoch"].max()]
+
+    def value(rows: pd.DataFrame, name: str, how: str = "mean") -> float:
+        values = rows[name].astype(float)
+        return float(values.agg(how)) if values.notna().any() else float("nan")
+
+    row = {}
+    for name in DYNAMICS:
+        row |= {f"train_{name}_start": value(start, name), f"train_{name}_end": value(last, name)}
+    return row | {
+        "train_active_hinges_min": value(steps, "active_hinges", "min"),
+        "train_grad_norm_end": value(last, "grad_norm"),
+        "train_lora_norm_end": value(steps.tail(1), "lora_norm"),
+    }
+
+
 _TYPES = (("bool", pa.bool_()), ("float", pa.float64()), ("int", pa.int64()))  # a setting's type hint -> Arrow
 
 
 @functools.cache
 def trials_schema() -> pa.Schema:
-    """The columns of trials.parquet: ROW_FIRST, every setting (typed by TrialSettings), ROW_OUTCOMES, then
-    `{place}_{set}_{metric}` for every place, set and WIDE_METRICS metric (null where a trial lacks the set), then
-    `probe_{set}_{direction}_{metric}` for every PROBE_METRICS metric (null where the probe did not run).
+    """The columns of trials.parquet: ROW_FIRST, every setting (typed by TrialSettings), ROW_OUTCOMES, ROW_DEVICE,
+    ROW_TRAINING, ROW_DRIFT, then `{place}_{set}_{metric}` for every place, set and WIDE_METRICS metric (null where
+    a trial lacks the set), then `probe_{set}_{direction}_{metric}` for every PROBE_METRICS metric (null where the
+    probe did not run).
     """
     hints = {}
     for part in (ModelConfig, TrainConfig, ProbeConfig, TrialSettings):
@@ -185,7 +231,7 @@ def trials_schema() -> pa.Schema:
     for name in setting_names():
         typed = (kind for word, kind in _TYPES if word in hints[name])
         columns[name] = next(typed, pa.string())
-    columns |= ROW_OUTCOMES | ROW_DEVICE
+    columns |= ROW_OUTCOMES | ROW_DEVICE | ROW_TRAINING | ROW_DRIFT
     for place in PLACES:
         for name in SETS:
             columns |= {
@@ -408,9 +454,9 @@ def _train_and_measure(
         probe_done = time.perf_counter()
         measured = settings.drift and inputs.drift_samples is not None
         kl = (
-            drift.drift_kl(peft_model, inputs.drift_samples)
+            drift.drift_measures(peft_model, inputs.drift_samples, settings.n_boot, settings.train.seed)
             if measured
-            else {"drift_kl_sw": float("nan"), "drift_kl_en": float("nan")}
+            else {f"drift_kl_{language}": float("nan") for language in DRIFT_LANGUAGES}
         )
         placement = models.runs_on(settings.model)
         floor = (
@@ -444,6 +490,7 @@ def _train_and_measure(
         | placement
         | floor
     )
+    row |= training_columns(train_log)
     row |= wide_metrics(summary, {"target": settings.train.target_layer, "final": n_layers})
     tables = {"summary": summary, "pairs": pairs, "train_log": train_log}
     if probed is not None:

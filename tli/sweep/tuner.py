@@ -36,7 +36,7 @@ from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_dri
 from tli.sweep.resources import Reservation
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
-from tli.sweep.trial import OBJECTIVE_METRIC, WorkerCache, pack, run_trial
+from tli.sweep.trial import DYNAMICS, OBJECTIVE_METRIC, WorkerCache, pack, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,23 @@ def tune_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def epoch_metrics(trial_id: str, train_log: pd.DataFrame) -> dict[str, Any]:
-    """One Tune iteration per epoch: its mean and last step loss, the learning rate, objective NaN."""
+    """One Tune iteration per epoch: the epoch's mean of each logged dynamic (`train_loss`, `train_active_hinges`,
+    `train_cos_positive`, ..., `train_grad_norm`; NaN where not logged), its last step loss, the learning rate,
+    the LoRA update norm after it, objective NaN.
+    """
     epoch = int(train_log["epoch"].iloc[-1])
-    steps = train_log[train_log["epoch"] == epoch]
-    return {
-        "tli_trial_id": trial_id,
-        "epoch": epoch,
-        "train_loss": float(steps["loss"].mean()),
-        "train_loss_last": float(steps["loss"].iloc[-1]),
-        "lr": float(steps["lr"].iloc[-1]),
-        "objective": float("nan"),
-    }
+    steps = train_log[train_log["epoch"] == epoch].reindex(columns=[*DYNAMICS, "grad_norm", "lr", "lora_norm"])
+    means = {f"train_{name}": float(steps[name].astype(float).mean()) for name in (*DYNAMICS, "grad_norm")}
+    return (
+        {"tli_trial_id": trial_id, "epoch": epoch}
+        | means
+        | {
+            "train_loss_last": float(steps["loss"].iloc[-1]),
+            "lr": float(steps["lr"].iloc[-1]),
+            "train_lora_norm": float(steps["lora_norm"].iloc[-1]),
+            "objective": float("nan"),
+        }
+    )
 
 
 # --- the trainable, inside a Ray worker ----------------------------------------------------------
