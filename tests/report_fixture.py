@@ -28,7 +28,15 @@ from tli.sweep.flags import SweepConfig
 from tli.sweep.inputs import ExperimentInputs, trial_sets
 from tli.sweep.settings import TrialSettings, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
-from tli.sweep.trial import OBJECTIVE_METRIC, TrialRecord, objective, pack, probe_metrics, wide_metrics
+from tli.sweep.trial import (
+    OBJECTIVE_METRIC,
+    TrialRecord,
+    objective,
+    pack,
+    probe_metrics,
+    training_columns,
+    wide_metrics,
+)
 
 N_LAYERS = 4  # a 4-block model: layers 0..4; the selection layer is L = 4
 DIM = 24
@@ -144,9 +152,15 @@ def _trial(settings: TrialSettings, inputs: ExperimentInputs, pool, rng) -> Tria
         | wide_metrics(summary, {"target": t, "final": N_LAYERS})
         | probe_metrics(probe_summary)
     )
-    train_log = pd.DataFrame(
-        {"step": [1, 2], "epoch": [1, 1], "loss": [0.5, 0.3], "lr": [2e-4, 1e-4], "seconds": [0.1, 0.2]}
-    )
+    train_log = training_log(settings)
+    row |= training_columns(train_log) | {
+        "drift_kl_sw_ci_low": kl * 0.8,
+        "drift_kl_sw_ci_high": kl * 1.2,
+        "drift_kl_sw_random": kl / 4,  # above its reference
+        "drift_kl_en_ci_low": kl / 2 * 0.8,
+        "drift_kl_en_ci_high": kl / 2 * 1.2,
+        "drift_kl_en_random": kl,  # below it
+    }
     return TrialRecord(row, {"summary": summary, "pairs": pairs, "train_log": train_log, "probe": probed})
 
 
@@ -175,6 +189,39 @@ def _probe(settings: TrialSettings, inputs: ExperimentInputs, sets) -> tuple[pd.
 
     table = probe.probe_table(probed, wanted, answers(False), answers(True))
     return table, probe.probe_summary(table, excluded)
+
+
+def training_log(settings: TrialSettings) -> pd.DataFrame:
+    """A training log (`tli.train.LOG_COLUMNS`) of step 0 and 2 epochs of 2 steps, by the trial's evaluation pooling:
+    `mean` (inflate) descends onto its margin with every hinge open (cosines collapse towards 1), `mean_content`
+    (pull) ends below its margin with hinges closing, `last` (none) never leaves its margin.
+    """
+    margin, kind = settings.train.margin, settings.pooling_eval
+    steps = np.arange(5)  # 0: before any update
+    excess = {"mean": np.array([0.1, 0.06, 0.03, 0.01, 0.0]), "mean_content": np.linspace(0.05, -0.2, 5)}.get(
+        kind, np.zeros(5)
+    )
+    positive = {"mean": np.linspace(0.5, 0.99, 5), "mean_content": np.linspace(0.5, 0.8, 5)}.get(kind, np.full(5, 0.9))
+    hardest = positive + excess
+    return pd.DataFrame(
+        {
+            "step": steps,
+            "epoch": [0, 1, 1, 2, 2],
+            "loss": margin + excess,
+            "lr": [np.nan, 0.0, 2e-4, 1e-4, 5e-5],
+            "seconds": steps * 0.1,
+            "loss_minus_margin": excess,
+            "active_hinges": [1.0] * 5 if kind != "mean_content" else [1.0, 1.0, 0.75, 0.5, 0.5],
+            "cos_positive": positive,
+            "cos_hardest_negative": hardest,
+            "cos_negatives": hardest - 0.1,
+            "centered_cos_positive": positive - 0.4,
+            "centered_cos_hardest_negative": hardest - 0.4,
+            "centered_cos_negatives": hardest - 0.6,
+            "grad_norm": [np.nan, 1.0, 0.8, 0.6, 0.4],
+            "lora_norm": [0.0, 0.1, 0.2, 0.3, 0.4 * settings.train.lora_rank / 16],
+        }
+    )
 
 
 def scan_table(inputs: ExperimentInputs, pool) -> pd.DataFrame:

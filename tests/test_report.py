@@ -23,6 +23,7 @@ from test_stats import exact_bootstrap_variance
 from tli import report
 from tli import stats as tli_stats
 from tli.errors import TliError
+from tli.report import drift as report_drift
 from tli.report import multiple, render, retrieval, sections, selection, significance, training, uncertainty, verdict
 
 from conftest import load_ablation
@@ -359,13 +360,87 @@ def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_
     assert heldout["heldout cgap"].str.contains(" → ").all()
 
 
-def test_a_loss_stuck_at_its_margin_is_reported(results):
-    ok = results.ok.iloc[:4]
-    assert not training.loss_at_margin(results.ok).any()  # the fixture's final losses: 0.3 / target layer, margin 0.4
-    stuck = ok.assign(margin=[0.4, 0.4, 0.4, 0.0], final_loss=[0.4002, 0.45, 0.35, 0.0])
-    assert training.loss_at_margin(stuck).tolist() == [True, True, False, False]  # at, above, below; margin 0 never
-    text = render.markdown(sections.header(dataclasses.replace(results, trials=stuck), BY))
-    assert "Training check: in 2 of 4 trials" in text
+@pytest.mark.parametrize(
+    "start, end, state",
+    [
+        (0.005, -0.002, "never left the margin"),
+        (0.08, 0.001, "descended onto the margin"),
+        (-0.05, 0.0, "rose onto the margin"),
+        (0.05, -0.2, "below the margin"),
+        (0.0, 0.03, "above the margin"),
+        (float("nan"), 0.0, ""),
+    ],
+)
+def test_where_a_triplet_loss_ended_against_its_margin(start, end, state):
+    assert training.margin_state(start, end) == state
+
+
+def test_the_training_check_is_computed_from_the_logged_dynamics(results):
+    ok = results.ok
+    kinds = ok["pooling_eval"].value_counts()  # the fixture: mean descends, mean_content ends below, last never left
+    states = training.margin_states(ok)
+    assert (states[ok["pooling_eval"] == "mean"] == "descended onto the margin").all()
+    assert (states[ok["pooling_eval"] == "mean_content"] == "below the margin").all()
+    assert (states[ok["pooling_eval"] == "last"] == "never left the margin").all()
+    text = " ".join(training.check(ok))
+    assert f"Training check, {len(ok)} triplet trial(s)" in text
+    assert f"{kinds['mean']} descended onto the margin (loss - margin +0.100 at step 0, +0.005 over" in text
+    assert f"{kinds['last']} never left the margin (loss - margin +0.000 at step 0" in text
+    assert "raw a·p 0.500 → 0.929, a·n_hard 0.600 → 0.934" in text  # step 0, then the last epoch's mean
+    always = kinds["mean"] + kinds["last"]
+    assert f"In {always} of {len(ok)} triplet trial(s) every hinge was open at every step (the fewest open" in text
+    assert "margin on Gemma" not in text and "group(s) of trials identical but for the margin" not in text
+    infonce = ok.assign(loss=np.where(ok["pooling_eval"] == "last", "infonce", "triplet"))
+    text = " ".join(training.check(infonce))
+    assert f"Training check, {len(ok) - kinds['last']} triplet trial(s)" in text and "never left" not in text
+    assert f"{kinds['last']} InfoNCE trial(s) (no margin; the loss in nats" in text
+    old = ok.drop(columns=[c for c in ok if c.startswith("train_") and c != "train_seconds"])
+    assert "not possible here" in training.check(old)[0]
+
+
+def test_trials_differing_only_in_margin_are_checked_for_one_adapter(rank_margin_dir):
+    ok = report.load_results(str(rank_margin_dir)).ok  # the fixture's update norm follows the rank, not the margin
+    found = training.margin_groups(ok)
+    assert len(found) == 4 and all(group["margins"] == [0.2, 0.4] and group["same"] for group in found)
+    assert "Of 4 group(s) of trials identical but for the margin (margins 0.2, 0.4), every one trained one adapter" in (
+        " ".join(training.check(ok))
+    )
+    moved = ok.assign(train_lora_norm_end=ok["train_lora_norm_end"] * np.where(ok["margin"] == 0.2, 1.0, 1.01))
+    assert "0 trained one adapter for every margin and 4 did not" in " ".join(training.check(moved))
+
+
+def test_dynamics_table_and_figures_per_condition(results, conds, built):
+    table = training.dynamics_table(results.ok, conds, BY)
+    assert len(table) == len(conds) and (table["loss"] == "triplet").all()
+    row = table[(table["target_layer"] == 2) & (table["pooling_eval"] == "mean_content")].iloc[0]
+    assert row["loss - margin"] == "+0.050 → -0.169" and row["open hinges (min)"] == "100% → 50% (50%)"
+    text = (built / "report.md").read_text()
+    assert "## What training did" in text and "margins 0.1 to 1.0" not in text
+    drawn = sorted(f.name for f in (built / "figures").glob("training_*.png"))
+    assert drawn == [f"training_{i:02d}.png" for i in range(1, len(conds) + 1)]
+    from tli.report import figures
+
+    log = results.tables("train_log", conds.iloc[0]["trial_ids"])
+    assert figures.training_dynamics(log, ["infonce"], "x").startswith(b"\x89PNG")
+    assert figures.training_dynamics(log.drop(columns=["cos_positive"]), ["triplet"], "x") is None
+
+
+def test_drift_beside_its_interval_and_its_random_direction_reference(results, conds, built):
+    table = report_drift.drift_table(results.ok, conds, BY)
+    assert len(table) == 2 * len(conds) and set(table["language"]) == {"sw", "en"}
+    sw, en = table[table["language"] == "sw"], table[table["language"] == "en"]
+    assert (sw["vs random"] == "above").all() and (en["vs random"] == "below").all()
+    np.testing.assert_allclose(sw["drift / random"], 4.0)
+    one = conds[conds["n_trials"] == 1].index[0]  # a condition of one trial shows that trial's CI
+    trial = results.ok.set_index("trial_id").loc[conds.loc[one, "trial_ids"][0]]
+    shown = table[(table["language"] == "sw")].iloc[list(conds.index).index(one)]["95% CI over sequences"]
+    assert shown == f"{trial['drift_kl_sw_ci_low']:.3g} to {trial['drift_kl_sw_ci_high']:.3g}"
+    assert table["95% CI over sequences"].str.startswith("seeds ").sum() == 2 * (conds["n_trials"] > 1).sum()
+    assert report_drift.versus_random(0.1, 0.2, 0.15) == "within" and report_drift.versus_random(0.1, 0.2, 0.3) == (
+        "below"
+    )
+    text = (built / "report.md").read_text()
+    assert "## Drift against a reference" in text and f"{len(conds)} above, {len(conds)} below" in text
 
 
 def test_prespecified_condition_is_the_papers_defaults(conds, rank_margin_dir):
@@ -449,6 +524,11 @@ def test_protocol_names():
         ("mean", "last", False): "train mean / eval last",
     }
     assert {key: verdict.protocol_name(*key) for key in names} == names
+    assert verdict.protocol_name("mean", "mean_content", True, "deranged") == "control: shuffled pairs"
+    assert verdict.protocol_name("mean", "mean", False, "deranged") == "control: shuffled pairs (paper as written)"
+    assert verdict.protocol_name("mean", "mean", False, "true") == "paper as written"
+    ranked = sorted(["control: last token", "control: shuffled pairs", "paper as written"], key=verdict.protocol_rank)
+    assert ranked == ["paper as written", "control: shuffled pairs", "control: last token"]
 
 
 def test_table2_ranks_pair_gains_of_the_selected_condition(results, conds):
@@ -646,7 +726,7 @@ def test_compact_gain_and_its_ci_in_one_format_and_p_headed_by_its_correction():
 def test_report_files_and_embedded_figures(built, sig):
     for name in ("significance.csv", "significance.md", "report.md", "report.html"):
         assert (built / name).stat().st_size > 500, name
-    figures = sorted(f.name for f in (built / "figures").glob("*.png"))
+    figures = sorted(f.name for f in (built / "figures").glob("*.png") if not f.name.startswith("training_"))
     assert figures == [
         "gain_by_layer.png",
         "gain_by_protocol.png",
@@ -657,7 +737,9 @@ def test_report_files_and_embedded_figures(built, sig):
     ]
     assert all(f.stat().st_size > 10_000 for f in (built / "figures").glob("*.png"))
     page = (built / "report.html").read_text()
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 6 and "figures/" not in page
+    assert (
+        len(re.findall(r'<img src="data:image/png;base64,', page)) == 6 + 9 and "figures/" not in page
+    )  # 9 training figures
     assert len(pd.read_csv(built / "significance.csv")) == len(sig) == 9 * 5 * 2  # conditions x sets x eval layers
     text = (built / "report.md").read_text()
     for expected in (
@@ -680,12 +762,12 @@ def test_report_files_and_embedded_figures(built, sig):
         "% (chance ",
     ):
         assert expected in text, expected
-    assert "Training check" not in text  # no trial's loss sits at its margin
+    assert "Training check, 16 triplet trial(s)" in text
 
 
 def test_rank_margin_heat_map_and_heldout_bars(rank_margin_dir, tmp_path):
     built = report.build_report(str(rank_margin_dir), str(tmp_path / "out"), n_boot=100)
-    figures = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
+    figures = {f.name for f in (tmp_path / "out" / "figures").glob("*.png") if not f.name.startswith("training_")}
     swept = {"gain_by_lora_rank.png", "gain_by_margin.png"}
     assert figures == {"layer_scan.png", "rank_margin.png", "heldout.png", *swept, *ALWAYS}
     text = (tmp_path / "out" / "report.md").read_text()
@@ -751,7 +833,7 @@ def test_report_html_images_load_in_headless_chromium(built, tmp_path):
         path.as_uri(),
     ]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
-    assert "<title>loaded 6 of 6</title>" in dom, dom[:300]
+    assert "<title>loaded 15 of 15</title>" in dom, dom[:300]
 
 
 # --- t-SNE through the sweep side ---------------------------------------------------------------
@@ -844,7 +926,7 @@ def test_a_rank_only_sweep_draws_its_axis(tmp_path):
     folder = make_results(tmp_path, {"lora_rank": [4, 16], "seed": [0]}, errored=0, unfinished=0, name="rank")
     report.build_report(str(folder), str(tmp_path / "out"), n_boot=100)
     drawn = {f.name for f in (tmp_path / "out" / "figures").glob("*.png")}
-    assert drawn == {"layer_scan.png", "gain_by_lora_rank.png", *ALWAYS}
+    assert drawn == {"layer_scan.png", "gain_by_lora_rank.png", "training_01.png", "training_02.png", *ALWAYS}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Figure skipped (Gain at the target layer by target layer" in text  # the layer figure needs layers
     assert "gain_by_lora_rank.png" in text and "Replication: the condition fixed in advance" in text

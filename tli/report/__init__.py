@@ -6,7 +6,9 @@
   significance  the seed-averaged significance table
   multiple      which p-values are corrected together (the families), and how
   verdict       protocols named for what they are, and the specificity test
-  training      the training check (a loss that never left its margin)
+  training      what training did: the training check from the logged dynamics (a loss that never left its
+                margin, or descended onto it), per condition
+  drift         drift beside its CI and its random-direction reference
   retrieval     P@k and MRR with McNemar's test beside the orthographic and Procrustes baselines; the probe
   overview      every condition at a glance
   paper         the paper's Tables 1 and 2
@@ -109,6 +111,9 @@ def build_report(
         blocks += sections.retrieval_section(sig, conds, by, chosen)
         probed = retrieval.probe_rows(results, by)
         blocks += sections.probe_section(probed)
+        with matplotlib.rc_context(figures.PAPER_STYLE):
+            blocks += sections.what_training_did(results, conds, by)
+        blocks += sections.drift_against_reference(results, conds, by)
         blocks += sections.paper_tables(results, sig, conds, by, chosen)
         embeddings = tsne(sections.best_trial(results, chosen)) if tsne is not None else None
         with matplotlib.rc_context(figures.PAPER_STYLE):

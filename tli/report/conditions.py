@@ -17,7 +17,7 @@ from tli.report.results import Results
 from tli.sweep.settings import TrialSettings, plain, setting_names
 from tli.sweep.trial import OUTCOMES
 
-PROTOCOL = ("pooling_train", "pooling_eval", "mask_false_negatives")  # every protocol present is reported
+PROTOCOL = ("pooling_train", "pooling_eval", "mask_false_negatives", "translations")  # each one present is reported
 MODEL = ("model", "device", "dtype", "quantization")  # every model present is reported
 NOT_CONDITIONS = ("seed", "device")  # seed: the replicate; device does not change what a trial measures
 DERIVED = {"lora_alpha": "lora_rank"}  # a setting derived from another when not set (alpha = 2 x rank)
@@ -79,7 +79,7 @@ def conditions(results: Results, by: list[str]) -> pd.DataFrame:
     """
     rows = []
     for values, trials in groups(results.ok, by):
-        row = values | {c: constant(trials[c]) for c in ("target_layer", *PROTOCOL) if c not in values}
+        row = values | {c: constant(trials[c]) for c in ("target_layer", *PROTOCOL) if c not in values and c in trials}
         row |= {
             "n_trials": len(trials),
             "n_seeds": trials["seed"].nunique(),

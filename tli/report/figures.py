@@ -219,8 +219,8 @@ def axis_values(rows: pd.DataFrame, axis: str) -> pd.Series:
     if axis != "protocol":
         return rows[axis]
     present = [c for c in PROTOCOL if c in rows]
-    if len(present) == len(PROTOCOL):
-        return pd.Series([protocol_name(*values) for values in rows[present].itertuples(index=False)], rows.index)
+    if {"pooling_train", "pooling_eval", "mask_false_negatives"} <= set(present):
+        return pd.Series([protocol_name(**values) for values in rows[present].to_dict("records")], rows.index)
     named = [label(dict(zip(present, values))) for values in rows[present].itertuples(index=False)]
     return pd.Series(named, rows.index)
 
@@ -394,6 +394,54 @@ def translation_probe(rows: pd.DataFrame, by: list[str]) -> bytes | None:
         ax.set_xticklabels(labels, rotation=30, ha="right")
     fig.axes[0].legend(fontsize=7, title="set (open: before, filled: after)")
     fig.suptitle("translation probe: few-shot word translation, greedy, before and after TLI")
+
+
+COSINE_LINES = {"positive": "anchor · translation", "hardest_negative": "anchor · hardest negative"}
+COSINE_LINES |= {"negatives": "anchor · every negative"}
+
+
+def training_dynamics(log: pd.DataFrame, losses: list[str], title: str) -> bytes | None:
+    """One condition's training step by step (`tli.train.LOG_COLUMNS`, the mean over its trials at each step; step
+    0, marked by a diamond, is the model before any update on the first epoch's batches): the loss (triplet: loss -
+    margin; InfoNCE: its loss in nats, on its own axis: losses of both are never drawn on one), the share of open
+    hinges, the mean cosines raw and per-language centred, the gradient norm and ||delta W||. `losses`: the
+    condition's losses. None when the log has no dynamics.
+    """
+    if log.empty or "cos_positive" not in log:
+        return None
+    steps = log.groupby("step").mean(numeric_only=True)
+    fig = Figure(figsize=(11, 5.6))
+    (loss_ax, hinge_ax, raw_ax), (grad_ax, norm_ax, centred_ax) = fig.subplots(2, 3, sharex=True)
+
+    def draw(ax, column: str, label: str | None = None, colour=None) -> None:
+        line = ax.plot(steps.index, steps[column], lw=0.9, label=label, color=colour)[0]
+        if 0 in steps.index:
+            ax.plot([0], [steps.loc[0, column]], marker="D", ms=4, color=line.get_color())
+
+    if losses == ["triplet"]:
+        draw(loss_ax, "loss_minus_margin")
+        loss_ax.axhline(0, color="grey", lw=0.6)
+        loss_ax.set(title="triplet loss - margin (0: at the margin)", ylabel="cosine units")
+        draw(hinge_ax, "active_hinges")
+        hinge_ax.set(title="open hinges (share of anchors)", ylim=(-0.05, 1.05))
+    else:
+        if losses == ["infonce"]:
+            draw(loss_ax, "loss")
+        loss_ax.set(title="InfoNCE loss (nats)" if losses == ["infonce"] else "several losses: not on one axis")
+        hinge_ax.set(title="no hinges: InfoNCE" if losses == ["infonce"] else "hinges: triplet only")
+    for ax, kind, name in ((raw_ax, "", "raw"), (centred_ax, "centered_", "per-language centred")):
+        for (column, label), colour in zip(COSINE_LINES.items(), colours(3)):
+            draw(ax, f"{kind}cos_{column}", label, colour)
+        ax.set(title=f"mean cosine, {name}")
+    raw_ax.legend(fontsize=6)
+    draw(grad_ax, "grad_norm")
+    grad_ax.set(title="gradient norm (LoRA parameters)", xlabel="step")
+    draw(norm_ax, "lora_norm")
+    norm_ax.set(title="‖ΔW‖ of the LoRA update", xlabel="step")
+    centred_ax.set(xlabel="step")
+    for ax in (grad_ax, norm_ax, centred_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"what training did: {title} (◆ step 0, before any update)")
     return png(fig)
 
 

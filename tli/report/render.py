@@ -185,7 +185,8 @@ def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: s
         "significance_compact_md": out.write_bytes("significance_compact.md", (table_text(compact) + "\n").encode()),
         "significance_compact_tex": out.write_bytes("significance_compact.tex", latex(compact).encode()),
     }
-    out.delete("tables")  # an earlier report's tables: a table this report lacks must not stay behind
+    for folder in ("tables", "figures"):  # an earlier report's: a table or figure this report lacks must not stay
+        out.delete(folder)
     heading, number = "report", 0
     for kind, content in blocks:
         if kind in ("h1", "h2"):
@@ -194,18 +195,13 @@ def write(out: Folder, blocks: list[Block], significance: pd.DataFrame, title: s
             number += 1
             name = f"tables/{number:02d}-{_slug(heading)}.tex"
             written[name] = out.write_bytes(name, latex(content).encode())
-        elif kind == "figure":
+        elif kind == "figure" and content.data is not None:
             stem = content.name.rsplit(".", 1)[0]
-            vectors = {"pdf": getattr(content.data, "pdf", None), "svg": getattr(content.data, "svg", None)}
-            if content.data is not None:
-                written[content.name] = out.write_bytes(f"figures/{content.name}", content.data)
-            for suffix, data in vectors.items():  # a figure not drawn this time: an earlier copy would mislead
+            written[content.name] = out.write_bytes(f"figures/{content.name}", content.data)
+            for suffix in ("pdf", "svg"):
+                data = getattr(content.data, suffix, None)
                 if data is not None:
                     written[f"{stem}.{suffix}"] = out.write_bytes(f"figures/{stem}.{suffix}", data)
-                else:
-                    out.delete(f"figures/{stem}.{suffix}")
-            if content.data is None:
-                out.delete(f"figures/{content.name}")
     written["report_md"] = out.write_bytes("report.md", markdown(blocks).encode())
     written["report_html"] = out.write_bytes("report.html", page(blocks, title).encode())
     return written

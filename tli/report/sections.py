@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tli.report import author, figures, render, retrieval, verdict
+from tli.report import author, drift, figures, render, retrieval, training, verdict
 from tli.report.conditions import PROTOCOL, defaults_of, prespecified, unlike_defaults
 from tli.report.overview import overview
 from tli.report.paper import table1, table2
@@ -14,7 +14,6 @@ from tli.report.render import Plot
 from tli.report.results import Results, progress_line
 from tli.report.selection import COMPARABLE, tied
 from tli.report.significance import at_target, rows_of
-from tli.report.training import MARGIN_TOLERANCE, loss_at_margin
 from tli.sweep.settings import TrialSettings
 
 LEGEND = (
@@ -82,7 +81,7 @@ def label(condition: pd.Series, by: list[str]) -> str:
 
 
 def _protocol(condition: pd.Series) -> str:
-    return verdict.protocol_name(*(condition[c] for c in PROTOCOL))
+    return verdict.protocol_name(*(condition.get(c) for c in PROTOCOL))
 
 
 def _fixed_in_advance(conds: pd.DataFrame, by: list[str]) -> list[pd.Series]:
@@ -102,18 +101,6 @@ def header(results: Results, by: list[str]) -> list[render.Block]:
         ),
     ]
     blocks += [("p", f"Data note: {note}.") for note in results.notes]
-    stuck = loss_at_margin(results.ok)
-    if stuck.any():
-        blocks.append(
-            (
-                "p",
-                f"Training check: in {stuck.sum()} of {len(stuck)} trials the final triplet loss is not below the "
-                f"margin minus {MARGIN_TOLERANCE}, the loss nearly identical pooled vectors give: in the training "
-                "pooling (`pooling_train`) anchors end about as close to their hardest in-batch negative as to their "
-                "translation. While every hinge max(0, d(a, p) - d(a, n) + margin) is active, the margin does not "
-                "enter the gradient (on Gemma 3 270M at layer 2, margins 0.1 to 1.0 trained the same adapter).",
-            )
-        )
     if not results.errors.empty:
         shown = [c for c in ("trial_id", *by, "error") if c in results.errors]
         errors = results.errors[shown].assign(error=results.errors["error"].astype(str).str.slice(0, 200))
@@ -188,7 +175,7 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
             f"{ok['validation_seed']:.0f}), so the control, held-out and unseen sets play no part in the choice. "
             "Objectives measured with another evaluation pooling, or on another validation set (another held-out "
             "category), are on other scales: where those vary, only the conditions at the paper's defaults of them "
-            "compete.",
+            "compete; a shuffled control never does.",
         ),
     ]
     if chosen is None:
@@ -203,8 +190,71 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
             + _tie_note(tied(conds, chosen), by),
         )
     )
-    shown = [*by, "n_trials", "n_seeds", "objective", "objective_sd", "final_loss", "drift_kl_sw", "drift_kl_en"]
-    return blocks + [("table", conds[[c for c in shown if c in conds]])]
+    several = training.losses(results.ok).nunique() > 1  # triplet and InfoNCE losses: cosine units and nats
+    shown = [*by, "n_trials", "n_seeds", "objective", "objective_sd", *(() if several else ("final_loss",))]
+    shown += ["drift_kl_sw", "drift_kl_en"]
+    blocks.append(("table", conds[[c for c in shown if c in conds]]))
+    if several:
+        blocks.append(
+            (
+                "p",
+                "No `final_loss` column: the conditions' losses are of different objectives, on scales "
+                "that do not compare (the triplet loss in cosine units, InfoNCE in nats).",
+            )
+        )
+    return blocks
+
+
+def what_training_did(results: Results, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
+    """The training check computed from the trials' logged dynamics, their table per condition, and a figure of
+    each condition's steps.
+    """
+    blocks: list[render.Block] = [("h2", "What training did")]
+    blocks += [("p", line) for line in training.check(results.ok)]
+    table = training.dynamics_table(results.ok, conds, by)
+    if table.empty:
+        return blocks
+    blocks += [
+        (
+            "p",
+            "Per condition, means over its trials: each logged quantity at step 0 (before any update, the first "
+            "epoch's batches) → its mean over the last epoch; `open hinges (min)` the share of anchors whose triplet "
+            "hinge is open, and the fewest of any step; `grad norm` the last epoch's mean gradient norm; `‖ΔW‖` "
+            "the trained LoRA update's norm. Losses of different objectives are on different scales and are never "
+            "compared here.",
+        ),
+        ("table", table),
+    ]
+    return blocks + [("figure", plot) for plot in _dynamics_plots(results, conds, by)]
+
+
+def _dynamics_plots(results: Results, conds: pd.DataFrame, by: list[str]) -> list[Plot]:
+    """One `figures.training_dynamics` per condition (its trials' logs averaged step by step)."""
+    ok = results.ok.set_index("trial_id")
+    logs = results.tables("train_log", list(ok.index))
+    plots = []
+    for number, (_, condition) in enumerate(conds.iterrows(), start=1):
+        ids = condition["trial_ids"]
+        losses = sorted(set(training.losses(ok.loc[ids])))
+        log = logs[logs["trial_id"].isin(ids)] if "trial_id" in logs else logs.iloc[:0]
+        name = label(condition, by)
+        plots.append(
+            Plot(
+                f"training_{number:02d}.png",
+                figures.training_dynamics(log, losses, name),
+                f"What training did, {name}: loss, open hinges, cosines, gradient and update norms by step",
+                "its training logs hold no dynamics (stored before tli logged them)",
+            )
+        )
+    return plots
+
+
+def drift_against_reference(results: Results, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
+    """The drift of each condition beside its CI and its random-direction reference ([] when none was measured)."""
+    table = drift.drift_table(results.ok, conds, by)
+    if table.empty:
+        return []
+    return [("h2", "Drift against a reference"), ("p", drift.sentence(table)), ("table", table)]
 
 
 def _why_none_selected(conds: pd.DataFrame) -> str:
@@ -213,7 +263,7 @@ def _why_none_selected(conds: pd.DataFrame) -> str:
     if not measured:
         return "No condition has a validation objective (no trial measured one): nothing is selected."
     varying = [c for c in COMPARABLE if c in conds and conds[c].astype(str).nunique() > 1]
-    defaults = ", ".join(f"{c}={getattr(TrialSettings(), c)}" for c in varying)
+    defaults = ", ".join(f"{c}={TrialSettings().row()[c]}" for c in varying)
     return (
         f"Nothing is selected, although {int(conds['objective'].notna().sum())} conditions have an objective: "
         f"{' and '.join(varying)} vary, so their objectives are measured on other scales or other validation sets, "

@@ -11,7 +11,11 @@ import pandas as pd
 from tli.report.conditions import at_defaults, same
 from tli.sweep.settings import TrialSettings
 
-COMPARABLE = ("pooling_eval", "heldout_category")  # objectives compare only where these agree (same measure, same set)
+COMPARABLE = (  # objectives compare only where these agree (same measure, same set, not a control)
+    "pooling_eval",
+    "heldout_category",
+    "translations",  # a shuffled control is never selected: only true translations compete
+)
 
 
 def competing(conds: pd.DataFrame) -> pd.DataFrame:
@@ -19,10 +23,10 @@ def competing(conds: pd.DataFrame) -> pd.DataFrame:
     pooling, or the validation set left when another category is held out, puts objectives on other scales), only
     those at the paper's default of it.
     """
-    defaults = TrialSettings()
+    defaults = TrialSettings().row()
     for column in COMPARABLE:
         if column in conds and conds[column].astype(str).nunique() > 1:
-            conds = conds[conds[column].map(lambda value, c=column: same(value, getattr(defaults, c)))]
+            conds = conds[conds[column].map(lambda value, c=column: same(value, defaults[c]))]
     return conds
 
 

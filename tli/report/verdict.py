@@ -13,6 +13,10 @@ length, which `mean` pooling leaves in every vector, or of word class cannot cou
   partly specific  the cosine rises, and one of the two gap gains holds
   not specific     the cosine rises, neither gap gain holds: alike non-translations rose as much
   untested         fewer than 2 pairs, or a gain not measured (NaN)
+
+The shuffled control (`translations` deranged: the same words, each Swahili word trained towards another pair's
+English word) is scored on the true pairs like every protocol: whatever gain it shows, and a real protocol
+shares, is not lexical.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 
 import pandas as pd
 
+from tli.report.conditions import PROTOCOL
 from tli.report.multiple import ALPHA
 from tli.report.significance import at_target, rows_of
 from tli.report.uncertainty import COMPARED
@@ -30,6 +35,7 @@ NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> na
     ("mean", "mean_content", False): "author's code",
     ("mean", "mean_content", True): "author's code + false-negative mask",
 }
+SHUFFLED = "control: shuffled pairs"  # trained on deranged translations (`translations` deranged), scored on true ones
 CONTROLS = {"mean_skip_first": "control: first position dropped", "last": "control: last token"}
 RULE = (
     "Verdict rule (at the target layer): a gain *holds* when it is positive and its p-value, from the bootstrap "
@@ -41,16 +47,25 @@ RULE = (
     "when neither does (alike non-translations rose as much). Matching on token count keeps length, which `mean` "
     "pooling leaves in every vector through the first position's 1/length share, from passing for translation; "
     "`gap` and `centered_gap` (every non-translation) stay in the table beside them. A gain that does not hold is "
-    "not shown absent: it was not detectable above its `*_mde` (80% power)."
+    "not shown absent: it was not detectable above its `*_mde` (80% power). *Control: shuffled pairs* trains the same "
+    "words on deranged translations and is scored on the true pairs: a gain it shows is not lexical, and a "
+    "protocol's gain is lexical only as far as it exceeds it."
 )
 
 VERDICT_GAPS = ("gap_alike_", "centered_gap_alike_")  # the two gap gains the verdict tests (significance prefixes)
 COMPARED_NAMES = {"": "raw cosine", "centered_gap_alike_": "centred gap (alike)"}  # each COMPARED gain, in words
 
 
-def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: bool | None) -> str:
-    """The protocol named for what it is: the paper as written, the author's code, or a control."""
-    mask = None if mask_false_negatives is None else bool(mask_false_negatives)
+def protocol_name(
+    pooling_train: str, pooling_eval: str, mask_false_negatives: bool | None, translations: str | None = None
+) -> str:
+    """The protocol named for what it is: the paper as written, the author's code, or a control. Trained on deranged
+    translations, it is the shuffled control (`SHUFFLED`; of tli's default protocol, else with that protocol named).
+    """
+    mask = None if mask_false_negatives is None or pd.isna(mask_false_negatives) else bool(mask_false_negatives)
+    if translations == "deranged":
+        real = protocol_name(pooling_train, pooling_eval, mask)
+        return SHUFFLED if real == NAMED_PROTOCOLS["mean", "mean_content", True] else f"{SHUFFLED} ({real})"
     if (pooling_train, pooling_eval, mask) in NAMED_PROTOCOLS:
         return NAMED_PROTOCOLS[pooling_train, pooling_eval, mask]
     if pooling_train == pooling_eval and pooling_train in CONTROLS:
@@ -59,8 +74,10 @@ def protocol_name(pooling_train: str, pooling_eval: str, mask_false_negatives: b
 
 
 def protocol_rank(name: str) -> int:
-    """The report's order: the paper as written, the author's code, the controls, any other."""
-    order = [*NAMED_PROTOCOLS.values(), *CONTROLS.values()]
+    """The report's order: the paper as written, the author's code, the shuffled control, the other controls, any
+    other.
+    """
+    order = [*NAMED_PROTOCOLS.values(), SHUFFLED, *CONTROLS.values()]
     return order.index(name) if name in order else len(order)
 
 
@@ -128,7 +145,7 @@ def verdict_table(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.D
     for _, condition in conds.iterrows():
         rows = at_target(rows_of(sig, condition, by))
         rows = rows[rows["set"] != "validation"]
-        name = protocol_name(condition["pooling_train"], condition["pooling_eval"], condition["mask_false_negatives"])
+        name = protocol_name(*(condition.get(c) for c in PROTOCOL))
         frames.append(
             rows.assign(
                 protocol=name, target_layer=condition["target_layer"], verdict=[verdict(r) for _, r in rows.iterrows()]
