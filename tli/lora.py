@@ -46,7 +46,8 @@ def update_norm(model: nn.Module) -> float:
     layers = lora_layers(model)
     if not layers:
         return 0.0
-    return torch.stack([_squared_norm(module, adapter).cpu() for _, module, adapter in layers]).sum().sqrt().item()
+    squares = [_squared_norm(module, adapter) for _, module, adapter in layers]
+    return torch.stack([x.to(squares[0].device) for x in squares]).sum().sqrt().item()  # one device sync
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
