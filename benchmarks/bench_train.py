@@ -33,10 +33,13 @@ class _Trainer:
         self.model, self.tokenizer, self.pairs = model, tokenizer, pairs
 
     def __call__(self, config: TrainConfig) -> tuple[np.ndarray, float]:
-        """(losses step by step, seconds of the epoch's steps as `train_tli` logs them)."""
+        """(losses step by step, seconds of the epoch's steps as `train_tli` logs them; step 0, before any update,
+        left out).
+        """
         peft_model, log = train.train_tli(self.model, self.tokenizer, self.pairs, config, progress=False)
         self.model = peft_model.unload()
-        return log["loss"].to_numpy(), float(log["seconds"].iloc[-1])
+        steps = log[log["step"] > 0]
+        return steps["loss"].to_numpy(), float(steps["seconds"].iloc[-1])
 
 
 def run(layers: Sequence[int], n_pairs: int, repeats: int, model_name: str = "smollm2-135m") -> dict[str, object]:

@@ -155,7 +155,7 @@ LOG_COLUMNS = (
     "epoch",
     "loss",
     "lr",
-    "seconds",
+    "seconds",  # since the first update began (0 at step 0)
     "loss_minus_margin",  # triplet loss - margin (NaN for InfoNCE): 0 where d(a, p) = d(a, hardest n) throughout
     "active_hinges",  # share of anchors whose triplet hinge is open (NaN for InfoNCE)
     *(f"{kind}cos_{name}" for kind in ("", "centered_") for name in ("positive", "hardest_negative", "negatives")),
@@ -281,10 +281,9 @@ def train_tli(
     )
     generator = torch.Generator().manual_seed(config.seed)
     steps = list(batches(len(pairs), config.batch_size, config.epochs, generator))
-    started = time.perf_counter()
     with deterministic_kernels(config.deterministic):
-        log = [initial_record(peft_model, tokenizer, pairs, steps, config, mask)]
-        log[0]["seconds"] = time.perf_counter() - started
+        log = [initial_record(peft_model, tokenizer, pairs, steps, config, mask) | {"seconds": 0.0}]
+        started = time.perf_counter()  # `seconds`: since the first update began (the step-0 pass not counted)
         peft_model.train()
         bar = tqdm(steps, total=total, desc=f"train @ layer {config.target_layer}", unit="step", disable=not progress)
         for step, (epoch, rows) in enumerate(bar, start=1):
