@@ -394,6 +394,7 @@ def translation_probe(rows: pd.DataFrame, by: list[str]) -> bytes | None:
         ax.set_xticklabels(labels, rotation=30, ha="right")
     fig.axes[0].legend(fontsize=7, title="set (open: before, filled: after)")
     fig.suptitle("translation probe: few-shot word translation, greedy, before and after TLI")
+    return png(fig)
 
 
 COSINE_LINES = {"positive": "anchor · translation", "hardest_negative": "anchor · hardest negative"}
