@@ -796,7 +796,65 @@ def test_heldout_bars_stay_readable_for_many_categories():
     ]
     sig = pd.DataFrame(rows).rename(columns={"diff": "mean_diff"})
     width, height = Image.open(io.BytesIO(figures.heldout(sig, ["target_layer", "heldout_category"]))).size
-    assert width == round(110 * (0.9 * 12 + 2)) and height == 110 * 7  # 1408 x 770 px at 110 dpi
+    assert width == round(110 * (0.9 * 12 + 2 + 1.8)) and height == 110 * 7  # 1606 x 770 px: the key on the right
+
+
+def _gain_rows(conditions: list[dict], sets=("trained", "control")) -> pd.DataFrame:
+    """Significance rows at the target layer: every gain 0.1 (CI 0 to 0.2), shifted by the condition's index."""
+    from tli.report import figures
+
+    gains = {f"{p}{m}": v for p in figures.GAINS for m, v in (("diff", 0.1), ("ci_low", 0), ("ci_high", 0.2))}
+    rows = [
+        {"set": name, "layer_role": "target"} | condition | {k: v + 0.001 * i for k, v in gains.items()}
+        for i, condition in enumerate(conditions)
+        for name in sets
+    ]
+    return pd.DataFrame(rows).rename(columns={"diff": "mean_diff"})
+
+
+def test_figures_stay_readable_at_50_conditions_per_layer():
+    """5 ranks x 10 margins at 4 target layers (200 conditions): every figure renders with no layout warning, its
+    key fits in the figure beside the panels with at most 24 entries (colour: margin, marker: rank), each of the
+    50 groups has its own colour and marker, and a group's points stay within its layer's slot (none reaches a
+    neighbouring layer).
+    """
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tli.report import figures
+
+    by = ["target_layer", "lora_rank", "margin"]
+    grid = [
+        {"target_layer": t, "lora_rank": r, "margin": m, "objective": 0.1, "objective_sd": 0.01, "drift_kl_sw": 1.0}
+        for t in (1, 2, 3, 4)
+        for r in (4, 8, 16, 32, 64)
+        for m in np.round(np.arange(0.1, 1.01, 0.1), 1)
+    ]
+    sig = _gain_rows(grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tight_layout's "not applied" warning among them
+        fig = figures.layer_gain_figure(sig, by)
+        drawn = figures.png(fig)
+        conds = pd.DataFrame(grid)
+        others = [figures.objective_and_drift(conds, by), figures.gain_by_axis(sig, by, "lora_rank")]
+    assert drawn.startswith(b"\x89PNG") and all(o is not None and o.startswith(b"\x89PNG") for o in others)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert len(texts) <= 2 * figures.MAX_KEYS + 4 and texts[0] == "margin:" and "lora_rank:" in texts
+    box = legend.get_window_extent(renderer)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    panels = [ax for ax in fig.axes if ax.get_title() or ax.get_xlabel() or ax.get_ylabel()]
+    assert all(ax.get_window_extent(renderer).x1 <= box.x0 for ax in panels)  # the key covers no panel
+    from matplotlib.collections import PathCollection
+
+    points = [c for c in panels[0].collections if isinstance(c, PathCollection)]  # one scatter per marker
+    styles = {(i, tuple(colour)) for i, c in enumerate(points) for colour in c.get_facecolors()}
+    x = np.concatenate([c.get_offsets()[:, 0] for c in points])
+    assert len(points) == 5 and len(x) == 200 and len(styles) == 50  # 4 layers x 50 groups, 50 styles
+    assert np.all(np.abs(x - np.round(x)) < 0.4), x  # each group within its layer's slot
+    assert len(panels[0].collections) <= 8  # a handful of artists per panel, not one per group
 
 
 def test_tables_render_through_tabulate():

@@ -5,6 +5,7 @@ does not vary what the figure is about). `matplotlib.figure.Figure` only: no pyp
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,8 @@ class FigureFiles(bytes):
 
 def png(fig: Figure) -> FigureFiles:
     """The figure as PNG (110 dpi), with its PDF and SVG (vector, for a paper) attached."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure with a key outside its panels lays itself out (constrained)
+        fig.tight_layout()
     rendered = {}
     for kind in ("png", "pdf", "svg"):
         buffer = io.BytesIO()
@@ -65,14 +67,108 @@ def label(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "all trials"
 
 
-def _lines(rows: pd.DataFrame, others: list[str]):
-    """(label, rows, colour) per setting of the `others` columns, each its own colour (`colours`)."""
+MAX_KEYS = 10  # legend entries per key; beyond, groups are told apart by colour and marker (two keys)
+MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "X", "h")
+
+
+@dataclass(frozen=True)
+class Groups:
+    """A figure's groups (one per setting of the other condition columns), each styled, and the key naming them:
+    at most 2 x MAX_KEYS + 4 legend entries, or a colour bar for a numeric column, whatever the number of groups.
+    """
+
+    others: list[str]  # the columns that make a group
+    names: list[str]  # each group's label, in drawing order
+    colours: np.ndarray  # [groups, 4] RGBA
+    markers: list[str]  # [groups]
+    entries: list[tuple[Any, str]]  # legend (handle, label)
+    colourbar: tuple[Any, str] | None = None  # (ScalarMappable, label): a numeric column of more than MAX_KEYS values
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def crowded(self) -> bool:
+        return len(self) > MAX_KEYS
+
+    def of(self, rows: pd.DataFrame) -> np.ndarray:
+        """[rows] each row's group (its index in `names`)."""
+        order = {name: i for i, name in enumerate(self.names)}
+        return np.array([order[name] for name in _labels(rows, self.others)], dtype=int)
+
+    def draw_key(self, fig: Figure) -> None:
+        """The legend (or colour bar) outside the panels, on the right (the figure needs layout="constrained")."""
+        if self.entries:
+            handles, labels = zip(*self.entries)
+            fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+        if self.colourbar is not None:
+            fig.colorbar(self.colourbar[0], ax=fig.axes, label=self.colourbar[1], location="right", shrink=0.5)
+
+
+def _labels(rows: pd.DataFrame, others: list[str]) -> list[str]:
+    """Each row's group label ('a=1, b=x'; 'all trials' without `others`)."""
     if not others:
-        yield "all trials", rows, colours(1)[0]
-        return
-    groups = list(rows.groupby(others, dropna=False, sort=True))
-    for (key, part), colour in zip(groups, colours(len(groups))):
-        yield label(dict(zip(others, key if isinstance(key, tuple) else (key,)))), part, colour
+        return ["all trials"] * len(rows)
+    return [label(dict(zip(others, values))) for values in rows[others].itertuples(index=False)]
+
+
+def groups_of(rows: pd.DataFrame, others: list[str]) -> Groups:
+    """The groups of `rows` by the `others` columns, in sorted order. Up to MAX_KEYS groups: one colour and one
+    legend entry each. More: colour by the column of most values (a colour bar when numeric and more than
+    MAX_KEYS), marker by the setting of the rest (MARKERS, repeated beyond 10, said in the key), so the key grows
+    with the values, not with their product.
+    """
+    keys = rows[others].drop_duplicates().sort_values(others, na_position="last") if others else pd.DataFrame([{}])
+    names = _labels(keys, others)
+    if len(names) <= MAX_KEYS:
+        shades = np.array(colours(len(names)))
+        entries = [(_handle({"color": c}), name) for name, c in zip(names, shades)] if others else []
+        return Groups(others, names, shades, ["o"] * len(names), entries)
+    coloured = max(others, key=lambda c: rows[c].nunique(dropna=False))  # the first on a tie
+    colour_of, entries, colourbar = _colour_key(rows[coloured], coloured)
+    marked = [c for c in others if c != coloured]
+    setting = [  # what a marker names: the values of the other columns (one column: its value alone)
+        str(values[0]) if len(marked) == 1 else label(dict(zip(marked, values)))
+        for values in keys[marked].itertuples(index=False)
+    ]
+    settings = list(dict.fromkeys(setting))  # in the groups' (sorted) order
+    marker_of = {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(settings)}
+    if marked:
+        entries.append((_handle({"color": "none"}), ", ".join(marked) + ":"))
+        entries += [(_handle({"color": "grey", "marker": marker_of[name]}), name) for name in settings[:MAX_KEYS]]
+        if len(settings) > MAX_KEYS:
+            entries.append((_handle({"color": "none"}), f"markers repeat: {len(settings)} settings"))
+    shades = np.array([colour_of.get(str(value), (0.5, 0.5, 0.5, 1.0)) for value in keys[coloured]])
+    return Groups(others, names, shades, [marker_of[name] for name in setting], entries, colourbar)
+
+
+def _colour_key(values: pd.Series, column: str) -> tuple[dict[str, Any], list[tuple[Any, str]], tuple | None]:
+    """({value as text: RGBA}, legend entries, colour bar or None) of one column: sequential colours (viridis) for
+    numbers, distinct ones otherwise; entries up to MAX_KEYS values, beyond that a colour bar (numbers) or the first
+    MAX_KEYS values and a count.
+    """
+    from matplotlib import cm, colormaps
+    from matplotlib.colors import Normalize
+
+    ordered = _order(values)
+    numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in ordered)
+    if numeric and len(ordered) > MAX_KEYS:
+        scale = cm.ScalarMappable(Normalize(min(ordered), max(ordered)), colormaps["viridis"])
+        return {str(v): scale.to_rgba(v) for v in ordered}, [], (scale, column)
+    shades = [colormaps["viridis"](x) for x in np.linspace(0, 0.9, len(ordered))] if numeric else colours(len(ordered))
+    colour_of = {str(v): c for v, c in zip(ordered, shades)}
+    entries = [(_handle({"color": "none"}), f"{column}:")]
+    entries += [(_handle({"color": colour_of[str(v)]}), str(v)) for v in ordered[:MAX_KEYS]]
+    if len(ordered) > MAX_KEYS:
+        entries.append((_handle({"color": "none"}), f"... {len(ordered) - MAX_KEYS} more values"))
+    return colour_of, entries, None
+
+
+def _handle(style: dict[str, Any]):
+    """A legend handle: a marker of `style` (a square without one), no line."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], ls="none", ms=5, **({"marker": "s"} | style))
 
 
 def colours(n: int) -> list[tuple]:
@@ -91,16 +187,46 @@ def _runs(layers: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _errorbar(ax, x: np.ndarray, rows: pd.DataFrame, prefix: str, label: str, colour, layers=None) -> None:
-    """Gain `{prefix}diff` (the raw cosine's `mean_diff`) against x with its 95% CI, as points; with `layers`
-    (ascending, one per row), lines join runs of consecutive layers, never across a layer not measured.
+def _points(ax, x, y, group: np.ndarray, groups: Groups, interval=None, layers=None, line: str = "-") -> None:
+    """Points y at x, each in its group's colour and marker, with `interval` (low, high) as vertical bars, as a few
+    collections (one per marker, one of intervals) whatever the number of groups; with `layers` (integers, one per
+    point), lines (`line` style) join each group's points at consecutive layers, never across a layer not measured.
     """
-    mean = rows["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
-    low, high = rows[f"{prefix}ci_low"].to_numpy(float), rows[f"{prefix}ci_high"].to_numpy(float)
-    yerr = np.abs(np.vstack([mean - low, high - mean]))
-    ax.errorbar(x, mean, yerr=yerr, marker="o", ms=4, capsize=3, ls="none", color=colour, label=label)
-    for run in _runs(np.asarray(layers)) if layers is not None else []:
-        ax.plot(np.asarray(x)[run], mean[run], color=colour, lw=1)
+    from matplotlib.collections import LineCollection
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    shade = groups.colours[group]
+    if interval is not None:
+        ax.vlines(x, *interval, colors=shade, lw=0.6 if groups.crowded else 1.0)
+    for marker in dict.fromkeys(groups.markers):
+        drawn = np.array([groups.markers[g] == marker for g in group], dtype=bool)
+        ax.scatter(x[drawn], y[drawn], c=shade[drawn], marker=marker, s=9 if groups.crowded else 16, zorder=3)
+    if layers is None:
+        return
+    segments, segment_shades = [], []
+    for g in np.unique(group):
+        mine = np.flatnonzero(group == g)
+        mine = mine[np.argsort(layers[mine], kind="stable")]
+        for run in _runs(layers[mine]):
+            if run.stop - run.start > 1:
+                segments.append(np.column_stack([x[mine[run]], y[mine[run]]]))
+                segment_shades.append(groups.colours[g])
+    width = 0.5 if groups.crowded else 1.0
+    ax.add_collection(LineCollection(segments, colors=segment_shades, lw=width, linestyles=line))
+
+
+def _gain(rows: pd.DataFrame, prefix: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(gain, (CI low, CI high)) of `{prefix}diff` (the raw cosine's `mean_diff`)."""
+    gain = rows["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
+    return gain, (rows[f"{prefix}ci_low"].to_numpy(float), rows[f"{prefix}ci_high"].to_numpy(float))
+
+
+def dodge(n: int, slot: float, step: float = 0.08) -> np.ndarray:
+    """Offsets of `n` groups drawn side by side at one position: `step` apart, narrowed so that all stay within
+    70% of `slot` (the distance to the next position): groups never reach a neighbouring position.
+    """
+    spacing = min(step, 0.7 / max(n, 1)) * slot
+    return spacing * (np.arange(n) - (n - 1) / 2)
 
 
 def layer_scan(scan: pd.DataFrame) -> bytes | None:
@@ -143,20 +269,29 @@ def gain_by_layer(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     """Per set (columns): raw cosine, gap and centred-gap gains (GAINS: over alike non-translations; rows) with 95%
     CIs, by target layer.
     """
+    fig = layer_gain_figure(sig, by)
+    return None if fig is None else png(fig)
+
+
+def layer_gain_figure(sig: pd.DataFrame, by: list[str]) -> Figure | None:
+    """`gain_by_layer`'s figure: one colour (and marker, past MAX_KEYS groups: `groups_of`) per setting of the other
+    condition columns, the groups side by side within a layer's slot (`dodge`), the key outside the panels.
+    """
     rows = at_target(sig)
     if "target_layer" not in by or rows.empty:
         return None
     sets = [s for s in SETS if not s.endswith("_all") and (rows["set"] == s).any()]
     others = [c for c in by if c != "target_layer"]
-    fig = Figure(figsize=(3.6 * len(sets), 8))
+    groups = groups_of(rows, others)
+    offsets = dodge(len(groups), _slot(rows["target_layer"]))
+    fig = Figure(figsize=(3.6 * len(sets) + (1.8 if others else 0), 8), layout="constrained")
     axes = fig.subplots(len(GAINS), len(sets), sharex=True, squeeze=False)
     for column, name in enumerate(sets):
-        groups = list(_lines(rows[rows["set"] == name].sort_values("target_layer"), others))
-        for i, (label, part, colour) in enumerate(groups):
-            layers = part["target_layer"].to_numpy(int)
-            x = layers + 0.08 * (i - (len(groups) - 1) / 2)
-            for r, prefix in enumerate(GAINS):
-                _errorbar(axes[r, column], x, part, prefix, label, colour, layers)
+        part = rows[rows["set"] == name]
+        group, layers = groups.of(part), part["target_layer"].to_numpy(int)
+        for r, prefix in enumerate(GAINS):
+            gain, interval = _gain(part, prefix)
+            _points(axes[r, column], layers + offsets[group], gain, group, groups, interval, layers)
         axes[0, column].set_title(f"{name} set")
         axes[-1, column].set_xlabel("target layer")
         axes[-1, column].xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -164,51 +299,51 @@ def gain_by_layer(sig: pd.DataFrame, by: list[str]) -> bytes | None:
             ax.axhline(0, color="grey", lw=0.6)
     for r, label in enumerate(GAINS.values()):
         axes[r, 0].set_ylabel(f"{label}\n(95% CI)")
-    axes[0, 0].legend(fontsize=7)
+    if others:
+        groups.draw_key(fig)
     fig.suptitle("gain at the target layer, pairs averaged over seeds")
-    return png(fig)
+    return fig
+
+
+def _slot(layers: pd.Series) -> float:
+    """The distance between neighbouring measured layers (1 for one layer): the room of a layer's groups."""
+    distinct = np.unique(layers.to_numpy(int))
+    return float(np.diff(distinct).min()) if len(distinct) > 1 else 1.0
 
 
 def objective_and_drift(conds: pd.DataFrame, by: list[str]) -> bytes | None:
     """Validation objective (mean, SD over seeds) of the conditions whose objectives compare (`competing`: others
-    are on other scales, so not on this axis) and drift (KL, Swahili and English prompts) of all, by target layer.
+    are on other scales, so not on this axis) and drift (KL, Swahili and English prompts) of all, by target layer;
+    groups styled and placed as in `layer_gain_figure`.
     """
     if "target_layer" not in by or conds.empty:
         return None
     others = [c for c in by if c != "target_layer"]
-    compared = set(competing(conds).index)
-    fig = Figure(figsize=(10, 3.8))
+    compared = competing(conds)
+    groups = groups_of(conds, others)
+    offsets = dodge(len(groups), _slot(conds["target_layer"]))
+    fig = Figure(figsize=(10 + (1.8 if others else 0), 3.8), layout="constrained")
     objective, drift = fig.subplots(1, 2, sharex=True)
-    for label, part, colour in _lines(conds.sort_values("target_layer"), others):
-        layers = part["target_layer"].to_numpy(int)
-        shown = part.index.isin(compared)
-        if shown.any():
-            objective.errorbar(
-                layers[shown],
-                part["objective"][shown],
-                yerr=part["objective_sd"][shown].fillna(0),
-                marker="o",
-                ms=4,
-                capsize=3,
-                ls="none",
-                color=colour,
-                label=label,
-            )
-        for language, style in (("sw", "-"), ("en", "--")):
-            if f"drift_kl_{language}" in part:
-                kl = part[f"drift_kl_{language}"].to_numpy(float)
-                drift.plot(layers, kl, marker="o", ms=3, ls="none", color=colour)
-                for run in _runs(layers):
-                    drift.plot(layers[run], kl[run], style, color=colour, lw=1)
+    if not compared.empty:
+        group, layers = groups.of(compared), compared["target_layer"].to_numpy(int)
+        mean, sd = compared["objective"].to_numpy(float), compared["objective_sd"].fillna(0).to_numpy(float)
+        _points(objective, layers + offsets[group], mean, group, groups, (mean - sd, mean + sd))
+    group, layers = groups.of(conds), conds["target_layer"].to_numpy(int)
+    for language, line in (("sw", "-"), ("en", "--")):
+        if f"drift_kl_{language}" in conds:
+            kl = conds[f"drift_kl_{language}"].to_numpy(float)
+            _points(drift, layers + offsets[group], kl, group, groups, layers=layers, line=line)
     objective.set(
         xlabel="target layer",
         ylabel="validation centred gap gain, alike (± SD over seeds)",
-        title="selection objective (conditions that compete)" if compared else "objectives on other scales: not drawn",
+        title="selection objective (conditions that compete)"
+        if not compared.empty
+        else "objectives on other scales: not drawn",
     )
     drift.set(xlabel="target layer", ylabel="KL(base || TLI), next-token", title="drift (solid: sw, dashed: en)")
     objective.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if compared:
-        objective.legend(fontsize=7)
+    if others:
+        groups.draw_key(fig)
     return png(fig)
 
 
@@ -244,7 +379,7 @@ def _order(values: pd.Series) -> list:
 def gain_by_axis(sig: pd.DataFrame, by: list[str], axis: str) -> bytes | None:
     """Per set (columns): raw cosine, gap and centred-gap gains (GAINS; rows) with 95% CIs at the target layer, at each
     value of one swept axis (categorical positions, points only: nothing is drawn between values not measured),
-    one colour per setting of the other condition columns.
+    groups styled and placed as in `layer_gain_figure`.
     """
     rows = at_target(sig)
     if rows.empty or axis not in swept_axes(by):
@@ -254,15 +389,18 @@ def gain_by_axis(sig: pd.DataFrame, by: list[str], axis: str) -> bytes | None:
     position = {str(v): i for i, v in enumerate(values)}
     others = [c for c in by if c not in (PROTOCOL if axis == "protocol" else (axis,))]
     sets = [s for s in SETS if not s.endswith("_all") and (rows["set"] == s).any()]
-    fig = Figure(figsize=(max(3.6, 0.6 * len(values) + 1.5) * len(sets), 8))
+    groups = groups_of(rows, others)
+    offsets = dodge(len(groups), 1.0, step=0.15)
+    width = max(3.6, 0.6 * len(values) + 1.5) * len(sets) + (1.8 if others else 0)
+    fig = Figure(figsize=(width, 8), layout="constrained")
     axes = fig.subplots(len(GAINS), len(sets), sharex=True, squeeze=False)
     for column, name in enumerate(sets):
-        groups = list(_lines(rows[rows["set"] == name], others))
-        width = 0.6 / max(1, len(groups))
-        for i, (label, part, colour) in enumerate(groups):
-            x = part["_value"].astype(str).map(position).to_numpy(float) + width * (i - (len(groups) - 1) / 2)
-            for r, prefix in enumerate(GAINS):
-                _errorbar(axes[r, column], x, part, prefix, label, colour)
+        part = rows[rows["set"] == name]
+        group = groups.of(part)
+        x = part["_value"].astype(str).map(position).to_numpy(float) + offsets[group]
+        for r, prefix in enumerate(GAINS):
+            gain, interval = _gain(part, prefix)
+            _points(axes[r, column], x, gain, group, groups, interval)
         axes[0, column].set_title(f"{name} set")
         axes[-1, column].set_xticks(range(len(values)))
         axes[-1, column].set_xticklabels([str(v) for v in values], rotation=30, ha="right")
@@ -271,7 +409,8 @@ def gain_by_axis(sig: pd.DataFrame, by: list[str], axis: str) -> bytes | None:
             ax.axhline(0, color="grey", lw=0.6)
     for r, name in enumerate(GAINS.values()):
         axes[r, 0].set_ylabel(f"{name}\n(95% CI)")
-    axes[0, 0].legend(fontsize=7)
+    if others:
+        groups.draw_key(fig)
     fig.suptitle(f"gain at the target layer by {axis}, pairs averaged over seeds")
     return png(fig)
 
@@ -316,21 +455,28 @@ def heldout(sig: pd.DataFrame, by: list[str]) -> bytes | None:
     if "heldout_category" not in by or rows.empty:
         return None
     categories = sorted(rows["heldout_category"].astype(str).unique())
-    groups = list(_lines(rows, [c for c in by if c != "heldout_category"]))
+    others = [c for c in by if c != "heldout_category"]
+    groups = groups_of(rows, others)
     width = 0.8 / len(groups)
-    fig = Figure(figsize=(max(7.0, 0.9 * len(categories) + 2), 7))  # panels stacked: the width grows with categories
+    group = groups.of(rows)
+    x = rows["heldout_category"].astype(str).map({c: i for i, c in enumerate(categories)}).to_numpy(float)
+    x += (group - (len(groups) - 1) / 2) * width
+    size = (max(7.0, 0.9 * len(categories) + 2) + (1.8 if others else 0), 7)  # the width grows with categories
+    fig = Figure(figsize=size, layout="constrained")  # panels stacked
     for ax, prefix in zip(fig.subplots(2, 1, sharex=True), ("", "centered_gap_alike_")):
-        for i, (label, part, colour) in enumerate(groups):
-            part = part.set_index(part["heldout_category"].astype(str)).reindex(categories)
-            x = np.arange(len(categories)) + (i - (len(groups) - 1) / 2) * width
-            mean = part["mean_diff" if not prefix else f"{prefix}diff"].to_numpy(float)
-            err = np.abs(np.vstack([mean - part[f"{prefix}ci_low"], part[f"{prefix}ci_high"] - mean]))
-            ax.bar(x, mean, width, yerr=err, capsize=3, label=label, color=colour)
+        mean, (low, high) = _gain(rows, prefix)
+        err = np.abs(np.vstack([mean - low, high - mean]))
+        ax.bar(x, mean, width, yerr=err, capsize=0 if groups.crowded else 3, color=groups.colours[group])
+        if groups.crowded:  # colour names one column; the marker on top names the rest
+            for marker in dict.fromkeys(groups.markers):
+                drawn = np.array([groups.markers[g] == marker for g in group], dtype=bool)
+                ax.scatter(x[drawn], mean[drawn], marker=marker, s=9, color="black", zorder=3)
         ax.set(xticks=range(len(categories)), ylabel=f"{GAINS[prefix]} (95% CI)")
         ax.axhline(0, color="grey", lw=0.6)
     fig.axes[1].set_xticklabels(categories, rotation=30, ha="right")
     fig.axes[1].set_xlabel("held-out category")
-    fig.axes[0].legend(fontsize=7)
+    if others:
+        groups.draw_key(fig)
     fig.suptitle("held-out categories: does TLI transfer to words of a category never trained on?")
     return png(fig)
 
