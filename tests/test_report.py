@@ -501,17 +501,24 @@ def test_objectives_are_drawn_only_for_conditions_that_compete(conds, monkeypatc
     """Three evaluation poolings: only mean_content (the paper's default) has objectives on the validation scale
     the figure draws; drift is drawn for all; with no competing condition the panel says why.
     """
+    from matplotlib.collections import PathCollection
+
     from tli.report import figures
+
+    def colours(ax) -> set[tuple]:  # of the points drawn (scatter collections)
+        return {tuple(c) for s in ax.collections if isinstance(s, PathCollection) for c in s.get_facecolors()}
 
     drawn = []
     monkeypatch.setattr(figures, "png", lambda fig: drawn.append(fig) or b"")
     figures.objective_and_drift(conds, BY)
-    objective, drift = drawn[-1].axes
-    assert [c.get_label() for c in objective.containers] == ["pooling_train=mean, pooling_eval=mean_content"]
-    assert len({line.get_color() for line in drift.lines}) == 3
+    objective, drift = drawn[-1].axes[:2]
+    key = figures.groups_of(conds, BY[1:])
+    colour = {name: tuple(c) for name, c in zip(key.names, key.colours)}
+    assert colours(objective) == {colour["pooling_train=mean, pooling_eval=mean_content"]}
+    assert colours(drift) == set(colour.values()) and len(colour) == 3
     figures.objective_and_drift(conds[conds["pooling_eval"] != "mean_content"], BY)
     objective = drawn[-1].axes[0]
-    assert not objective.containers and objective.get_title() == "objectives on other scales: not drawn"
+    assert not colours(objective) and objective.get_title() == "objectives on other scales: not drawn"
 
 
 def test_protocol_names():

@@ -208,10 +208,12 @@ def summary_table(
     removed: dict[str, int] | None = None,
     bootstrap: bool = True,
     baselines: pd.DataFrame | None = None,
+    paired: tuple[str, ...] = tuple(TESTED),
 ) -> pd.DataFrame:
     """One row per set x layer: set means before/after, paired tests of cosine, gap and centred gap (CIs NaN
-    without `bootstrap`: the report computes its own), McNemar's exact test of each P@1 (`RETRIEVAL_TESTED`), and
-    the `baselines` columns (`tli.baselines.baseline_table`) of the same set and layer.
+    without `bootstrap`: the report computes its own; the TESTED prefixes not in `paired` get their means alone),
+    McNemar's exact test of each P@1 (`RETRIEVAL_TESTED`), and the `baselines` columns
+    (`tli.baselines.baseline_table`) of the same set and layer.
     """
     rows = []
     for (name, layer), group in pairs.groupby(["set", "eval_layer"], sort=False):
@@ -224,7 +226,8 @@ def summary_table(
         }
         for prefix, metric in TESTED.items():
             n_boot = config.n_boot if bootstrap else 0
-            tests = stats.paired_tests(group[f"{metric}_pre"], group[f"{metric}_post"], n_boot, config.seed)
+            pre, post = group[f"{metric}_pre"], group[f"{metric}_post"]
+            tests = stats.paired_tests(pre, post, n_boot, config.seed, tests=prefix in paired)
             if prefix:
                 tests = {
                     f"{prefix}diff": tests["mean_diff"],

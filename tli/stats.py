@@ -24,6 +24,7 @@ Inputs may be numpy arrays, lists or torch tensors; all are converted to float64
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,14 +318,16 @@ def _bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int, confidence: float) -
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
+def paired_tests(
+    pre, post, n_boot: int = 10_000, seed: int = 0, confidence: float = 0.95, tests: bool = True
+) -> dict[str, float]:
     """Paired comparison of post vs pre ([n] each, e.g. per-pair cosines before/after training).
 
     Returns n, mean_pre, mean_post, mean_diff (post - pre), ci_low/ci_high (seeded BCa bootstrap
     CI of mean_diff, `scipy.stats.bootstrap`; NaN when n_boot is 0), t/p (two-sided `scipy.stats.ttest_rel`),
     wilcoxon_p (two-sided `scipy.stats.wilcoxon`) and d_z = mean(diff) / std(diff, ddof=1).
 
-    Degenerate inputs give NaN instead of warnings: n < 2 -> everything but n and the means is
+    Degenerate inputs give NaN instead of warnings: n < 2 (or not `tests`) -> everything but n and the means is
     NaN; zero-variance differences (all equal up to rounding) -> t, p, d_z are NaN, the CI is
     [mean_diff, mean_diff], and wilcoxon_p is NaN when every difference is 0.
     """
@@ -351,7 +354,7 @@ def paired_tests(pre, post, n_boot: int = 10_000, seed: int = 0, confidence: flo
         return out
     mean_diff = float(diff.mean())
     out.update(mean_pre=float(pre.mean()), mean_post=float(post.mean()), mean_diff=mean_diff)
-    if n < 2:
+    if n < 2 or not tests:
         return out
     if np.any(diff != 0):
         out["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue)
@@ -399,9 +402,7 @@ def adjust_pvalues(p, method: str) -> np.ndarray:
 # --- inference across seeds and pairs -------------------------------------------------------------
 
 
-def seed_pair_bootstrap(
-    groups: list[tuple[np.ndarray, np.ndarray]], coefs=None, n_boot: int = 10_000, seed: int = 0, chunk: int = 500
-) -> np.ndarray:
+def seed_pair_bootstrap(groups: list[tuple[np.ndarray, np.ndarray]], coefs=None, n_boot: int = 10_000, seed: int = 0):
     """[n_boot] (or [n_boot, K]) bootstrap replicates of sum_g coefs[g] * mean_g, resampling seeds, then clusters.
 
     Each group g is (values [S, n_g] or [S, n_g, K], clusters [n_g]): the per-seed value of each of its pairs (K
@@ -410,35 +411,78 @@ def seed_pair_bootstrap(
     group: seeds are shared), and within each group C_g clusters with replacement; mean_g* is the mean of the drawn
     seeds' values over the drawn clusters' pairs (a pair drawn w times counts w times). For values a_c + b_s its
     variance is var_pop(b) / S + var_pop(a) / C: the two levels of variation a mean over seeds and words has.
-    Seeded (`np.random.default_rng(seed)`), vectorised in chunks of `chunk` replicates.
+    Group g's replicates are `group_replicates(..., position=g)`: seeded, each group its own draws.
     """
     coefs = np.ones(len(groups)) if coefs is None else np.asarray(coefs, dtype=np.float64)
-    arrays = [(_as_array(values), np.unique(np.asarray(labels), return_inverse=True)[1]) for values, labels in groups]
-    scalar = arrays[0][0].ndim == 2
-    arrays = [(values[..., None] if values.ndim == 2 else values, cluster) for values, cluster in arrays]
-    shapes = {(values.shape[0], values.shape[2]) for values, _ in arrays}
-    if len(shapes) != 1 or any(values.ndim != 3 or values.shape[1] != len(c) for values, c in arrays):
+    replicates = [group_replicates(values, labels, n_boot, seed, g) for g, (values, labels) in enumerate(groups)]
+    if len({r.shape for r in replicates}) != 1 or len({np.shape(values)[0] for values, _ in groups}) != 1:
         raise ValueError("every group must be values [S, n] or [S, n, K] with the same S and K, and clusters [n]")
-    ((n_seeds, n_metrics),) = shapes
-    rng, out = np.random.default_rng(seed), np.empty((n_boot, n_metrics))
-    for start in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - start)
-        seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=size)  # [B, S]
-        total = np.zeros((size, n_metrics))
-        for coef, (values, cluster) in zip(coefs, arrays):
-            present = ~np.isnan(values)
-            n_clusters = cluster.max() + 1
-            pair_weights = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=size)[:, cluster]
-            drawn = _weighted_sum(seed_weights, pair_weights, np.where(present, values, 0.0))
-            total += coef * drawn / _weighted_sum(seed_weights, pair_weights, present.astype(float))
-        out[start : start + size] = total
-    return out[:, 0] if scalar else out
+    total = sum(coef * r for coef, r in zip(coefs, replicates))
+    return total[:, 0] if np.ndim(groups[0][0]) == 2 else total
 
 
-def _weighted_sum(seed_weights: np.ndarray, pair_weights: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """sum_s sum_i seed_weights[b, s] pair_weights[b, i] x[s, i, k]: [B, S], [B, n], [S, n, K] -> [B, K]."""
-    by_seed = (seed_weights @ x.reshape(x.shape[0], -1)).reshape(len(seed_weights), *x.shape[1:])
-    return np.einsum("bnk,bn->bk", by_seed, pair_weights)
+def group_replicates(values, labels, n_boot: int = 10_000, seed: int = 0, position: int = 0) -> np.ndarray:
+    """[n_boot, K]: `seed_pair_bootstrap`'s replicates of one group's mean (values [S, n] or [S, n, K], cluster
+    labels [n]): seed weights u [n_boot, S] (`seed_draws`, shared by every group) and cluster weights w [n_boot, C]
+    (`cluster_draws` at `position`). With m_k the mean of the present values of metric k, and on the clusters'
+    sums X[c, s, k] of present values minus m_k and counts N[c, s, k] of present values,
+
+        mean*_bk = m_k + sum_s u_bs sum_c w_bc X[c, s, k] / sum_s u_bs sum_c w_bc N[c, s, k]
+
+    one matrix product [n_boot, C] x [C, S x (K + K)] (the counts once when no value is NaN). The product runs in
+    float32 on centred sums and exact integer weights: its rounding (about 1e-7 of a gain) lies far below the
+    Monte Carlo error of a standard error from 10,000 replicates (about 0.7%). The draws depend only on the
+    shapes and the seed, so they are made once and reused by every call.
+    """
+    values = _as_array(values)
+    values = values[..., None] if values.ndim == 2 else values
+    clusters = np.unique(np.asarray(labels), return_inverse=True)[1].ravel()
+    if values.ndim != 3 or values.shape[1] != len(clusters) or not len(clusters):
+        raise ValueError("values must be [S, n] or [S, n, K] and clusters [n], n > 0")
+    n_seeds, _, n_metrics = values.shape
+    present = ~np.isnan(values)
+    centre = np.nanmean(values.reshape(-1, n_metrics), axis=0)  # [K]
+    sums = np.zeros((int(clusters.max()) + 1, n_seeds, n_metrics))
+    np.add.at(sums, clusters, np.where(present, values - centre, 0.0).transpose(1, 0, 2))
+    counts = np.zeros((len(sums), n_seeds, 1 if present.all() else n_metrics))
+    np.add.at(counts, clusters, present.transpose(1, 0, 2)[..., : counts.shape[2]])
+    table = np.concatenate([sums, counts], axis=2).reshape(len(sums), -1).astype(np.float32)  # [C, S x (K + K_n)]
+    per_seed = (cluster_draws(len(sums), n_boot, seed, position) @ table).reshape(n_boot, n_seeds, -1)
+    both = np.einsum("bs,bsj->bj", seed_draws(n_seeds, n_boot, seed), per_seed.astype(np.float64))
+    return centre + both[:, :n_metrics] / both[:, n_metrics:]
+
+
+_CHUNK = 1_000  # replicates drawn at a time (bounds the draws' index array: 8 KB x C)
+
+
+@functools.lru_cache(maxsize=4)
+def seed_draws(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, S] (read-only): how often each of S seeds is drawn in each replicate (S draws with replacement)."""
+    return _frozen(_draws(np.random.default_rng([seed, 0]), n_seeds, n_boot).astype(np.float64))
+
+
+@functools.lru_cache(maxsize=8)
+def cluster_draws(n_clusters: int, n_boot: int, seed: int, position: int) -> np.ndarray:
+    """[n_boot, C] float32 (read-only, integers): how often each of C clusters is drawn in each replicate (C
+    draws with replacement), from the stream of (`seed`, `position`): one per group of a `seed_pair_bootstrap`.
+    """
+    return _frozen(_draws(np.random.default_rng([seed, position + 1]), n_clusters, n_boot).astype(np.float32))
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """`array`, read-only (a cached value shared by every caller)."""
+    array.flags.writeable = False
+    return array
+
+
+def _draws(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """[n_boot, n] counts of n uniform draws with replacement from n categories (multinomial(n, 1/n) rows)."""
+    counts = np.empty((n_boot, n), dtype=np.min_scalar_type(n))
+    for start in range(0, n_boot, _CHUNK):
+        size = min(_CHUNK, n_boot - start)
+        drawn = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        counts[start : start + size] = np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n)
+    return counts
 
 
 def z_inference(estimate: float, se: float, confidence: float = 0.95) -> dict[str, float]:

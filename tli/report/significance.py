@@ -35,16 +35,15 @@ def _layer_roles(trials: pd.DataFrame, layer: int) -> str:
     )
 
 
-def _seed_spread(pairs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """Per set x layer: SD over seeds of each seed's mean cosine gain and centred-gap gain (NaN for one seed)."""
-    gains = pairs.assign(
-        cosine=pairs["cosine_post"] - pairs["cosine_pre"],
-        centered=pairs["centered_gap_post"] - pairs["centered_gap_pre"],
-    )
-    gains = gains.merge(trials[["trial_id", "seed"]], on="trial_id")
-    per_seed = gains.groupby(["set", "eval_layer", "seed"])[["cosine", "centered"]].mean()
+def _seed_spread(gains: pd.DataFrame) -> pd.DataFrame:
+    """Per set x layer: SD over seeds of each seed's mean cosine gain and centred-gap gain (NaN for one seed), from
+    `uncertainty.per_seed_gains`.
+    """
+    per_seed = gains.groupby(["set", "eval_layer", "seed"])[["cosine", "centered_gap"]].mean()
     spread = per_seed.groupby(["set", "eval_layer"]).std(ddof=1)
-    return spread.rename(columns={"cosine": "seed_sd_mean_diff", "centered": "seed_sd_centered_gap_diff"}).reset_index()
+    return spread.rename(
+        columns={"cosine": "seed_sd_mean_diff", "centered_gap": "seed_sd_centered_gap_diff"}
+    ).reset_index()
 
 
 def condition_tests(
@@ -64,11 +63,14 @@ def condition_tests(
         int(summary["n_candidates"].max()),
         removed,
         bootstrap=False,  # its CIs are replaced by the two-level ones
+        paired=("",),  # and its gap and centred-gap tests by the bootstrap's p-values
     )
     replaced = [c for c in table if c.endswith(("ci_low", "ci_high")) or c in [f"{p}p" for p in uncertainty.GAINS if p]]
-    two_level = uncertainty.set_rows(uncertainty.per_seed_gains(pairs, trials), n_boot, seed)
-    table = table.drop(columns=replaced).merge(two_level, on=["set", "eval_layer"], how="left")
-    table = table.merge(_seed_spread(pairs, trials), on=["set", "eval_layer"], how="left")
+    gains = uncertainty.per_seed_gains(pairs, trials)
+    table = table.drop(columns=replaced).merge(
+        uncertainty.set_rows(gains, n_boot, seed), on=["set", "eval_layer"], how="left"
+    )
+    table = table.merge(_seed_spread(gains), on=["set", "eval_layer"], how="left")
     present = [c for c in baselines.COLUMNS if c in summary]  # the same in every trial of a condition
     if present:
         found = summary.groupby(["set", "eval_layer"], sort=False)[present].mean().reset_index()

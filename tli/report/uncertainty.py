@@ -40,24 +40,29 @@ REFERENCE = "trained"
 
 
 def per_seed_gains(pairs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """Per set x evaluation layer x seed x pair: the post - pre gain of each GAINS metric, trials of one seed
-    averaged, with the pair's Swahili headword (its cluster).
+    """Per set x evaluation layer x trial x pair: the post - pre gain of each GAINS metric, with the trial's seed and
+    the pair's Swahili headword (its cluster); `_matrix` averages the trials of one seed.
     """
-    gains = pairs[["trial_id", "set", "eval_layer", "pair_id", "swahili"]].assign(
-        **{metric: pairs[f"{metric}_post"] - pairs[f"{metric}_pre"] for metric in GAINS.values()}
+    seeds = pairs["trial_id"].map(dict(zip(trials["trial_id"], trials["seed"])))
+    return pairs[["set", "eval_layer", "pair_id", "swahili"]].assign(
+        seed=seeds.to_numpy(), **{metric: pairs[f"{metric}_post"] - pairs[f"{metric}_pre"] for metric in GAINS.values()}
     )
-    gains = gains.merge(trials[["trial_id", "seed"]], on="trial_id")
-    keys = ["set", "eval_layer", "seed", "pair_id", "swahili"]
-    return gains.groupby(keys, sort=False)[list(GAINS.values())].mean().reset_index()
 
 
-def _matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(values [S, n, K] over seeds x pairs x GAINS, NaN where a seed lacks a pair; headwords [n])."""
-    wide = rows.set_index(["seed", "pair_id"])[list(GAINS.values())].unstack("pair_id")  # [S, K x n]
-    pair_ids = wide.columns.get_level_values("pair_id").unique()
-    values = np.stack([wide[metric][pair_ids].to_numpy(float) for metric in GAINS.values()], axis=-1)
-    headwords = rows.drop_duplicates("pair_id").set_index("pair_id").loc[pair_ids, "swahili"].to_numpy()
-    return values, headwords
+def _matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values [S, n, K] over seeds x pairs x GAINS, each the mean over the seed's trials, NaN where a seed lacks a
+    pair; headwords [n]; pair ids [n]), seeds and pairs in ascending order.
+    """
+    seed_index = np.unique(rows["seed"].to_numpy(), return_inverse=True)[1].ravel()
+    pair_ids, pair_index = np.unique(rows["pair_id"].to_numpy(), return_inverse=True)
+    gains = rows[list(GAINS.values())].to_numpy(float)
+    sums, counts = (np.zeros((int(seed_index.max()) + 1, len(pair_ids), len(GAINS))) for _ in range(2))
+    np.add.at(sums, (seed_index, pair_index.ravel()), np.nan_to_num(gains))  # trials of one seed: averaged
+    np.add.at(counts, (seed_index, pair_index.ravel()), ~np.isnan(gains))
+    headwords = np.empty(len(pair_ids), dtype=object)
+    headwords[pair_index.ravel()] = rows["swahili"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        return sums / counts, headwords, pair_ids  # NaN (0 / 0) where a seed lacks a pair
 
 
 def _columns(prefix: str) -> dict[str, str]:
@@ -83,28 +88,50 @@ def _estimate(values: np.ndarray) -> np.ndarray:
 def set_rows(gains: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Per set x evaluation layer of one condition: every `_columns` value of every gain, and each COMPARED
     gain against the trained set's at the same layer (empty columns where there is no trained set).
+
+    A set's replicates are `stats.group_replicates` at position 0, the trained set's in a comparison at position 1:
+    `stats.seed_pair_bootstrap([set], ...)` and `seed_pair_bootstrap([set, trained], [1, -1], ...)`, each computed
+    once per condition for all its evaluation layers (the same pairs at every layer: the same draws).
     """
     matrices = {key: _matrix(rows) for key, rows in gains.groupby(["set", "eval_layer"], sort=False)}
+    own = _replicates(matrices, n_boot, seed, 0)
+    reference = {key: m for key, m in matrices.items() if key[0] == REFERENCE}
+    against = _replicates(reference, n_boot, seed, 1) if len(matrices) > len(reference) else {}
     out = []
-    for (name, layer), (values, headwords) in matrices.items():
+    for (name, layer), (values, _, _) in matrices.items():
         row: dict = {"set": name, "eval_layer": layer}
-        replicates = stats.seed_pair_bootstrap([(values, headwords)], n_boot=n_boot, seed=seed)
-        for prefix, found in zip(GAINS, _inference(_estimate(values), replicates.reshape(n_boot, -1))):
+        for prefix, found in zip(GAINS, _inference(_estimate(values), own[name, layer])):
             names = _columns(prefix)
             row |= {names[key]: found[key] for key in ("se", "ci_low", "ci_high", "p")}
             row[names["mde"]] = stats.minimum_detectable_effect(found["se"])
-        if (REFERENCE, layer) in matrices and name != REFERENCE:
-            row |= _against_reference((values, headwords), matrices[REFERENCE, layer], n_boot, seed)
+        if (REFERENCE, layer) in against and name != REFERENCE:
+            replicates = own[name, layer] - against[REFERENCE, layer]
+            row |= _against_reference(values, matrices[REFERENCE, layer][0], replicates)
         out.append(row)
     return pd.DataFrame(out)
 
 
-def _against_reference(group, reference, n_boot: int, seed: int) -> dict[str, float]:
-    """The COMPARED gains of `group` minus those of `reference` (seeds drawn together): difference, CI, TOST."""
-    replicates = stats.seed_pair_bootstrap([group, reference], [1.0, -1.0], n_boot=n_boot, seed=seed)
-    estimates = _estimate(group[0]) - _estimate(reference[0])
-    found = _inference(estimates, replicates.reshape(n_boot, -1))
-    reference_gain = _estimate(reference[0])
+def _replicates(matrices: dict, n_boot: int, seed: int, position: int) -> dict[tuple, np.ndarray]:
+    """{(set, layer): [n_boot, K] replicates}: the layers of a set that hold the same pairs in one computation."""
+    joint: dict[tuple, list] = {}
+    for (name, layer), (values, headwords, pair_ids) in matrices.items():
+        joint.setdefault((name, values.shape[0], tuple(pair_ids)), []).append((layer, values, headwords))
+    found = {}
+    for (name, *_), parts in joint.items():
+        stacked = np.concatenate([values for _, values, _ in parts], axis=2)  # [S, n, layers x K]
+        replicates = stats.group_replicates(stacked, parts[0][2], n_boot, seed, position)
+        for i, (layer, _, _) in enumerate(parts):
+            found[name, layer] = replicates[:, i * len(GAINS) : (i + 1) * len(GAINS)]
+    return found
+
+
+def _against_reference(values: np.ndarray, reference: np.ndarray, replicates: np.ndarray) -> dict[str, float]:
+    """The COMPARED gains of a set (values [S, n, K]) minus those of the reference set: difference, CI (from the
+    difference's `replicates`), TOST.
+    """
+    estimates = _estimate(values) - _estimate(reference)
+    found = _inference(estimates, replicates)
+    reference_gain = _estimate(reference)
     row = {}
     for prefix, metric in GAINS.items():
         if prefix not in COMPARED:
