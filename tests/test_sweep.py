@@ -32,7 +32,7 @@ from tli.sweep.settings import (
     setting_names,
     swept_names,
 )
-from tli.sweep.tuner import base_settings
+from tli.sweep.tuner import TUNE_KEYS, base_settings
 
 from conftest import load_ablation
 
@@ -573,15 +573,28 @@ def test_ray_tune_sees_every_measurement(layer_smoke):
     assert names == ["target_layer=1,seed=0", "target_layer=2,seed=0"]  # TensorBoard runs tell trials apart
     for _, result in frame.iterrows():
         row = trials.loc[result["tli_trial_id"]]
-        for column in ("objective", "target_trained_cosine_post", "final_control_centered_gap_post", "drift_kl_en"):
+        for column in (
+            "objective",
+            "target_trained_mean_diff",
+            "target_control_centered_gap_alike_diff",
+            "drift_kl_en",
+        ):
             assert result[column] == pytest.approx(row[column])
-        assert result["training_iteration"] == 2  # one report per epoch (1), then the trial's row
+        assert result["training_iteration"] == 2  # one report per epoch (1), then the trial's headline
+    assert "final_control_centered_gap_post" not in frame  # the whole row is in trials.parquet, not in Tune's state
     best = grid.get_best_result(metric="objective", mode="max")
     assert best.metrics["tli_trial_id"] == trials["objective"].idxmax()
-    progress = pd.read_csv(next((folder / "tune").glob("*/*/progress.csv")))
-    assert "train_loss" in progress.columns and progress["train_loss"].notna().any()
-    for column in ("train_active_hinges", "train_cos_positive", "train_grad_norm", "train_lora_norm"):
-        assert progress[column].notna().any(), column  # each epoch's dynamics
+    for path in (folder / "tune").glob("*/*/progress.csv"):  # every key in the header, the last row's values kept
+        progress = pd.read_csv(path)
+        assert set(TUNE_KEYS) <= set(progress.columns) and list(progress["status"]) == ["running", "ok"]
+        assert progress["train_loss"].notna().all() and progress["objective"].isna().tolist() == [True, False]
+        for column in ("train_active_hinges", "train_cos_positive", "train_grad_norm", "train_lora_norm"):
+            assert progress[column].notna().all(), column  # each epoch's dynamics
+        assert progress["target_trained_mean_diff"].iloc[-1] == pytest.approx(
+            trials.loc[progress["tli_trial_id"].iloc[-1], "target_trained_mean_diff"]
+        )
+    state = next((folder / "tune").glob("*/experiment_state-*.json")).stat().st_size
+    assert state / len(frame) < 40_000  # bytes of Tune's experiment state per trial (about 176 KB with every metric)
     assert list((folder / "tune").glob("*/*/events.out.tfevents.*"))  # Tune's TensorBoard files
 
 

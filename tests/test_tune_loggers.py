@@ -39,7 +39,7 @@ def test_tensorboard_mlflow_and_wandb_see_every_trial(tmp_path, monkeypatch):
     client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("optuna_search").experiment_id])
     assert sorted(round(run.data.metrics["objective"], 6) for run in runs) == expected
-    assert all("target_control_centered_gap_post" in run.data.metrics for run in runs)
+    assert all("target_control_centered_gap_alike_diff" in run.data.metrics for run in runs)
     for run in runs:  # run names and params: the sampled settings, flat
         assert {"target_layer", "lora_rank", "margin", "lr"} <= set(run.data.params)
         assert run.info.run_name.startswith("target_layer=") and f"lora_rank={run.data.params['lora_rank']}" in (

@@ -68,7 +68,7 @@ class Progress(tune.Callback):
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "epoch" in result and "status" not in result and trial.trial_id in self.running:
+        if result.get("status") == "running" and trial.trial_id in self.running:
             label = self.running[trial.trial_id].split(" epoch")[0]
             self.running[trial.trial_id] = f"{label} epoch {result['epoch']} loss {result['train_loss']:.3f}"
             self._show()

@@ -1,13 +1,15 @@
 """Ray Tune plumbing: the trainable and what it reports, the driver's callbacks, and `run_sweep`.
 
-A trial reports its training loss after every epoch (one Tune iteration each) and, last, its whole flat
-row: its settings and every metric of its trials.parquet row (its `trial_id` as `tli_trial_id`: Tune
-owns `trial_id`), plus its files packed under ARCHIVE_KEY. The driver's `ResultSink` callback, which runs
-before Tune's loggers, takes the archive out of the result and commits it to the experiment's store. So
-Tune's loggers (TensorBoard, MLflow, W&B), `ResultGrid.get_dataframe()` and
-`get_best_result("objective", "max")` see every measurement, and no worker needs the results folder.
-`objective` (the validation set's gain in centred gap over alike non-translations, `centered_gap_alike_diff`,
-at the selection layer: `trial.objective`) is NaN until a trial's last report.
+A trial reports its training loss after every epoch (one Tune iteration each) and, last, its headline
+(`tune_metrics`: the same TUNE_KEYS in every report, NaN until known, so Tune's progress.csv has a column
+for each; its `trial_id` as `tli_trial_id`: Tune owns `trial_id`), plus its files packed under ARCHIVE_KEY.
+The driver's `ResultSink` callback, which runs before Tune's loggers, takes the archive out of the result
+and commits it to the experiment's store, where its whole row (hundreds of metrics) lands in trials.parquet.
+So Tune's loggers (TensorBoard, MLflow, W&B), `ResultGrid.get_dataframe()` and
+`get_best_result("objective", "max")` see each trial's settings (its config) and headline, Tune's own
+state per trial stays small, and no worker needs the results folder. `objective` (the validation set's gain
+in centred gap over alike non-translations, `centered_gap_alike_diff`, at the selection layer:
+`trial.objective`) is NaN until a trial's last report.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tli.sweep.inputs import ExperimentInputs, load_inputs, trial_sets, with_dri
 from tli.sweep.resources import Reservation
 from tli.sweep.settings import TrialSettings, check_axes, cut_for_smoke_test, expand_grid, swept_names
 from tli.sweep.store import ExperimentStore
-from tli.sweep.trial import DYNAMICS, OBJECTIVE_METRIC, WorkerCache, pack, run_trial
+from tli.sweep.trial import DYNAMICS, OBJECTIVE_METRIC, OUTCOMES, WorkerCache, pack, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +60,36 @@ class Search:
     num_samples: int
 
 
-def tune_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """A trial row as Tune metrics: `trial_id` renamed `tli_trial_id` (Tune sets its own `trial_id`)."""
-    return {("tli_trial_id" if key == "trial_id" else key): value for key, value in row.items()}
+HEADLINE_SETS = ("trained", "validation", "control", "heldout", "unseen")
+HEADLINE_GAINS = ("mean_diff", OBJECTIVE_METRIC)  # at the target layer: the raw cosine gain, the verdict's centred gap
+EPOCH_MEANS = tuple(f"train_{name}" for name in (*DYNAMICS, "grad_norm"))  # each epoch's mean of these
+EPOCH = ("epoch", *EPOCH_MEANS, "train_loss_last", "lr", "train_lora_norm")
+HEADLINE = (*OUTCOMES, *(f"target_{name}_{gain}" for name in HEADLINE_SETS for gain in HEADLINE_GAINS))
+TUNE_KEYS = ("tli_trial_id", "status", "error", *EPOCH, *HEADLINE)  # every report's keys, in order: Tune's
+# progress.csv takes its header from a trial's first report
 
 
-def epoch_metrics(trial_id: str, train_log: pd.DataFrame) -> dict[str, Any]:
-    """One Tune iteration per epoch: the epoch's mean of each logged dynamic (`train_loss`, `train_active_hinges`,
-    `train_cos_positive`, ..., `train_grad_norm`; NaN where not logged), its last step loss, the learning rate,
-    the LoRA update norm after it, objective NaN.
+def tune_metrics(row: dict[str, Any], train_log: pd.DataFrame | None = None) -> dict[str, Any]:
+    """What Tune sees of a trial: TUNE_KEYS, NaN until known, in every report. Its `trial_id` as `tli_trial_id`
+    (Tune sets its own), status ("running" until its row is done), the last epoch of `train_log` (the epoch's mean
+    of each logged dynamic, `train_loss`, `train_active_hinges`, ..., `train_grad_norm`, NaN where not logged; its
+    last step loss, the learning rate, the LoRA update norm after it), OUTCOMES and the headline gains; the whole
+    row goes to the store.
     """
-    epoch = int(train_log["epoch"].iloc[-1])
-    steps = train_log[train_log["epoch"] == epoch].reindex(columns=[*DYNAMICS, "grad_norm", "lr", "lora_norm"])
-    means = {f"train_{name}": float(steps[name].astype(float).mean()) for name in (*DYNAMICS, "grad_norm")}
-    return (
-        {"tli_trial_id": trial_id, "epoch": epoch}
-        | means
-        | {
+    metrics = dict.fromkeys(TUNE_KEYS, float("nan"))
+    metrics |= {"tli_trial_id": row["trial_id"], "status": row.get("status", "running"), "error": row.get("error")}
+    if train_log is not None and len(train_log):
+        epoch = int(train_log["epoch"].iloc[-1])
+        steps = train_log[train_log["epoch"] == epoch].reindex(columns=[*DYNAMICS, "grad_norm", "lr", "lora_norm"])
+        metrics |= {"epoch": epoch} | {
+            name: float(steps[name[len("train_") :]].astype(float).mean()) for name in EPOCH_MEANS
+        }
+        metrics |= {
             "train_loss_last": float(steps["loss"].iloc[-1]),
             "lr": float(steps["lr"].iloc[-1]),
             "train_lora_norm": float(steps["lora_norm"].iloc[-1]),
-            "objective": float("nan"),
         }
-    )
+    return metrics | {key: row[key] for key in HEADLINE if row.get(key) is not None}
 
 
 # --- the trainable, inside a Ray worker ----------------------------------------------------------
@@ -118,11 +127,11 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
         settings,
         context.inputs,
         _CACHE,
-        lambda train_log: report_to_tune(epoch_metrics(settings.trial_id, train_log)),
+        lambda train_log: report_to_tune(tune_metrics({"trial_id": settings.trial_id}, train_log)),
         keep_adapter=context.save_adapters != "none",
     )
     record.row["node"] = ray.get_runtime_context().get_node_id()
-    report_to_tune(tune_metrics(record.row) | {ARCHIVE_KEY: pack(record)})
+    report_to_tune(tune_metrics(record.row, record.tables.get("train_log")) | {ARCHIVE_KEY: pack(record)})
 
 
 # --- the sweep, in the driver --------------------------------------------------------------------
