@@ -495,11 +495,11 @@ def z_inference(estimate: float, se: float, confidence: float = 0.95) -> dict[st
         return {"ci_low": nan, "ci_high": nan, "p": nan}
     if se <= 0:
         return {"ci_low": float(estimate), "ci_high": float(estimate), "p": nan}
-    z = stats.norm.ppf((1 + confidence) / 2)
+    z = special.ndtri((1 + confidence) / 2)  # the standard normal's quantile and tail as scipy.stats.norm has them
     return {
         "ci_low": estimate - z * se,
         "ci_high": estimate + z * se,
-        "p": float(2 * stats.norm.sf(abs(estimate) / se)),
+        "p": float(2 * special.ndtr(-abs(estimate) / se)),
     }
 
 
@@ -510,11 +510,11 @@ def tost(estimate: float, se: float, margin: float) -> float:
     """
     if not (np.isfinite(se) and se > 0 and np.isfinite(margin) and margin > 0):
         return float("nan")
-    return float(max(stats.norm.sf((estimate + margin) / se), stats.norm.cdf((estimate - margin) / se)))
+    return float(max(special.ndtr(-(estimate + margin) / se), special.ndtr((estimate - margin) / se)))
 
 
 def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """The true effect a two-sided z-test at `alpha` detects with probability `power`:
     (z_{1-alpha/2} + z_{power}) se (2.80 se at the defaults; the negligible opposite tail ignored).
     """
-    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * se) if np.isfinite(se) else float("nan")
+    return float((special.ndtri(1 - alpha / 2) + special.ndtri(power)) * se) if np.isfinite(se) else float("nan")
