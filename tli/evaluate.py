@@ -215,8 +215,13 @@ def summary_table(
     McNemar's exact test of each P@1 (`RETRIEVAL_TESTED`), and the `baselines` columns
     (`tli.baselines.baseline_table`) of the same set and layer.
     """
+    columns = {
+        m if m in stats.CHANCE_METRICS else f"{m}_{when}" for m in stats.PAIR_METRICS for when in ("pre", "post")
+    }
+    values = {c: pairs[c].to_numpy() for c in columns}  # one array per column, sliced per group
     rows = []
-    for (name, layer), group in pairs.groupby(["set", "eval_layer"], sort=False):
+    for (name, layer), index in pairs.groupby(["set", "eval_layer"], sort=False).indices.items():
+        group = {c: column[index] for c, column in values.items()}
         row = {
             "set": name,
             "eval_layer": layer,
@@ -237,9 +242,7 @@ def summary_table(
                 }
             row |= tests
         for when in ("pre", "post"):
-            per_pair = {
-                m: group[m if m in stats.CHANCE_METRICS else f"{m}_{when}"].to_numpy() for m in stats.PAIR_METRICS
-            }
+            per_pair = {m: group[m if m in stats.CHANCE_METRICS else f"{m}_{when}"] for m in stats.PAIR_METRICS}
             row |= {
                 f"{column}_{when}": value
                 for column, value in stats.set_metrics(per_pair).items()

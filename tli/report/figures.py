@@ -49,14 +49,19 @@ class FigureFiles(bytes):
 
 
 def png(fig: Figure) -> FigureFiles:
-    """The figure as PNG (110 dpi), with its PDF and SVG (vector, for a paper) attached."""
+    """The figure as PNG (110 dpi), with its PDF and SVG (vector, for a paper; a panel's points beyond DENSE as one
+    image in them, at 200 dpi) attached, laid out once.
+    """
     if fig.get_layout_engine() is None:  # a figure with a key outside its panels lays itself out (constrained)
         fig.tight_layout()
     rendered = {}
     for kind in ("png", "pdf", "svg"):
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=kind, dpi=110, metadata={"Date": None} if kind == "pdf" else None)
+        fig.savefig(
+            buffer, format=kind, dpi=110 if kind == "png" else 300, metadata={"Date": None} if kind == "pdf" else None
+        )
         rendered[kind] = buffer.getvalue()
+        fig.set_layout_engine("none")  # laid out once: the vector files keep the PNG's layout
     files = FigureFiles(rendered["png"])
     files.pdf, files.svg = rendered["pdf"], rendered["svg"]
     return files
@@ -69,6 +74,7 @@ def label(values: dict[str, Any]) -> str:
 
 MAX_KEYS = 10  # legend entries per key; beyond, groups are told apart by colour and marker (two keys)
 MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "X", "h")
+DENSE = 500  # points in a panel beyond which PDF and SVG hold them as one image (text and axes stay vector)
 
 
 @dataclass(frozen=True)
@@ -196,11 +202,15 @@ def _points(ax, x, y, group: np.ndarray, groups: Groups, interval=None, layers=N
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     shade = groups.colours[group]
+    if len(x) > DENSE:  # below the axes' rasterization threshold: one image in PDF and SVG, text and axes vector
+        ax.set_rasterization_zorder(1.9)
+    z = 1.5 if len(x) > DENSE else 2.5
     if interval is not None:
-        ax.vlines(x, *interval, colors=shade, lw=0.6 if groups.crowded else 1.0)
+        ax.vlines(x, *interval, colors=shade, lw=0.6 if groups.crowded else 1.0, zorder=z)
     for marker in dict.fromkeys(groups.markers):
         drawn = np.array([groups.markers[g] == marker for g in group], dtype=bool)
-        ax.scatter(x[drawn], y[drawn], c=shade[drawn], marker=marker, s=9 if groups.crowded else 16, zorder=3)
+        size = 9 if groups.crowded else 16
+        ax.scatter(x[drawn], y[drawn], c=shade[drawn], marker=marker, s=size, zorder=z + 0.2)
     if layers is None:
         return
     segments, segment_shades = [], []
@@ -212,7 +222,7 @@ def _points(ax, x, y, group: np.ndarray, groups: Groups, interval=None, layers=N
                 segments.append(np.column_stack([x[mine[run]], y[mine[run]]]))
                 segment_shades.append(groups.colours[g])
     width = 0.5 if groups.crowded else 1.0
-    ax.add_collection(LineCollection(segments, colors=segment_shades, lw=width, linestyles=line))
+    ax.add_collection(LineCollection(segments, colors=segment_shades, lw=width, linestyles=line, zorder=z + 0.1))
 
 
 def _gain(rows: pd.DataFrame, prefix: str) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
