@@ -864,11 +864,43 @@ def test_figures_stay_readable_at_50_conditions_per_layer():
     assert len(panels[0].collections) <= 8  # a handful of artists per panel, not one per group
 
 
-def test_tables_render_through_tabulate():
+def test_tables_render_as_tabulate_lays_them_out():
+    """The renderer's own layout equals tabulate's (github, html, latex_booktabs) on awkward cells and on no rows
+    (where its LaTeX column spec is valid, tabulate's is empty), and a cell of several lines goes through tabulate.
+    """
     table = pd.DataFrame({"set": ["a|b"], "n": [3], "p": [0.0], "mean_diff": [0.12345], "x": [np.nan]})
     text = render.table_text(table)
     assert text.splitlines()[0].startswith("| set ") and "a\\|b" in text and "<0.001" in text and "0.1235" in text
     assert "<td" in render.table_text(table, "html")
+    awkward = pd.DataFrame(
+        {
+            "set": ["trained_x", " a|b ", 'x<y & "q"', "50% {~^$#}\\"],
+            "a long header name": [1, 22, 333, -4],
+            "p": [0.0, 0.5, np.nan, 1e-5],
+            "ok": [True, False, True, False],
+            "pairs": [["a", "b"], [], ["c"], None],
+        }
+    )
+    for frame in (awkward, awkward.iloc[:0], table):
+        for fmt in ("github", "html", "latex_booktabs"):
+            header = [str(c) for c in frame.columns]
+            cells = [render.column_cells(frame.iloc[:, i], c) for i, c in enumerate(header)]
+            if fmt == "github":
+                cells = [[cell.replace("|", "\\|") for cell in column] for column in cells]
+            align = [
+                "right"
+                if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+                else "left"
+                for c in frame.columns
+            ]
+            expected = pd.DataFrame(dict(zip(header, cells))).to_markdown(
+                index=False, tablefmt=fmt, disable_numparse=True, colalign=align
+            )
+            if fmt == "latex_booktabs" and frame.empty:  # tabulate writes \begin{tabular}{}, which LaTeX refuses
+                expected = expected.replace("{tabular}{}", "{tabular}{" + "l" * len(header) + "}")
+            assert render.table_text(frame, fmt) == expected, (fmt, len(frame))
+    multiline = pd.DataFrame({"note": ["one\ntwo"], "n": [1]})
+    assert "one" in render.table_text(multiline) and "two" in render.table_text(multiline)
     page = render.page([("p", "`gap_*` and `*_all` keep *no rise* for x<y")], "t")
     assert "<code>gap_*</code> and <code>*_all</code> keep <em>no rise</em> for x&lt;y" in page
 
