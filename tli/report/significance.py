@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from tli import baselines, stats
 from tli.config import EvalConfig
@@ -165,13 +166,14 @@ def significance_table(
     if results.ok.empty:
         return empty
     frames = []
-    for values, trials in groups(results.ok, by):  # each condition's files, its columns only: memory per condition
-        ids = list(trials["trial_id"])
-        pairs = results.tables("pairs", ids, PAIR_COLUMNS)
-        _check_columns(pairs, results.uri)
-        summary = results.tables("summary", ids, SUMMARY_COLUMNS)
-        if len(pairs) and len(summary):
-            frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
+    with threadpool_limits(limits=1, user_api="blas"):  # the bootstrap's thin products: threads would only spin
+        for values, trials in groups(results.ok, by):  # each condition's files, its columns only
+            ids = list(trials["trial_id"])
+            pairs = results.tables("pairs", ids, PAIR_COLUMNS)
+            _check_columns(pairs, results.uri)
+            summary = results.tables("summary", ids, SUMMARY_COLUMNS)
+            if len(pairs) and len(summary):
+                frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
     if not frames:
         return empty
     table = pd.concat(frames, ignore_index=True)
