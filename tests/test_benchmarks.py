@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is a folder of scripts at the root
 
-from benchmarks import bench_gpu, bench_memory, bench_scan, bench_sweep, bench_train  # noqa: E402
+from benchmarks import bench_gpu, bench_memory, bench_scan, bench_store, bench_sweep, bench_train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +38,19 @@ def test_sweep_loads_the_model_once_per_worker(tmp_path):
     assert result["ok"] == result["trials"] == 6
     assert result["workers"] < result["trials"]  # workers reused: one model load per worker, not per trial
     assert 0 < result["useful_s"] < result["wall_s"] * 2
+
+
+def test_store_benchmark_commits_merges_and_aggregates_full_size_trials(tmp_path):
+    """6 full-size trials through pack() and commit(), merged, merged cold, aggregated (2 conditions x 5 sets x 2
+    layers), each step measured in its own process; nothing left behind in the work folder but the template.
+    """
+    result = bench_store.main(["--smoke-test", "--workdir", str(tmp_path)])
+    (row,) = result["rows"]
+    assert result["template"]["pair_rows"] > 4_500 and set(result["template"]["sets"]) >= {"trained", "unseen"}
+    assert row["trials"] == 6 and row["aggregate_200_rows"] == 2 * 5 * 2
+    assert 300 < row["pairs_kb_per_trial"] < 1_500 and 0 < row["driver_rss_gb"] <= row["driver_peak_gb"] < 2
+    assert 0 < row["commit_ms_median"] and 0 < row["cold_merge_s"] and 0 < row["aggregate_200_peak_gb"] < 4
+    assert not list(tmp_path.glob("store-*"))  # stores are removed unless --keep
 
 
 def test_gpu_benchmark_answers_help_without_loading_anything(capsys):

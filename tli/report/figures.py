@@ -50,7 +50,7 @@ class FigureFiles(bytes):
 
 def png(fig: Figure) -> FigureFiles:
     """The figure as PNG (110 dpi), with its PDF and SVG (vector, for a paper; a panel's points beyond DENSE as one
-    image in them, at 200 dpi) attached, laid out once.
+    image in them, at 150 dpi) attached, laid out once.
     """
     if fig.get_layout_engine() is None:  # a figure with a key outside its panels lays itself out (constrained)
         fig.tight_layout()
@@ -58,7 +58,7 @@ def png(fig: Figure) -> FigureFiles:
     for kind in ("png", "pdf", "svg"):
         buffer = io.BytesIO()
         fig.savefig(
-            buffer, format=kind, dpi=110 if kind == "png" else 300, metadata={"Date": None} if kind == "pdf" else None
+            buffer, format=kind, dpi=110 if kind == "png" else 150, metadata={"Date": None} if kind == "pdf" else None
         )
         rendered[kind] = buffer.getvalue()
         fig.set_layout_engine("none")  # laid out once: the vector files keep the PNG's layout
