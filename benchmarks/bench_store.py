@@ -101,7 +101,15 @@ def make_template(workdir: Path) -> dict:
     }
     post = {k: (sw + 0.3 * rng.normal(size=sw.shape), en) for k, (sw, en) in pre.items()}
     table = evaluate.pair_table(sets, lexicon, pre, post)
-    summary = evaluate.summary_table(table, EvalConfig(n_boot=200), N_LAYERS, len(lexicon.english), removed)
+    extra = {}
+    try:  # the orthographic and Procrustes baselines beside each set (since the store redesign)
+        from tli import baselines
+
+        extra["baselines"] = baselines.baseline_table(sets, lexicon, pre, sets["trained"])
+    except ImportError:
+        pass
+    summary = evaluate.summary_table(table, EvalConfig(n_boot=200), N_LAYERS, len(lexicon.english), removed, **extra)
+    tables = {"pairs": table, "summary": summary} | _probe_tables(sets, lexicon, rng)
     steps = -(-len(train_rows) // 8)
     train_log = pd.DataFrame(
         {
@@ -114,13 +122,41 @@ def make_template(workdir: Path) -> dict:
     )
     folder = workdir / "template"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("pairs", table), ("summary", summary), ("train_log", train_log)):
+    for name, frame in (tables | {"train_log": train_log}).items():
         frame.to_parquet(folder / f"{name}.parquet", index=False)
     return {
         "sets": {name: len(rows) for name, rows in sets.items()},
         "pair_rows": len(table),
         "columns": len(table.columns),
     }
+
+
+def _probe_tables(sets: dict, lexicon, rng) -> dict:
+    """The translation probe's table and summary (`tli.probe`, on by default since the store redesign) with random
+    answers (5% correct before, 7% after), or none before it existed.
+    """
+    try:
+        from tli import probe
+        from tli.config import ProbeConfig
+    except ImportError:
+        return {}
+    config = ProbeConfig()
+    probed, excluded = probe.probed_rows(sets, config)
+    wanted = probe.sources(probed, lexicon, config)
+
+    def answers(right: float) -> dict:
+        return {
+            (s.direction, s.word): probe.Answer(
+                s.golds[0],
+                bool(rng.random() < right),
+                {gold: float(-rng.exponential(5)) for gold in s.golds},
+                {gold: int(rng.integers(1, len(s.distractors) + 2)) for gold in s.golds},
+            )
+            for s in wanted
+        }
+
+    table = probe.probe_table(probed, wanted, answers(0.05), answers(0.07))
+    return {"probe": table, "probe_summary": probe.probe_summary(table, excluded)}
 
 
 class TrialMaker:
@@ -133,21 +169,19 @@ class TrialMaker:
         from tli.sweep.settings import TrialSettings
 
         self.np, self.pd = np, pd
-        self.tables = {
-            name: pd.read_parquet(workdir / "template" / f"{name}.parquet")
-            for name in ("pairs", "summary", "train_log")
-        }
+        self.tables = {path.stem: pd.read_parquet(path) for path in (workdir / "template").glob("*.parquet")}
         pairs = self.tables["pairs"]
         self.noisy = [c for c in pairs if c.endswith("_post") and pairs[c].dtype.kind == "f" and pairs[c].nunique() > 2]
         self.base = TrialSettings().replace(model="meta-llama/Meta-Llama-3-8B", n_boot=10_000)
         self.started = pd.Timestamp("2026-01-01", tz="UTC")
 
     def record(self, index: int):
+        from tli.sweep import trial
+
         try:
-            from tli.sweep.trial import TrialRecord, wide_metrics
+            from tli.sweep.trial import TrialRecord
         except ImportError:  # before the store redesign (de59d64): TrialRecord lived in the store
             from tli.sweep.store import TrialRecord
-            from tli.sweep.trial import wide_metrics
         np, pd = self.np, self.pd
         layer, rank, margin, lr, seed = grid_settings(index)
         settings = self.base.replace(target_layer=layer, lora_rank=rank, margin=margin, lr=lr, seed=seed)
@@ -160,15 +194,15 @@ class TrialMaker:
             columns = self.noisy if name == "pairs" else [c for c in frame if c.endswith(("_post", "_diff"))]
             frame[columns] = frame[columns] + rng.normal(scale=0.01, size=(len(frame), len(columns)))
             tables[name] = frame.reset_index(drop=True)
-        tables["train_log"] = self.tables["train_log"]
+        tables |= {name: self.tables[name] for name in ("train_log", "probe") if name in self.tables}
         summary = tables["summary"]
-        chosen = summary[(summary["set"] == "validation") & (summary["eval_layer"] == N_LAYERS)]
         row = settings.row() | {
             "status": "ok",
             "error": None,
             "n_train_pairs": 561,
             "final_loss": float(tables["train_log"]["loss"].iloc[-1]),
-            "objective": float(chosen["centered_gap_diff"].iloc[0]),
+            "objective": trial.objective(summary, N_LAYERS),
+            "objective_metric": getattr(trial, "OBJECTIVE_METRIC", "centered_gap_diff"),
             "drift_kl_sw": float(rng.uniform(0.5, 3)),
             "drift_kl_en": float(rng.uniform(0.5, 3)),
             "train_seconds": 300.0,
@@ -188,7 +222,9 @@ class TrialMaker:
             "version_ray": "2.60.0",
             "git_commit": "0" * 40,
         }
-        row |= wide_metrics(summary, {"target": layer, "final": N_LAYERS})
+        row |= trial.wide_metrics(summary, {"target": layer, "final": N_LAYERS})
+        if "probe_summary" in self.tables:
+            row |= trial.probe_metrics(self.tables["probe_summary"])
         return TrialRecord(row, tables, ADAPTER)
 
 

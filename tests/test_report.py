@@ -819,11 +819,12 @@ def _gain_rows(conditions: list[dict], sets=("trained", "control")) -> pd.DataFr
     return pd.DataFrame(rows).rename(columns={"diff": "mean_diff"})
 
 
-def test_figures_stay_readable_at_50_conditions_per_layer():
+def test_figures_stay_readable_at_50_conditions_per_layer(monkeypatch):
     """5 ranks x 10 margins at 4 target layers (200 conditions): every figure renders with no layout warning, its
     key fits in the figure beside the panels with at most 24 entries (colour: margin, marker: rank), each of the
     50 groups has its own colour and marker, and a group's points stay within its layer's slot (none reaches a
-    neighbouring layer).
+    neighbouring layer); the figures with one position per condition (retrieval baselines, translation probe) keep
+    their panels at most 12 inches wide with at most 30 labelled conditions.
     """
     import warnings
 
@@ -862,6 +863,27 @@ def test_figures_stay_readable_at_50_conditions_per_layer():
     assert len(points) == 5 and len(x) == 200 and len(styles) == 50  # 4 layers x 50 groups, 50 styles
     assert np.all(np.abs(x - np.round(x)) < 0.4), x  # each group within its layer's slot
     assert len(panels[0].collections) <= 8  # a handful of artists per panel, not one per group
+
+    drawn = []
+    monkeypatch.setattr(figures, "png", lambda fig: drawn.append(fig) or b"")
+    retrieval = sig.assign(
+        p_at_1_centered_pre=0.01, p_at_1_centered_post=0.02, orthographic_p_at_1=0.05, procrustes_p_at_1=0.03
+    ).assign(p_at_1_chance=0.001)
+    figures.retrieval_baselines(retrieval, by)
+    probe = pd.DataFrame(
+        [
+            c | {"set": s, "direction": d, "accuracy_pre": 0.1, "accuracy_post": 0.2}
+            for c in grid
+            for s in ("trained", "control")
+            for d in ("sw_en", "en_sw")
+        ]
+    )
+    figures.translation_probe(probe, by)
+    assert len(drawn) == 2
+    for fig in drawn:
+        assert fig.get_figwidth() <= 12 * len(fig.axes)
+        for ax in fig.axes:
+            assert len(ax.get_xticks()) <= figures.MAX_TICKS and "every 7th labelled" in ax.get_xlabel()
 
 
 def test_tables_render_as_tabulate_lays_them_out():

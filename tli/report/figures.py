@@ -496,6 +496,25 @@ def _condition_labels(rows: pd.DataFrame, by: list[str]) -> pd.Series:
     return rows.apply(lambda row: ", ".join(str(row[c]) for c in by) or "all trials", axis=1)
 
 
+MAX_TICKS = 30  # condition labels on a categorical axis; beyond, every k-th condition is labelled
+
+
+def _panel_width(n: int) -> float:
+    """Inches of a panel with `n` conditions side by side: 0.5 each, from 3.6 up to 12 (past 20 conditions the
+    points stay within it and the labels thin out: `_condition_ticks`).
+    """
+    return min(max(3.6, 0.5 * n + 1.8), 12.0)
+
+
+def _condition_ticks(ax, labels: list[str]) -> None:
+    """One tick per condition, at most MAX_TICKS of them labelled (every k-th, said in the axis label)."""
+    step = -(-len(labels) // MAX_TICKS)
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(labels[::step], rotation=30 if step == 1 else 90, ha="right" if step == 1 else "center")
+    if step > 1:
+        ax.set_xlabel(f"condition ({len(labels)}; every {step}th labelled)")
+
+
 def retrieval_baselines(rows: pd.DataFrame, by: list[str]) -> bytes | None:
     """Per set (panels): centred P@1 before (open) and after (filled) TLI at each condition's target layer, beside
     the orthographic and Procrustes baselines and chance on the same pool (categorical positions, points only).
@@ -506,7 +525,7 @@ def retrieval_baselines(rows: pd.DataFrame, by: list[str]) -> bytes | None:
     rows = rows.assign(_label=_condition_labels(rows, by))
     labels = list(dict.fromkeys(rows["_label"]))
     sets = list(dict.fromkeys(rows["set"]))
-    fig = Figure(figsize=(max(3.6, 0.5 * len(labels) + 1.8) * len(sets), 3.8))
+    fig = Figure(figsize=(_panel_width(len(labels)) * len(sets), 3.8))
     marks = [
         ("p_at_1_centered_pre", "model before TLI (centred)", "o", "none"),
         ("p_at_1_centered_post", "model after TLI (centred)", "o", None),
@@ -520,8 +539,8 @@ def retrieval_baselines(rows: pd.DataFrame, by: list[str]) -> bytes | None:
         for (column, text, marker, face), colour in zip(marks, colours(len(marks))):
             kwargs = {"facecolors": face} if face else {}
             ax.scatter(x, 100 * part[column].to_numpy(float), marker=marker, color=colour, label=text, **kwargs)
-        ax.set(title=f"{name} set", xticks=range(len(labels)), ylabel="P@1 (%)")
-        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set(title=f"{name} set", ylabel="P@1 (%)")
+        _condition_ticks(ax, labels)
     fig.axes[0].legend(fontsize=7)
     fig.suptitle("retrieval at the target layer beside two baselines on the same candidate pool")
     return png(fig)
@@ -537,7 +556,7 @@ def translation_probe(rows: pd.DataFrame, by: list[str]) -> bytes | None:
     labels = list(dict.fromkeys(rows["_label"]))
     sets = list(dict.fromkeys(rows["set"]))
     directions = list(dict.fromkeys(rows["direction"]))
-    fig = Figure(figsize=(max(3.6, 0.5 * len(labels) + 1.8) * len(directions), 3.8))
+    fig = Figure(figsize=(_panel_width(len(labels)) * len(directions), 3.8))
     width = 0.6 / max(1, len(sets))
     for ax, direction in zip(fig.subplots(1, len(directions), squeeze=False)[0], directions):
         for i, (name, colour) in enumerate(zip(sets, colours(len(sets)))):
@@ -546,8 +565,8 @@ def translation_probe(rows: pd.DataFrame, by: list[str]) -> bytes | None:
             x = x + width * (i - (len(sets) - 1) / 2)
             ax.scatter(x, 100 * part["accuracy_pre"], marker="o", facecolors="none", color=colour)
             ax.scatter(x, 100 * part["accuracy_post"], marker="o", color=colour, label=name)
-        ax.set(title=direction.replace("_", " -> "), xticks=range(len(labels)), ylabel="words translated (%)")
-        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set(title=direction.replace("_", " -> "), ylabel="words translated (%)")
+        _condition_ticks(ax, labels)
     fig.axes[0].legend(fontsize=7, title="set (open: before, filled: after)")
     fig.suptitle("translation probe: few-shot word translation, greedy, before and after TLI")
     return png(fig)
