@@ -9,8 +9,8 @@ noise. Trials go through the store's own `pack()` and `commit()` (`--save-adapte
 in every archive), on the mission's grid in order: seed (3) fastest, then margin (10), LoRA rank (5), target
 layer (1..32), learning rate (2e-4, then 1e-4 past 4,800 trials).
 
-Every step runs in its own child process, measured there (wall and CPU seconds, peak RSS from the kernel's
-rusage of that child; RSS after merges from /proc):
+Every step runs in its own child process, measured there (wall and CPU seconds from the kernel's rusage of that
+child, its peak RSS (VmHWM) and RSS after merges from /proc):
 
   driver     commit N trials, merging every --merge-every commits as the sweep's driver does (about every 30 s):
              commit ms (median, p99), the last merge's seconds, RSS steady (after the last merge) and peak
@@ -51,11 +51,14 @@ ADAPTER = {"adapter_config.json": b"{}", "adapter_model.safetensors": bytes(64 *
 # --- inside a child process: the tli under test only (no torch needed by the new code) ----------------------
 
 
-def rss_bytes() -> int:
+def rss_bytes(field: str = "VmRSS") -> int:
+    """The resident memory of this process now (VmRSS) or at its peak (VmHWM: since exec, unlike rusage's maxrss,
+    which starts from the parent's RSS at fork: a pytest process of 2 GB made a 0.3 GB child peak at 2 GB).
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def grid_settings(index: int):
@@ -282,14 +285,14 @@ def child(args: argparse.Namespace) -> None:
         result = cold_merge(args.store)
     else:
         result = aggregate(args.store, args.out, args.n_boot)
-    Path(args.result).write_text(json.dumps(result))
+    Path(args.result).write_text(json.dumps(result | {"peak_bytes": rss_bytes("VmHWM")}))
 
 
 # --- the parent: runs and measures the steps, prints the table --------------------------------------------------
 
 
 def measure(step: str, code: Path, workdir: Path, **options) -> dict:
-    """Run one step in a child process: its result, wall and CPU seconds and peak RSS (bytes)."""
+    """Run one step in a child process: its result (with its peak RSS in bytes), wall and CPU seconds."""
     result = workdir / f"{step}.json"
     argv = [
         sys.executable,
@@ -312,7 +315,7 @@ def measure(step: str, code: Path, workdir: Path, **options) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"step {step} failed with exit code {process.returncode}: {' '.join(argv)}")
     measured = json.loads(result.read_text())
-    return measured | {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_bytes": usage.ru_maxrss * 1024}
+    return measured | {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def code_version(code: Path) -> str:

@@ -32,7 +32,7 @@ from tli.sweep.settings import (
     setting_names,
     swept_names,
 )
-from tli.sweep.tuner import TUNE_KEYS, base_settings
+from tli.sweep.tuner import TUNE_KEYS, base_settings, tune_metrics
 
 from conftest import load_ablation
 
@@ -107,13 +107,12 @@ def test_training_columns_summarise_step_0_and_the_last_epoch():
 
 
 def test_each_epoch_reports_its_mean_dynamics_to_tune():
-    from tli.sweep.tuner import epoch_metrics
-
     log = pd.DataFrame(
         {"step": [0, 1, 2], "epoch": [0, 1, 1], "loss": [0.5, 0.4, 0.2], "lr": [np.nan, 0.1, 0.2]}
         | {"active_hinges": [1.0, 1.0, 0.5], "grad_norm": [np.nan, 1.0, 3.0], "lora_norm": [0.0, 0.1, 0.3]}
     )
-    metrics = epoch_metrics("abc", log)
+    metrics = tune_metrics({"trial_id": "abc"}, log)
+    assert set(metrics) == set(TUNE_KEYS) and metrics["status"] == "running" and math.isnan(metrics["objective"])
     assert metrics["epoch"] == 1 and metrics["train_loss"] == pytest.approx(0.3) and metrics["train_loss_last"] == 0.2
     assert metrics["train_active_hinges"] == 0.75 and metrics["train_grad_norm"] == 2.0
     assert metrics["train_lora_norm"] == 0.3 and metrics["lr"] == 0.2 and math.isnan(metrics["train_cos_positive"])
