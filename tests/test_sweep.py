@@ -932,3 +932,13 @@ def test_a_full_disk_while_a_resumed_sweep_commits_is_one_line_and_loses_nothing
     after = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and "tune" not in p.parts}
     kept = [p for p in before if p.name not in ("sweep_config.json", "driver.lock")]  # a run's record, its driver
     assert {p: after.get(p) for p in kept} == {p: before[p] for p in kept}  # every earlier trial and table
+
+
+def test_the_final_table_shows_the_gaps_the_verdict_reads():
+    from tli.sweep.callbacks import TABLE_METRICS, final_table
+
+    row = {"trial_id": "a", "status": "ok", "error": None, "target_layer": 2, "seed": 0, "objective": 0.1}
+    row |= {f"target_trained_{metric}": 0.5 for metric in TABLE_METRICS} | {"target_trained_gap_post": 9.0}
+    columns = final_table(pd.DataFrame([row]), ["seed"], "results/x").split()
+    assert "centered_gap_alike_post" in columns and "gap_alike_pre" in columns
+    assert "gap_post" not in columns and "9" not in columns  # the unmatched gap is in the store, not the console
