@@ -45,7 +45,7 @@ for index in range(torch.cuda.device_count()):
 smallest = min(_total_gpu_memory())
 shape = memory.model_shape(LlamaConfig(**LLAMA3_8B_SHAPE))
 for nf4 in (True, False):
-    peak = memory.trial_peak(shape, memory.TrialShape(target_layer=32, nf4=nf4))["peak"]
+    peak = memory.trial_peak(shape, memory.TrialShape(target_layer=32, nf4=nf4, probe=True))["peak"]
     try:
         share = memory.gpu_share(memory.trials_per_gpu(peak, smallest))
     except Exception as error:  # noqa: BLE001

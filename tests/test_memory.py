@@ -163,3 +163,14 @@ def test_the_estimate_matches_a_trials_measured_peak_on_the_cpu(alias):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["context"] == 0 and result["weights"] > 0.75 * result["estimated"]
     assert 0.85 < result["estimated"] / result["measured_less_tokenizer"] < 1.1, result
+
+
+def test_the_translation_probe_s_scoring_pass_counts_where_it_is_the_largest_transient():
+    from tli.probe import LOGIT_BUDGET
+
+    smollm2 = memory.ModelShape(30, 576, 1536, 49152, 0, 0, 0, (("q_proj", 576, 576), ("v_proj", 576, 192)))
+    for compute_bytes, per_logit in ((4, 8), (2, 10)):  # logits, their float32 copy unless fp32, the log-softmax
+        shape = memory.TrialShape(weight_bytes=compute_bytes, compute_bytes=compute_bytes)
+        without = memory.trial_peak(smollm2, shape)["step"]
+        assert without < LOGIT_BUDGET * per_logit  # drift of 24 tokens over 49,152 words: smaller
+        assert memory.trial_peak(smollm2, dataclasses.replace(shape, probe=True))["step"] == LOGIT_BUDGET * per_logit

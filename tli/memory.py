@@ -17,6 +17,8 @@ per weight, a: bytes per activation, the compute dtype's):
                drift     13 x 8 n V + 4 n V + 4 c h: float64 log-probabilities of the n new tokens of
                          4 sequences, base and TLI (8 n V), a sequence's upcast and KL terms (5 n V),
                          its float32 logits (n V) and the LM head's float32 block of c rows
+               probe     B x (a + 4 + 4 unless a = 4): the translation probe's answer-scoring pass, at most
+                         B = tli.probe.LOGIT_BUDGET logits, their float32 copy and their log-softmax
   dequantise   NF4 only: 2 x the largest linear weight x a (a block's weight dequantised per matmul)
   context      CUDA only: the CUDA context, cuBLAS workspace and kernels (CONTEXT_BYTES)
 
@@ -32,6 +34,7 @@ import math
 
 from tli.config import ModelConfig, TrainConfig
 from tli.errors import TliError
+from tli.probe import LOGIT_BUDGET
 
 GB = 1e9
 CONTEXT_BYTES = int(0.75 * GB)  # CUDA context + cuBLAS workspace + loaded kernels: 0.5-0.8 GB per process
@@ -81,6 +84,7 @@ class TrialShape:
     nf4: bool = False
     cuda: bool = True
     full_forward: bool = False
+    probe: bool = False  # the translation probe runs with its full candidate pools (not a smoke test's few)
 
 
 def model_shape(config) -> ModelShape:
@@ -131,20 +135,24 @@ def trial_peak(model: ModelShape, trial: TrialShape) -> dict[str, int]:
     drift = ((2 * DRIFT_SEQUENCES + 5) * n * model.vocab * 8 + n * model.vocab * 4 + HEAD_CHUNK * model.hidden * 4) * (
         n > 0
     )
+    probe = LOGIT_BUDGET * (a + 4 + (4 if a != 4 else 0)) * trial.probe
     largest = max(n_in * n_out for _, n_in, n_out in model.linears)
     parts = {
         "weights": int(weights),
         "lora": lora_parameters * LORA_BYTES_PER_PARAMETER,
-        "step": max(training, evaluation, drift),
+        "step": max(training, evaluation, drift, probe),
         "dequantise": 2 * largest * a if trial.nf4 else 0,
         "context": CONTEXT_BYTES if trial.cuda else 0,
     }
     return parts | {"peak": sum(parts.values())}
 
 
-def trial_shape(model: ModelConfig, train: TrainConfig, cuda: bool, word_tokens: int, drift_tokens: int) -> TrialShape:
+def trial_shape(
+    model: ModelConfig, train: TrainConfig, cuda: bool, word_tokens: int, drift_tokens: int, probe: bool = False
+) -> TrialShape:
     """The TrialShape of a trial's settings on CUDA or the CPU (`--dtype auto`: bf16 on CUDA, fp32 on the CPU),
-    its longest word `word_tokens` long, its drift samples `drift_tokens` new tokens long (0: no drift).
+    its longest word `word_tokens` long, its drift samples `drift_tokens` new tokens long (0: no drift), with the
+    translation probe's full pools or not (`probe`).
     """
     dtype = model.dtype if model.dtype != "auto" else "bfloat16" if cuda else "float32"
     return TrialShape(
@@ -159,6 +167,7 @@ def trial_shape(model: ModelConfig, train: TrainConfig, cuda: bool, word_tokens:
         nf4=model.quantization in ("nf4", "fp4"),  # the same footprint: 4-bit codes + an absmax per 64
         cuda=cuda,
         full_forward=train.full_forward,
+        probe=probe,
     )
 
 

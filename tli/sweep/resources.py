@@ -113,7 +113,14 @@ def largest_peak(planned: list[TrialSettings], inputs: ExperimentInputs, smoke: 
     return max(
         memory.trial_peak(
             shape,
-            memory.trial_shape(s.model, s.train, True, word_tokens, drift_tokens if s.drift else 0),
+            memory.trial_shape(
+                s.model,
+                s.train,
+                True,
+                word_tokens,
+                drift_tokens if s.drift else 0,
+                s.probe.translation_probe and not smoke,
+            ),
         )["peak"]
         for s in planned
     )
