@@ -15,6 +15,9 @@ import pandas as pd
 LANGUAGES = ("sw", "en")
 
 
+INTERVAL = "95% CI over sequences, or seeds' range"  # the column: one trial's CI, or its condition's range
+
+
 def versus_random(low: float, high: float, random: float) -> str:
     """'above', 'below' or 'within': the CI [low, high] against the random-direction KL ('' when one is NaN)."""
     if any(math.isnan(x) for x in (low, high, random)):
@@ -58,7 +61,7 @@ def drift_table(ok: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> pd.Data
                     "language": language,
                     "n_trials": len(trials),
                     "drift (nats/token)": kl,
-                    "95% CI over sequences": _interval(trials, name),
+                    INTERVAL: _interval(trials, name),
                     "random directions": random,
                     "drift / random": kl / random if random > 0 else math.nan,
                     "vs random": _agreement(trials, name),

@@ -38,7 +38,9 @@ PAPER_STYLE = {
     "figure.titlesize": 10,
     "pdf.fonttype": 42,
     "svg.fonttype": "none",
+    "svg.hashsalt": "tli",  # the SVG's element ids the same on every run
 }
+UNDATED = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}  # a rerun's vector files equal, byte for byte
 
 
 class FigureFiles(bytes):
@@ -57,9 +59,7 @@ def png(fig: Figure) -> FigureFiles:
     rendered = {}
     for kind in ("png", "pdf", "svg"):
         buffer = io.BytesIO()
-        fig.savefig(
-            buffer, format=kind, dpi=110 if kind == "png" else 150, metadata={"Date": None} if kind == "pdf" else None
-        )
+        fig.savefig(buffer, format=kind, dpi=110 if kind == "png" else 150, metadata=UNDATED.get(kind))
         rendered[kind] = buffer.getvalue()
         fig.set_layout_engine("none")  # laid out once: the vector files keep the PNG's layout
     files = FigureFiles(rendered["png"])
