@@ -62,8 +62,8 @@ class Search:
 
 HEADLINE_SETS = ("trained", "validation", "control", "heldout", "unseen")
 HEADLINE_GAINS = ("mean_diff", OBJECTIVE_METRIC)  # at the target layer: the raw cosine gain, the verdict's centred gap
-EPOCH_MEANS = tuple(f"train_{name}" for name in (*DYNAMICS, "grad_norm"))  # each epoch's mean of these
-EPOCH = ("epoch", *EPOCH_MEANS, "train_loss_last", "lr", "train_lora_norm")
+AVERAGED = (*DYNAMICS, "grad_norm")  # train_log columns Tune sees as each epoch's mean, `train_<column>`
+EPOCH = ("epoch", *(f"train_{name}" for name in AVERAGED), "train_loss_last", "lr", "train_lora_norm")
 HEADLINE = (*OUTCOMES, *(f"target_{name}_{gain}" for name in HEADLINE_SETS for gain in HEADLINE_GAINS))
 TUNE_KEYS = ("tli_trial_id", "status", "error", *EPOCH, *HEADLINE)  # every report's keys, in order: Tune's
 # progress.csv takes its header from a trial's first report
@@ -80,10 +80,8 @@ def tune_metrics(row: dict[str, Any], train_log: pd.DataFrame | None = None) -> 
     metrics |= {"tli_trial_id": row["trial_id"], "status": row.get("status", "running"), "error": row.get("error")}
     if train_log is not None and len(train_log):
         epoch = int(train_log["epoch"].iloc[-1])
-        steps = train_log[train_log["epoch"] == epoch].reindex(columns=[*DYNAMICS, "grad_norm", "lr", "lora_norm"])
-        metrics |= {"epoch": epoch} | {
-            name: float(steps[name[len("train_") :]].astype(float).mean()) for name in EPOCH_MEANS
-        }
+        steps = train_log[train_log["epoch"] == epoch].reindex(columns=[*AVERAGED, "lr", "lora_norm"])
+        metrics |= {"epoch": epoch} | {f"train_{name}": float(steps[name].astype(float).mean()) for name in AVERAGED}
         metrics |= {
             "train_loss_last": float(steps["loss"].iloc[-1]),
             "lr": float(steps["lr"].iloc[-1]),
