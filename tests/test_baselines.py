@@ -58,3 +58,19 @@ def test_a_random_map_does_not_retrieve():
     pools = {2: (rng.normal(size=(200, 16)), rng.normal(size=(200, 16)))}
     table = baselines.baseline_table(sets, Lexicon.from_pairs(pairs), pools, sets["trained"]).set_index("set")
     assert table.loc["control", "procrustes_p_at_1"] <= 0.1  # chance: 1 / 200
+
+
+def test_spelling_alone_retrieves_the_documented_share_of_the_paper_pairs():
+    """docs/embedded-models.md's orthographic rows on the packaged pairs: 36 of 686 (5.2%), control 1 of 63."""
+    from tli import data
+
+    pairs = data.load_pairs()
+    lexicon = Lexicon.from_pairs(pairs)
+    similarity = baselines.orthographic_similarity(lexicon.swahili, lexicon.english)
+    expected = {"all": (686, 36 / 686, 0.0685, 0.0831, 0.0680), "control": (63, 1 / 63, 0.0635, 0.0635, 0.0338)}
+    for name, rows in {"all": pairs, "control": pairs[pairs["split"] == "control"]}.items():
+        src, _, gold = lexicon.indices(rows)
+        got = baselines.retrieval(similarity, src, gold)
+        n, p_at_1, p_at_5, p_at_10, mrr = expected[name]
+        assert len(rows) == n and got["p_at_1"] == pytest.approx(p_at_1)
+        assert [got["p_at_5"], got["p_at_10"], got["mrr"]] == pytest.approx([p_at_5, p_at_10, mrr], abs=5e-5)

@@ -75,3 +75,20 @@ def test_real_model_batched_scan_matches_and_shows_the_mean_pooling_artifact(emb
     cosine = (batched * single).sum(1) / np.linalg.norm(batched, axis=1) / np.linalg.norm(single, axis=1)
     assert np.all(np.abs(cosine - 1) < 1e-4)
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-2)  # activations reach ~3e4 here
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_mean_content_pools_what_the_authors_code_pools_on_the_paper_words(model):
+    """The author's evaluation drops the ids of BOS, EOS and pad wherever they occur; `mean_content` drops the
+    tokens the tokenizer added (its special-tokens mask): the same positions on all 1,372 words of the paper's pairs.
+    """
+    from tli import data, models
+
+    tokenizer = models.load_tokenizer(model)
+    pairs = data.load_pairs()
+    encoded = pooling.tokenize(tokenizer, [*pairs["swahili"], *pairs["english"]])
+    ours = pooling.pooling_weights(encoded["attention_mask"], encoded["special_tokens_mask"], "mean_content") > 0
+    dropped = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None]
+    authors = encoded["attention_mask"].bool() & ~torch.isin(encoded["input_ids"], torch.tensor(dropped))
+    assert len(encoded["input_ids"]) == 1372
+    torch.testing.assert_close(ours, authors)
