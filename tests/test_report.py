@@ -1133,6 +1133,27 @@ def test_the_probe_rows_find_what_the_fixture_made(results):
     assert (others["accuracy_post"] == others["accuracy_pre"]).all() and (others["accuracy_mcnemar_p"] == 1).all()
 
 
+def test_the_overview_shows_the_probe_on_the_trained_words(results, sig, conds):
+    """Each condition's 'probe sw→en' / 'probe en→sw' cells are its probe table's trained rows: accuracy pre → post
+    and the log-probability change, marked where its t-test's p < 0.05; absent without probe rows.
+    """
+    probed = retrieval.probe_rows(results, BY)
+    table = report.overview(sig, conds, BY, probed)
+    for _, row in table.iterrows():
+        mine = probed[(probed[BY] == row[BY]).all(axis=1) & (probed["set"] == "trained")].set_index("direction")
+        for direction, column in (("sw_en", "probe sw→en"), ("en_sw", "probe en→sw")):
+            found = mine.loc[direction]
+            accuracy, shift = row[column].split(", ")
+            assert accuracy == f"{found['accuracy_pre']:.1%} → {found['accuracy_post']:.1%}"
+            assert shift.startswith(f"{found['logprob_diff']:+.2f}")
+            assert shift.endswith((" ↑", " ↓")) == (found["logprob_p"] < 0.05)
+    pulled = table[table["pooling_eval"] == "mean_content"]["probe sw→en"]
+    assert pulled.str.contains("→ 100.0%").all()  # the fixture's "pull" trials translate every trained word
+    assert "probe sw→en" not in report.overview(sig, conds, BY, pd.DataFrame()).columns
+    text = render.markdown(sections.at_a_glance(sig, conds, BY, probed))
+    assert "the translation probe on the trained words" in text and "| probe sw→en" in text
+
+
 def test_the_report_has_the_retrieval_and_probe_sections_and_figures(built):
     text = (built / "report.md").read_text()
     assert "## Retrieval beside two baselines" in text and "Spelling alone (orthographic) reaches" in text

@@ -107,9 +107,9 @@ def build_report(
         conds = conditions(results, by)
         chosen = selected(conds, by)
         found, verdicts = sections.replication(results, sig, conds, by)
-        blocks += found + sections.selection(results, conds, by, chosen) + sections.at_a_glance(sig, conds, by)
-        blocks += sections.retrieval_section(sig, conds, by, chosen)
         probed = retrieval.probe_rows(results, by)
+        blocks += found + sections.selection(results, conds, by, chosen) + sections.at_a_glance(sig, conds, by, probed)
+        blocks += sections.retrieval_section(sig, conds, by, chosen)
         blocks += sections.probe_section(probed)
         with matplotlib.rc_context(figures.PAPER_STYLE):
             blocks += sections.what_training_did(results, conds, by)

@@ -283,13 +283,23 @@ def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
     )
 
 
-def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[render.Block]:
+PROBE_AT_A_GLANCE = (
+    "`probe sw→en` / `en→sw` the translation probe on the trained words: accuracy pre → post and the gold "
+    "translation's mean log-probability change in nats, ↑/↓ when its paired t-test gives p < 0.05 (uncorrected; "
+    "every set: the probe table below); "
+)
+
+
+def at_a_glance(
+    sig: pd.DataFrame, conds: pd.DataFrame, by: list[str], probed: pd.DataFrame | None = None
+) -> list[render.Block]:
     heading = ("h2", "Every condition at a glance: centred gap and P@1 at the target layer")
     target = at_target(sig)
     if target.empty:
         return [heading, ("p", "No condition has one target layer (`--by` leaves target_layer out): nothing to show.")]
     low, high = target["p_at_1_chance"].agg(["min", "max"])
     chance = f"{low:.2%}" if f"{low:.2%}" == f"{high:.2%}" else f"{low:.2%} to {high:.2%}"
+    probe_note = PROBE_AT_A_GLANCE if probed is not None and not probed.empty else ""
     return [
         heading,
         (
@@ -298,10 +308,10 @@ def at_a_glance(sig: pd.DataFrame, conds: pd.DataFrame, by: list[str]) -> list[r
             "per-language-centred gap over alike non-translations (`centered_gap_alike`: a pair's centred cosine "
             "minus its mean to the non-translations of its English word's token count and part of speech), ↑/↓ when "
             "its gain's 95% CI lies above/below 0; `cP@1` centred P@1 in percent over the candidate pool (chance "
-            f"{chance}); `drift sw / en` the mean KL(base || TLI) in nats per token on Swahili / English text; "
-            "`objective` the mean validation objective. Raw cosines and every test: the tables below.",
+            f"{chance}); {probe_note}`drift sw / en` the mean KL(base || TLI) in nats per token on Swahili / English "
+            "text; `objective` the mean validation objective. Raw cosines and every test: the tables below.",
         ),
-        ("table", overview(sig, conds, by)),
+        ("table", overview(sig, conds, by, probed)),
     ]
 
 
