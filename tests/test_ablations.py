@@ -54,6 +54,7 @@ def _check_protocol(trials, folder):
     assert shuffled["train_cos_positive_start"] != pytest.approx(real["train_cos_positive_start"])  # trained apart
     text = _report(folder)
     assert "Control: shuffled pairs, target layer 2, trained set" in text and "## What training did" in text
+    assert "## Against the shuffled control" in text and "minus the shuffled control's" in text
 
 
 def _check_objective(trials, folder):

@@ -293,6 +293,42 @@ def test_the_comparison_with_the_trained_set_reads_the_verdict_s_centred_gap():
     assert re.search(r"its gains minus the trained set's: raw cosine [+-]0\.0000 .* equivalent within ±0\.2000", text)
 
 
+def test_a_gain_against_its_shuffled_control_is_taken_per_seed_and_pair():
+    """Known answer: the true-translation condition's centred gap (alike) gain is a_i + b_s + 0.10 + e_i and its
+    shuffled control's a_i + b_s + 0.03 (pair effect a, seed shift b shared: the same words and seeds), so the
+    difference is 0.07 + e_i per seed and pair: its bootstrap variance is var_pop(e) / n (the seeds and a cancel),
+    and its p the normal tail of 0.07 / se. Raw cosines gain the same in both but for -e_i. A
+    condition without a control, and a set whose pairs differ between the two, get no row.
+    """
+    n, shifts = 40, (-0.02, 0.0, 0.02)
+    pair = np.linspace(-0.1, 0.1, n)
+    extra = np.where(np.arange(n) % 2 == 0, 0.05, -0.05)  # mean 0, population variance 0.05^2
+    gains = {}
+    for key, up, own in ((("true", 2), 0.10, extra), (("deranged", 2), 0.03, 0 * extra), (("true", 4), 0.1, extra)):
+        rows = []
+        for name in ("unseen", "control"):
+            size = n if name == "unseen" or key[0] == "true" else n - 1  # control: the pools differ, no comparison
+            for seed, shift in enumerate(shifts):
+                rows += [
+                    {"set": name, "eval_layer": 2, "seed": seed, "pair_id": i, "swahili": f"w{i}"}
+                    | {metric: pair[i] + shift for metric in ("gap", "centered_gap", "gap_alike")}
+                    | {"cosine": 0.01 + pair[i] + shift - own[i], "centered_gap_alike": up + pair[i] + shift + own[i]}
+                    for i in range(size)
+                ]
+        gains[key] = pd.DataFrame(rows)
+    table = uncertainty.against_shuffled(gains, ["translations", "target_layer"], n_boot=20_000, seed=0)
+    (row,) = table.to_dict("records")  # ("true", 4) has no control; control pairs differ: no row
+    assert (row["translations"], row["target_layer"], row["set"]) == ("true", 2, "unseen")
+    assert row["centered_gap_alike_vs_shuffled_diff"] == pytest.approx(0.07)
+    assert row["vs_shuffled_diff"] == pytest.approx(0.0, abs=1e-12)
+    se = (row["centered_gap_alike_vs_shuffled_ci_high"] - row["centered_gap_alike_vs_shuffled_ci_low"]) / (
+        2 * scipy_stats.norm.ppf(0.975)
+    )
+    assert se == pytest.approx(np.std(extra) / np.sqrt(n), rel=0.03)
+    assert row["centered_gap_alike_vs_shuffled_p"] == pytest.approx(2 * scipy_stats.norm.sf(0.07 / se))
+    assert uncertainty.against_shuffled(gains, ["target_layer"], n_boot=100, seed=0).empty  # no translations column
+
+
 def test_unknown_by_column_is_an_error(results):
     with pytest.raises(TliError, match="unknown --by column"):
         report.significance_table(results, ["target_layer", "learning_rate"], n_boot=N_BOOT)

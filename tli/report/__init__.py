@@ -109,6 +109,7 @@ def build_report(
         found, verdicts = sections.replication(results, sig, conds, by)
         probed = retrieval.probe_rows(results, by)
         blocks += found + sections.selection(results, conds, by, chosen) + sections.at_a_glance(sig, conds, by, probed)
+        blocks += sections.against_shuffled(sig, by)
         blocks += sections.retrieval_section(sig, conds, by, chosen)
         blocks += sections.probe_section(probed)
         with matplotlib.rc_context(figures.PAPER_STYLE):

@@ -4,7 +4,8 @@ A *family* is one set at one evaluation layer across every condition of the swee
 condition's target layer form one family per set ("trained @ target"), the rows at a fixed layer another
 ("control @ layer 18"). Within a family, Holm's step-down correction (`tli.stats.holm`) adjusts each tested p:
 the paper's t-test `p` (-> `p_holm`), the two-level bootstrap p-values (`cosine_p`, `gap_p`, `centered_gap_p`,
-and `gap_alike_p`, `centered_gap_alike_p`, which the verdict uses -> `*_holm`) and McNemar's tests of raw and
+and `gap_alike_p`, `centered_gap_alike_p`, which the verdict uses -> `*_holm`), the comparisons with the shuffled
+control (`vs_shuffled_p`, `centered_gap_alike_vs_shuffled_p`) and McNemar's tests of raw and
 centred P@1 (`p_at_1_mcnemar_p`, `p_at_1_centered_mcnemar_p` -> `*_holm`). Sets are not pooled into one family: they
 answer different questions, and they overlap (control is a subset of control_all).
 """
@@ -22,6 +23,8 @@ CORRECTED = {  # p -> its Holm-corrected column
     "centered_gap_p": "centered_gap_p_holm",
     "gap_alike_p": "gap_alike_p_holm",
     "centered_gap_alike_p": "centered_gap_alike_p_holm",
+    "vs_shuffled_p": "vs_shuffled_p_holm",  # a condition's gain minus its shuffled control's
+    "centered_gap_alike_vs_shuffled_p": "centered_gap_alike_vs_shuffled_p_holm",
     "p_at_1_mcnemar_p": "p_at_1_mcnemar_p_holm",  # retrieval (tli.evaluate.RETRIEVAL_TESTED)
     "p_at_1_centered_mcnemar_p": "p_at_1_centered_mcnemar_p_holm",
 }

@@ -48,12 +48,13 @@ def _seed_spread(gains: pd.DataFrame) -> pd.DataFrame:
 
 
 def condition_tests(
-    pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, n_boot: int, seed: int
+    pairs: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame, gains: pd.DataFrame, n_boot: int, seed: int
 ) -> pd.DataFrame:
     """One condition's rows: each pair averaged over the condition's trials, then `summary_table`'s tests on the
     unique pairs (n = pairs, not pairs x seeds; McNemar's test of P@1 there is the exact sign test of each pair's
     seed-averaged hit); CIs, bootstrap p-values, MDEs and the comparison with the trained set from
-    `uncertainty.set_rows`; the seed spread and the baselines (`tli.baselines`) beside them.
+    `uncertainty.set_rows` on `gains` (`uncertainty.per_seed_gains`); the seed spread and the baselines
+    (`tli.baselines`) beside them.
     """
     averaged = pairs.groupby(["set", "eval_layer", "pair_id"], sort=False)[PAIR_METRICS].mean().reset_index()
     removed = summary.groupby("set")["n_removed"].max().to_dict()
@@ -67,7 +68,6 @@ def condition_tests(
         paired=("",),  # and its gap and centred-gap tests by the bootstrap's p-values
     )
     replaced = [c for c in table if c.endswith(("ci_low", "ci_high")) or c in [f"{p}p" for p in uncertainty.GAINS if p]]
-    gains = uncertainty.per_seed_gains(pairs, trials)
     table = table.drop(columns=replaced).merge(
         uncertainty.set_rows(gains, n_boot, seed), on=["set", "eval_layer"], how="left"
     )
@@ -147,6 +147,16 @@ FIRST_COLUMNS = [
     "centered_gap_alike_vs_trained_ci_high",
     "centered_gap_alike_vs_trained_margin",
     "centered_gap_alike_vs_trained_tost_p",
+    "vs_shuffled_diff",
+    "vs_shuffled_ci_low",
+    "vs_shuffled_ci_high",
+    "vs_shuffled_p",
+    "vs_shuffled_p_holm",
+    "centered_gap_alike_vs_shuffled_diff",
+    "centered_gap_alike_vs_shuffled_ci_low",
+    "centered_gap_alike_vs_shuffled_ci_high",
+    "centered_gap_alike_vs_shuffled_p",
+    "centered_gap_alike_vs_shuffled_p_holm",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",
@@ -157,15 +167,16 @@ def significance_table(
     results: Results, by: list[str] | None = None, n_boot: int = 10_000, seed: int = 0
 ) -> pd.DataFrame:
     """One row per condition x set x evaluation layer (columns: FIRST_COLUMNS, then every set mean before and
-    after; a column no row has, e.g. the comparison with an absent trained set, is left out); `*_holm` correct
-    each p within its family (`multiple.correct`).
+    after; a column no row has, e.g. the comparison with an absent trained set, is left out), each true-translation
+    condition against its shuffled control where the sweep has one (`uncertainty.against_shuffled`); `*_holm`
+    correct each p within its family (`multiple.correct`).
     """
     by = condition_columns(results.trials) if by is None else list(by)
     check_by(by, results.trials)
     empty = pd.DataFrame(columns=[*by, *FIRST_COLUMNS])
     if results.ok.empty:
         return empty
-    frames = []
+    frames, kept = [], {}  # kept: each condition's gains, where a shuffled control may need them
     with threadpool_limits(limits=1, user_api="blas"):  # the bootstrap's thin products: threads would only spin
         for values, trials in groups(results.ok, by):  # each condition's files, its columns only
             ids = list(trials["trial_id"])
@@ -173,10 +184,16 @@ def significance_table(
             _check_columns(pairs, results.uri)
             summary = results.tables("summary", ids, SUMMARY_COLUMNS)
             if len(pairs) and len(summary):
-                frames.append(condition_tests(pairs, summary, trials, n_boot, seed).assign(**values))
+                gains = uncertainty.per_seed_gains(pairs, trials)
+                frames.append(condition_tests(pairs, summary, trials, gains, n_boot, seed).assign(**values))
+                if values.get("translations") in ("true", "deranged"):
+                    kept[tuple(values.values())] = gains
+        shuffled = uncertainty.against_shuffled(kept, by, n_boot, seed)
     if not frames:
         return empty
     table = pd.concat(frames, ignore_index=True)
+    if len(shuffled):
+        table = table.merge(shuffled, on=[*by, "set", "eval_layer"], how="left")
     table = multiple.correct(table)
     order = table["set"].map({name: i for i, name in enumerate(SETS)}).fillna(len(SETS))
     table = table.assign(_set=order).sort_values([*by, "_set", "eval_layer"], kind="stable")

@@ -16,6 +16,10 @@ CI and p-value below is its normal approximation (`tli.stats.z_inference`):
                                                             centred gap over alike non-translations that the
                                                             verdict reads, `centered_gap_alike_vs_trained_*`)
 
+  {prefix}vs_shuffled_diff/ci_low/ci_high/p                 a condition's gain minus that of its shuffled control
+                                                            (`against_shuffled`: the same settings trained on
+                                                            deranged translations), on the same pairs and seeds
+
 `mde` is the gain a two-sided test at 5% would detect with 80% power (2.80 se): a gain whose CI includes 0 is
 "not detectable above" it.
 """
@@ -146,3 +150,37 @@ def _against_reference(values: np.ndarray, reference: np.ndarray, replicates: np
             f"{prefix}vs_trained_tost_p": stats.tost(found[k]["diff"], found[k]["se"], margin),
         }
     return row
+
+
+def against_shuffled(gains: dict[tuple, pd.DataFrame], by: list[str], n_boot: int, seed: int) -> pd.DataFrame:
+    """Per condition trained on true translations that has a shuffled control (the condition with the same `by`
+    values but `translations` deranged) x set x evaluation layer: each COMPARED gain minus the control's, with its
+    CI and p (`{prefix}vs_shuffled_*`; empty without a `translations` column or a control).
+
+    `gains`: `per_seed_gains` of each condition, keyed by its `by` values in `by`'s order. The two conditions
+    score the same pairs with the same seeds, so the difference is taken per seed and pair, d[s, i] = gain_true[s, i]
+    - gain_shuffled[s, i], and bootstrapped as one group (`stats.group_replicates`: seeds, then headwords): the
+    comparison a protocol's gain needs before it can be called lexical. A set whose pairs or seeds differ between
+    the two is left out.
+    """
+    if "translations" not in by:
+        return pd.DataFrame()
+    at = by.index("translations")
+    out = []
+    for key, control in gains.items():
+        real = gains.get((*key[:at], "true", *key[at + 1 :])) if key[at] == "deranged" else None
+        if real is None:
+            continue
+        for (name, layer), rows in real.groupby(["set", "eval_layer"], sort=False):
+            other = control[(control["set"] == name) & (control["eval_layer"] == layer)]
+            if set(rows["seed"]) != set(other["seed"]) or set(rows["pair_id"]) != set(other["pair_id"]):
+                continue
+            (values, headwords, _), (reference, _, _) = _matrix(rows), _matrix(other)
+            row = dict(zip(by, (*key[:at], "true", *key[at + 1 :]))) | {"set": name, "eval_layer": layer}
+            replicates = stats.group_replicates(values - reference, headwords, n_boot, seed, 0)
+            found = _inference(_estimate(values) - _estimate(reference), replicates)
+            for prefix in COMPARED:
+                k = list(GAINS).index(prefix)
+                row |= {f"{prefix}vs_shuffled_{part}": found[k][part] for part in ("diff", "ci_low", "ci_high", "p")}
+            out.append(row)
+    return pd.DataFrame(out)

@@ -132,6 +132,14 @@ VERDICT_COLUMNS = [
     "centered_gap_alike_vs_trained_ci_high",
     "centered_gap_alike_vs_trained_margin",
     "centered_gap_alike_vs_trained_tost_p",
+    "vs_shuffled_diff",
+    "vs_shuffled_ci_low",
+    "vs_shuffled_ci_high",
+    "vs_shuffled_p_holm",
+    "centered_gap_alike_vs_shuffled_diff",
+    "centered_gap_alike_vs_shuffled_ci_low",
+    "centered_gap_alike_vs_shuffled_ci_high",
+    "centered_gap_alike_vs_shuffled_p_holm",
     "p_at_1_pre",
     "p_at_1_post",
     "p_at_1_chance",
@@ -189,6 +197,18 @@ def _against_trained(row: pd.Series) -> str:
     return "; its gains minus the trained set's: " + " and ".join(compared)
 
 
+def _against_shuffled(row: pd.Series) -> str:
+    """The raw gain and the verdict's centred gap gain minus the shuffled control's ('' without one)."""
+    if "vs_shuffled_diff" not in row or pd.isna(row["vs_shuffled_diff"]):
+        return ""
+    compared = [
+        f"{COMPARED_NAMES[prefix]} {row[f'{prefix}vs_shuffled_diff']:+.4f} ({_ci(row, f'{prefix}vs_shuffled_')}, "
+        f"Holm p {row[f'{prefix}vs_shuffled_p_holm']:.2g})"
+        for prefix in COMPARED
+    ]
+    return "; minus the shuffled control's (lexical only as far as above 0): " + " and ".join(compared)
+
+
 def sentence(row: pd.Series) -> str:
     """One verdict row in plain words, every number beside its control."""
     seeds = f", each averaged over {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
@@ -196,7 +216,8 @@ def sentence(row: pd.Series) -> str:
         f"{row['protocol'][0].upper()}{row['protocol'][1:]}, target layer {row['target_layer']}, "
         f"{row['set']} set ({int(row['n'])} pairs{seeds}): {_gain(row, '', 'the raw cosine moves')}, "
         f"{_gain(row, 'gap_alike_', 'the gap over alike non-translations')} and "
-        f"{_gain(row, 'centered_gap_alike_', 'its per-language-centred form')}{_against_trained(row)}; P@1 "
+        f"{_gain(row, 'centered_gap_alike_', 'its per-language-centred form')}{_against_trained(row)}"
+        f"{_against_shuffled(row)}; P@1 "
         f"{row['p_at_1_pre']:.2%} -> {row['p_at_1_post']:.2%} (chance {row['p_at_1_chance']:.2%}). "
         f"Verdict: {row['verdict']}."
     )
