@@ -189,11 +189,20 @@ EFFECT_P = {  # the p shown beside each effect: the family-corrected test where 
 }
 
 
+def with_ci(sig: pd.DataFrame, diff: str, prefix: str) -> list[str]:
+    """Per row, a gain (column `diff`) and its 95% CI (`{prefix}ci_low`, `{prefix}ci_high`) as `0.0620 [0.0270,
+    0.0950]`: the three columns' cells in one format (`column_cells` of them as one column); '' without a gain.
+    """
+    together = pd.concat([sig[c] for c in (diff, f"{prefix}ci_low", f"{prefix}ci_high")], ignore_index=True)
+    cells = np.array(column_cells(together, diff), dtype=object).reshape(3, len(sig))
+    return [f"{g} [{lo}, {hi}]" if g else "" for g, lo, hi in cells.T]
+
+
 def compact_significance(sig: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """The columns a paper shows: the condition, set, layer, n, then per effect (raw cosine, and the gap and centred
     gap over alike non-translations, which the verdict tests)
-    its gain as `0.0620 [0.0270, 0.0950]` (gain and bounds in one format: `column_cells` of the three columns as
-    one) and its p, headed `p (Holm)` where Holm-corrected within its family.
+    its gain as `0.0620 [0.0270, 0.0950]` (`with_ci`) and its p, headed `p (Holm)` where Holm-corrected within its
+    family.
     """
     keep = [c for c in [*by, "set", "eval_layer", "n_seeds", "n", "mean_pre", "mean_post"] if c in sig]
     table = sig[keep].copy()
@@ -201,9 +210,7 @@ def compact_significance(sig: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         diff = "mean_diff" if not prefix else f"{prefix}diff"
         if diff not in sig:
             continue
-        together = pd.concat([sig[c] for c in (diff, f"{prefix}ci_low", f"{prefix}ci_high")], ignore_index=True)
-        cells = np.array(column_cells(together, diff), dtype=object).reshape(3, len(sig))
-        table[f"{name} gain [95% CI]"] = [f"{g} [{lo}, {hi}]" if g else "" for g, lo, hi in cells.T]
+        table[f"{name} gain [95% CI]"] = with_ci(sig, diff, prefix)
         p = next((c for c in EFFECT_P[prefix] if c in sig), None)
         if p is not None:
             table[f"{name} p{' (Holm)' if p.endswith('_holm') else ''}"] = sig[p].to_numpy()

@@ -319,20 +319,20 @@ def against_shuffled(sig: pd.DataFrame, by: list[str]) -> list[render.Block]:
     """Each condition with a shuffled control, at its target layer: its gains minus the control's
     (`uncertainty.against_shuffled`); nothing when the sweep has no shuffled control.
     """
-    column = "centered_gap_alike_vs_shuffled_diff"
+    cgap, raw = "centered_gap_alike_vs_shuffled_", "vs_shuffled_"
+    if f"{cgap}diff" not in sig:
+        return []
     rows = at_target(sig)
-    rows = rows[rows["set"].isin(OVERVIEW_SETS)] if column in rows else rows.iloc[0:0]
-    rows = rows[rows[column].notna()] if len(rows) else rows
+    rows = rows[rows["set"].isin(OVERVIEW_SETS) & rows[f"{cgap}diff"].notna()]
     if rows.empty:
         return []
-    cgap, raw = "centered_gap_alike_vs_shuffled_", "vs_shuffled_"
     table = rows[[*by, "set", "n"]].assign(
         **{
-            "centred gap (alike) gain": rows["centered_gap_alike_diff"].map("{:+.4f}".format),
-            "shuffled control's": (rows["centered_gap_alike_diff"] - rows[f"{cgap}diff"]).map("{:+.4f}".format),
-            "difference [95% CI]": [_with_ci(r, cgap) for _, r in rows.iterrows()],
+            "centred gap (alike) gain": rows["centered_gap_alike_diff"],
+            "shuffled control's": rows["centered_gap_alike_diff"] - rows[f"{cgap}diff"],
+            "difference [95% CI]": render.with_ci(rows, f"{cgap}diff", cgap),
             "Holm p": rows[f"{cgap}p_holm"],
-            "raw cosine difference [95% CI]": [_with_ci(r, raw) for _, r in rows.iterrows()],
+            "raw cosine difference [95% CI]": render.with_ci(rows, f"{raw}diff", raw),
             "raw Holm p": rows[f"{raw}p_holm"],
         }
     )
@@ -349,10 +349,6 @@ def against_shuffled(sig: pd.DataFrame, by: list[str]) -> list[render.Block]:
         ),
         ("table", table.reset_index(drop=True)),
     ]
-
-
-def _with_ci(row: pd.Series, prefix: str) -> str:
-    return f"{row[f'{prefix}diff']:+.4f} [{row[f'{prefix}ci_low']:+.4f}, {row[f'{prefix}ci_high']:+.4f}]"
 
 
 def paper_tables(

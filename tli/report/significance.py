@@ -186,7 +186,7 @@ def significance_table(
             if len(pairs) and len(summary):
                 gains = uncertainty.per_seed_gains(pairs, trials)
                 frames.append(condition_tests(pairs, summary, trials, gains, n_boot, seed).assign(**values))
-                if values.get("translations") in ("true", "deranged"):
+                if "translations" in by:
                     kept[tuple(values.values())] = gains
         shuffled = uncertainty.against_shuffled(kept, by, n_boot, seed)
     if not frames:

@@ -168,7 +168,8 @@ def against_shuffled(gains: dict[tuple, pd.DataFrame], by: list[str], n_boot: in
     at = by.index("translations")
     out = []
     for key, control in gains.items():
-        real = gains.get((*key[:at], "true", *key[at + 1 :])) if key[at] == "deranged" else None
+        partner = (*key[:at], "true", *key[at + 1 :])  # the same settings, trained on the true translations
+        real = gains.get(partner) if key[at] == "deranged" else None
         if real is None:
             continue
         for (name, layer), rows in real.groupby(["set", "eval_layer"], sort=False):
@@ -176,7 +177,7 @@ def against_shuffled(gains: dict[tuple, pd.DataFrame], by: list[str], n_boot: in
             if set(rows["seed"]) != set(other["seed"]) or set(rows["pair_id"]) != set(other["pair_id"]):
                 continue
             (values, headwords, _), (reference, _, _) = _matrix(rows), _matrix(other)
-            row = dict(zip(by, (*key[:at], "true", *key[at + 1 :]))) | {"set": name, "eval_layer": layer}
+            row = dict(zip(by, partner)) | {"set": name, "eval_layer": layer}
             replicates = stats.group_replicates(values - reference, headwords, n_boot, seed, 0)
             found = _inference(_estimate(values) - _estimate(reference), replicates)
             for prefix in COMPARED:
