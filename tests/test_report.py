@@ -298,7 +298,8 @@ def test_a_gain_against_its_shuffled_control_is_taken_per_seed_and_pair():
     shuffled control's a_i + b_s + 0.03 (pair effect a, seed shift b shared: the same words and seeds), so the
     difference is 0.07 + e_i per seed and pair: its bootstrap variance is var_pop(e) / n (the seeds and a cancel),
     and its p the normal tail of 0.07 / se. Raw cosines gain the same in both but for -e_i. A
-    condition without a control, and a set whose pairs differ between the two, get no row.
+    condition without a control, and a set whose pairs differ between the two, get no row; a seed the control lacks
+    leaves the comparison to the seeds both have.
     """
     n, shifts = 40, (-0.02, 0.0, 0.02)
     pair = np.linspace(-0.1, 0.1, n)
@@ -326,6 +327,14 @@ def test_a_gain_against_its_shuffled_control_is_taken_per_seed_and_pair():
     )
     assert se == pytest.approx(np.std(extra) / np.sqrt(n), rel=0.03)
     assert row["centered_gap_alike_vs_shuffled_p"] == pytest.approx(2 * scipy_stats.norm.sf(0.07 / se))
+    assert row["vs_shuffled_seeds"] == 3
+    control = gains[("deranged", 2)]
+    gains[("deranged", 2)] = control[control["seed"] != 2]  # its seed-2 trial failed
+    (row,) = uncertainty.against_shuffled(gains, ["translations", "target_layer"], n_boot=2_000, seed=0).to_dict(
+        "records"
+    )
+    assert row["vs_shuffled_seeds"] == 2
+    assert row["centered_gap_alike_vs_shuffled_diff"] == pytest.approx(0.07)
     assert uncertainty.against_shuffled(gains, ["target_layer"], n_boot=100, seed=0).empty  # no translations column
 
 

@@ -31,7 +31,9 @@ LEGEND = (
     "conditions; `family_size` tests). `vs_trained_*` (raw) and `centered_gap_alike_vs_trained_*` (the verdict's "
     "centred gap): the set's gain minus the trained set's at the same layer (seeds drawn together), its CI, and "
     "TOST p of equivalence within "
-    "±`*_margin` (half the trained gain): a small p says the gains are comparable. `seed_sd_mean_diff` and "
+    "±`*_margin` (half the trained gain): a small p says the gains are comparable. `vs_shuffled_*` and "
+    "`centered_gap_alike_vs_shuffled_*`: a true-translation condition's gain minus its shuffled control's, per seed "
+    "and pair on the `vs_shuffled_seeds` seeds both ran, bootstrapped the same way. `seed_sd_mean_diff` and "
     "`seed_sd_centered_gap_diff`: SD over seeds of each seed's mean gain. P@1 counts any gloss of a headword as "
     "correct among one fixed pool of candidates (`p_at_1_chance` beside it); the pool, not the set, supplies the "
     "candidates and the centring means, so neither P@1 nor the centred gap depends on the set's size. "
@@ -327,6 +329,7 @@ def against_shuffled(sig: pd.DataFrame, by: list[str]) -> list[render.Block]:
     if rows.empty:
         return []
     table = rows[[*by, "set", "n"]].assign(
+        seeds=rows["vs_shuffled_seeds"].astype(int),
         **{
             "centred gap (alike) gain": rows["centered_gap_alike_diff"],
             "shuffled control's": rows["centered_gap_alike_diff"] - rows[f"{cgap}diff"],
@@ -334,7 +337,7 @@ def against_shuffled(sig: pd.DataFrame, by: list[str]) -> list[render.Block]:
             "Holm p": rows[f"{cgap}p_holm"],
             "raw cosine difference [95% CI]": render.with_ci(rows, f"{raw}diff", raw),
             "raw Holm p": rows[f"{raw}p_holm"],
-        }
+        },
     )
     return [
         ("h2", "Against the shuffled control: how much of a gain is lexical"),
@@ -343,7 +346,8 @@ def against_shuffled(sig: pd.DataFrame, by: list[str]) -> list[render.Block]:
             "The shuffled control trains the same words with the same settings and seeds on deranged translations and "
             "is scored on the true pairs, so a gain it shows is not lexical. Per condition that has one, at its target "
             "layer: the gain in centred gap over alike non-translations (the verdict's), the control's, and their "
-            "difference, taken per seed and pair and bootstrapped over seeds, then headwords (95% CI; p "
+            "difference, taken per seed and pair (on the `seeds` both ran) and bootstrapped over seeds, then headwords "
+            "(95% CI; p "
             "Holm-corrected within the set's family); the raw cosine's difference beside it. Only the part of a gain "
             "whose difference holds above 0 can be called lexical.",
         ),

@@ -147,6 +147,7 @@ FIRST_COLUMNS = [
     "centered_gap_alike_vs_trained_ci_high",
     "centered_gap_alike_vs_trained_margin",
     "centered_gap_alike_vs_trained_tost_p",
+    "vs_shuffled_seeds",
     "vs_shuffled_diff",
     "vs_shuffled_ci_low",
     "vs_shuffled_ci_high",

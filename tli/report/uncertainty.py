@@ -160,8 +160,9 @@ def against_shuffled(gains: dict[tuple, pd.DataFrame], by: list[str], n_boot: in
     `gains`: `per_seed_gains` of each condition, keyed by its `by` values in `by`'s order. The two conditions
     score the same pairs with the same seeds, so the difference is taken per seed and pair, d[s, i] = gain_true[s, i]
     - gain_shuffled[s, i], and bootstrapped as one group (`stats.group_replicates`: seeds, then headwords): the
-    comparison a protocol's gain needs before it can be called lexical. A set whose pairs or seeds differ between
-    the two is left out.
+    comparison a protocol's gain needs before it can be called lexical. Only the seeds both have count
+    (`vs_shuffled_seeds`: a failed trial drops its seed from the comparison, not the comparison); a set whose pairs
+    differ between the two (another candidate pool, so other centred gaps) is left out.
     """
     if "translations" not in by:
         return pd.DataFrame()
@@ -174,10 +175,12 @@ def against_shuffled(gains: dict[tuple, pd.DataFrame], by: list[str], n_boot: in
             continue
         for (name, layer), rows in real.groupby(["set", "eval_layer"], sort=False):
             other = control[(control["set"] == name) & (control["eval_layer"] == layer)]
-            if set(rows["seed"]) != set(other["seed"]) or set(rows["pair_id"]) != set(other["pair_id"]):
+            seeds = set(rows["seed"]) & set(other["seed"])
+            if not seeds or set(rows["pair_id"]) != set(other["pair_id"]):
                 continue
+            rows, other = rows[rows["seed"].isin(seeds)], other[other["seed"].isin(seeds)]
             (values, headwords, _), (reference, _, _) = _matrix(rows), _matrix(other)
-            row = dict(zip(by, partner)) | {"set": name, "eval_layer": layer}
+            row = dict(zip(by, partner)) | {"set": name, "eval_layer": layer, "vs_shuffled_seeds": len(seeds)}
             replicates = stats.group_replicates(values - reference, headwords, n_boot, seed, 0)
             found = _inference(_estimate(values) - _estimate(reference), replicates)
             for prefix in COMPARED:
