@@ -82,6 +82,22 @@ def test_an_axis_sweeps_every_setting_any_of_its_values_sets():
     assert len({t.trial_id for t in trials}) == 2
 
 
+def test_the_objective_sweep_adds_shuffled_controls_without_renaming_its_trials():
+    """`--translations true,deranged` doubles the grid; the true-translation trials keep the ids a default run
+    gave them, so a stored objective sweep is extended by its controls, not rerun.
+    """
+    script = load_ablation("objective_sweep")
+    default = expand_grid(script.grid(None, script.ObjectiveFlags(), None), TrialSettings())
+    both = expand_grid(
+        script.grid(None, script.ObjectiveFlags(translations=("true", "deranged")), None), TrialSettings()
+    )
+    assert len(default) == 4 and len(both) == 8
+    assert {t.trial_id for t in both if t.train.translations == "true"} == {t.trial_id for t in default}
+    assert {(t.train.loss, t.train.pooling_train) for t in both if t.train.translations == "deranged"} == {
+        (t.train.loss, t.train.pooling_train) for t in default
+    }
+
+
 def test_training_columns_summarise_step_0_and_the_last_epoch():
     log = pd.DataFrame(
         {
