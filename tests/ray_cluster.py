@@ -70,6 +70,16 @@ class Socket:
         return all(ipaddress.ip_address(host.rsplit(":", 1)[0].strip("[]")).is_loopback for host in hosts)
 
 
+# Ray's dashboard process, which runs even without a dashboard, asks this address which cloud it is on (one HTTP GET,
+# 1 s timeout) whatever the usage-stats setting (Ray 2.60 `usage_stats_head.run`): an outbound probe, no port opened
+CLOUD_METADATA = "169.254.169.254:80"
+
+
+def beyond_loopback(sockets: Iterable[Socket]) -> list[Socket]:
+    """The sockets not on loopback (`Socket.on_loopback`), but for connections to Ray's cloud metadata probe."""
+    return [s for s in sockets if not s.on_loopback() and not (s.state != "LISTEN" and s.peer == CLOUD_METADATA)]
+
+
 TCP_STATES = {"01": "ESTABLISHED", "0A": "LISTEN"}  # the others (closing, waiting) are shown by their code
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import load_ablation
-from ray_cluster import command_line, descendants, tcp_sockets
+from ray_cluster import beyond_loopback, command_line, descendants, tcp_sockets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,7 @@ def test_a_private_sweep_stays_on_loopback_is_locked_and_stops_on_ctrl_c(tmp_pat
             if raylets and token is None:
                 environ = _environ(raylets[0])
                 assert environ.get("RAY_AUTH_MODE") == "token", environ.get("RAY_AUTH_MODE")
+                assert environ.get("RAY_USAGE_STATS_ENABLED") == "0"  # ray.init's: Ray posts no usage report
                 token = Path(environ["RAY_AUTH_TOKEN_PATH"])
                 assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
                 assert Path.home() / ".ray" not in token.parents and len(token.read_text()) >= 32
@@ -72,7 +73,7 @@ def test_a_private_sweep_stays_on_loopback_is_locked_and_stops_on_ctrl_c(tmp_pat
     listening = sorted(s.local for s in seen.values() if s.state == "LISTEN")
     print(f"private Ray: {len(seen)} TCP sockets seen, listening on {listening}")
     assert len(listening) >= 4, listening  # GCS, raylet (node manager, object manager), a worker, the driver
-    assert all(s.on_loopback() for s in seen.values()), [s for s in seen.values() if not s.on_loopback()]
+    assert not beyond_loopback(seen.values()), beyond_loopback(seen.values())
     assert token is not None and not token.parent.exists()  # the token went with its Ray
 
     assert driver.returncode == 130, output[-3000:]
