@@ -375,6 +375,23 @@ def test_ties_on_the_objective_are_named_and_go_to_the_paper_settings(results, c
     assert report.selected(three, BY).name == paper  # a tie goes to the paper's settings before the first row
 
 
+def test_the_selection_says_whether_the_objective_separates_it_from_the_runner_up(results, conds):
+    """Welch's p from the conditions' summaries equals scipy's on their trials' objectives; a tie is no runner-up."""
+    chosen = report.selected(conds, BY)
+    other = selection.runner_up(conds, chosen)
+    rest = selection.competing(conds).drop(index=[chosen.name, other.name])
+    assert (rest["objective"] < other["objective"]).all() and other["objective"] < chosen["objective"]
+    objectives = results.ok.set_index("trial_id")["objective"]
+    trials = [objectives[c["trial_ids"]].to_numpy(float) for c in (chosen, other)]
+    expected = scipy_stats.ttest_ind(*trials, equal_var=False).pvalue
+    assert selection.separation(chosen, other) == pytest.approx(expected, rel=1e-9)
+    text = render.markdown(sections.selection(results, conds, BY, chosen))
+    assert f"The runner-up, {sections.label(other, BY)}, has {other['objective']:.4f}" in text
+    assert f"Welch's t-test p = {expected:.2g}" in text
+    level = conds.assign(objective=conds["objective"].where(conds.index != other.name, chosen["objective"]))
+    assert selection.runner_up(level, chosen).name != other.name  # tied with the selected: named as a tie instead
+
+
 def test_overview_condenses_each_condition_at_its_target_layer(sig, conds, rank_margin_dir):
     table = report.overview(sig, conds, BY)
     assert len(table) == len(conds) == 9

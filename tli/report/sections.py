@@ -4,6 +4,8 @@ glance, the paper's tables, the figures.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from tli.report import author, drift, figures, render, retrieval, training, verdict
@@ -12,7 +14,7 @@ from tli.report.overview import OVERVIEW_SETS, overview
 from tli.report.paper import table1, table2
 from tli.report.render import Plot
 from tli.report.results import Results, progress_line
-from tli.report.selection import COMPARABLE, tied
+from tli.report.selection import COMPARABLE, runner_up, separation, tied
 from tli.report.significance import at_target, rows_of
 from tli.sweep.settings import TrialSettings
 
@@ -189,7 +191,8 @@ def selection(results: Results, conds: pd.DataFrame, by: list[str], chosen: pd.S
             f"Selected: {label(chosen, by)} ({_protocol(chosen)}), mean objective "
             f"{chosen['objective']:.4f} over {chosen['n_trials']} trial(s)"
             + ("; it is also the condition fixed in advance." if also else ".")
-            + _tie_note(tied(conds, chosen), by),
+            + _tie_note(tied(conds, chosen), by)
+            + _runner_up_note(conds, chosen, by),
         )
     )
     several = training.losses(results.ok).nunique() > 1  # triplet and InfoNCE losses: cosine units and nats
@@ -283,6 +286,24 @@ def _tie_note(ties: pd.DataFrame, by: list[str]) -> str:
         "so the one shown as selected here and below is, of them, the one with the most settings at the paper's "
         "defaults (on equal counts, the first row of the table)."
     )
+
+
+def _runner_up_note(conds: pd.DataFrame, chosen: pd.Series, by: list[str]) -> str:
+    """Whether the objective separates the selected condition from the next best (`selection.separation`)."""
+    other = runner_up(conds, chosen)
+    if other is None:
+        return ""
+    p = separation(chosen, other)
+    text = (
+        f" The runner-up, {label(other, by)}, has {other['objective']:.4f} (SD over trials "
+        f"{chosen['objective_sd']:.4f} and {other['objective_sd']:.4f}, {chosen['n_trials']} and {other['n_trials']} "
+        "trials): "
+    )
+    if math.isnan(p):
+        return text + "too few trials to test whether the objective separates them."
+    if p < 0.05:
+        return text + f"Welch's t-test p = {p:.2g}, the objective separates them."
+    return text + f"Welch's t-test p = {p:.2g}: the objective does not separate them, the selection is not a finding."
 
 
 PROBE_AT_A_GLANCE = (

@@ -50,6 +50,29 @@ def tied(conds: pd.DataFrame, chosen: pd.Series) -> pd.DataFrame:
     return others[_equal(others["objective"].astype(float), chosen["objective"])]
 
 
+def runner_up(conds: pd.DataFrame, chosen: pd.Series) -> pd.Series | None:
+    """The `competing` condition with the highest mean objective below the selected one's (its ties left out);
+    None when there is none.
+    """
+    others = competing(conds).drop(index=chosen.name)
+    scores = others["objective"].astype(float)
+    others = others[scores.notna() & ~_equal(scores, chosen["objective"])]
+    return None if others.empty else others.loc[others["objective"].astype(float).idxmax()]
+
+
+def separation(chosen: pd.Series, other: pd.Series) -> float:
+    """Welch's two-sided p that two conditions' mean objectives differ, from each one's mean, SD over trials and
+    trial count (`objective`, `objective_sd`, `n_trials`): t = (m1 - m2) / sqrt(s1^2/n1 + s2^2/n2), Welch-
+    Satterthwaite degrees of freedom. NaN when either has fewer than two trials.
+    """
+    from scipy import stats
+
+    if min(chosen["n_trials"], other["n_trials"]) < 2:
+        return math.nan
+    moments = [(float(c["objective"]), float(c["objective_sd"]), int(c["n_trials"])) for c in (chosen, other)]
+    return float(stats.ttest_ind_from_stats(*moments[0], *moments[1], equal_var=False).pvalue)
+
+
 def _equal(objectives: pd.Series, value: float) -> pd.Series:
     """Which objectives equal `value` up to a relative tolerance of 1e-9 (NaN equals nothing)."""
     return objectives.map(lambda objective: math.isclose(objective, value, rel_tol=1e-9)).astype(bool)
