@@ -368,9 +368,8 @@ def against_shuffled(sig: pd.DataFrame, by: list[str]) -> list[render.Block]:
             "is scored on the true pairs, so a gain it shows is not lexical. Per condition that has one, at its target "
             "layer: the gain in centred gap over alike non-translations (the verdict's), the control's, and their "
             "difference, taken per seed and pair (on the `seeds` both ran) and bootstrapped over seeds, then headwords "
-            "(95% CI; p "
-            "Holm-corrected within the set's family); the raw cosine's difference beside it. Only the part of a gain "
-            "whose difference holds above 0 can be called lexical.",
+            "(95% CI; p Holm-corrected within the set's family); the raw cosine's difference beside it. Only the part "
+            "of a gain whose difference holds above 0 can be called lexical.",
         ),
         ("table", table.reset_index(drop=True)),
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from scipy import stats
 
 from tli.report.conditions import at_defaults, same
 from tli.sweep.settings import TrialSettings
@@ -54,10 +55,9 @@ def runner_up(conds: pd.DataFrame, chosen: pd.Series) -> pd.Series | None:
     """The `competing` condition with the highest mean objective below the selected one's (its ties left out);
     None when there is none.
     """
-    others = competing(conds).drop(index=chosen.name)
-    scores = others["objective"].astype(float)
-    others = others[scores.notna() & ~_equal(scores, chosen["objective"])]
-    return None if others.empty else others.loc[others["objective"].astype(float).idxmax()]
+    others = competing(conds).drop(index=[chosen.name, *tied(conds, chosen).index])
+    scores = others["objective"].astype(float).dropna()
+    return None if scores.empty else others.loc[scores.idxmax()]
 
 
 def separation(chosen: pd.Series, other: pd.Series) -> float:
@@ -65,8 +65,6 @@ def separation(chosen: pd.Series, other: pd.Series) -> float:
     trial count (`objective`, `objective_sd`, `n_trials`): t = (m1 - m2) / sqrt(s1^2/n1 + s2^2/n2), Welch-
     Satterthwaite degrees of freedom. NaN when either has fewer than two trials.
     """
-    from scipy import stats
-
     if min(chosen["n_trials"], other["n_trials"]) < 2:
         return math.nan
     moments = [(float(c["objective"]), float(c["objective_sd"]), int(c["n_trials"])) for c in (chosen, other)]
