@@ -152,6 +152,9 @@ def test_cosine_tests_use_unique_pairs_averaged_over_seeds(results, sig):
     assert (row["se"], row["ci_low"], row["ci_high"]) == pytest.approx((se, diff.mean() - z * se, diff.mean() + z * se))
     assert row["cosine_p"] == pytest.approx(2 * scipy_stats.norm.sf(diff.mean() / se))
     assert row["mde"] == pytest.approx((z + scipy_stats.norm.ppf(0.8)) * se)
+    # more seeds: the MDE scaled by the seed x pair variance components' projection (2 seeds -> 10)
+    assert row["mde_10_seeds"] == pytest.approx(row["mde"] * tli_stats.projected_se_ratio(values, 10))
+    assert 0 < row["mde_10_seeds"] <= row["mde"]
 
 
 def test_seed_variance_is_in_the_ci(results, sig):
@@ -522,6 +525,11 @@ def test_verdict_on_known_answers(sig, conds):
         "control: last token": {"no rise"},
     }
     assert set(table["set"]) == {"trained", "control", "control_all", "unseen"} and (table["target_layer"] == 2).all()
+    several = table[table["n_seeds"] > 1]  # the projection to 10 seeds travels with the MDE into the sentences
+    assert len(several) and (several["centered_gap_alike_mde_10_seeds"] <= several["centered_gap_alike_mde"]).all()
+    row = several[several["centered_gap_alike_p_holm"] >= 0.05].iloc[0]
+    said = f"not detectable above {row['centered_gap_alike_mde']:.4f}, with 10 seeds about "
+    assert said + f"{row['centered_gap_alike_mde_10_seeds']:.4f})" in verdict.sentence(row)
 
 
 @pytest.mark.parametrize(
@@ -555,8 +563,12 @@ def test_a_gain_that_does_not_hold_is_not_detectable_above_its_mde():
     row |= {"p_at_1_pre": 0.001, "p_at_1_post": 0.002, "p_at_1_chance": 0.0005}
     text = verdict.sentence(pd.Series(row))
     assert "the raw cosine moves by +0.0080 (95% CI -0.0020 to +0.0180, Holm p 0.001)" in text
-    assert "the gap over alike non-translations by +0.0001" in text and "not detectable above 0.0123" in text
+    assert "the gap over alike non-translations by +0.0001" in text and "not detectable above 0.0123)" in text
     assert text.count("not detectable above") == 2 and "unseen set (1529 pairs, each averaged over 3 seeds)" in text
+    # with the projection to 10 seeds it is said beside the MDE, and not where the condition already had 10
+    row["centered_gap_alike_mde_10_seeds"] = 0.0118
+    assert "not detectable above 0.0123, with 10 seeds about 0.0118)" in verdict.sentence(pd.Series(row))
+    assert "with 10 seeds" not in verdict.sentence(pd.Series(row | {"n_seeds": 10}))
 
 
 def test_objectives_are_drawn_only_for_conditions_that_compete(conds, monkeypatch):

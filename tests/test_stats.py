@@ -22,8 +22,10 @@ from tli.stats import (
     minimum_detectable_effect,
     pair_metrics,
     paired_tests,
+    projected_se_ratio,
     retrieval_chance,
     seed_pair_bootstrap,
+    seed_pair_components,
     set_metrics,
     tost,
     z_inference,
@@ -542,3 +544,42 @@ def test_z_inference_tost_and_mde_match_statsmodels():
     assert minimum_detectable_effect(1.0) == pytest.approx(sps.norm.ppf(0.975) + sps.norm.ppf(0.8))
     assert z_inference(0.1, 0.0) == pytest.approx({"ci_low": 0.1, "ci_high": 0.1, "p": np.nan}, nan_ok=True)
     assert np.isnan(tost(0.1, 0.1, 0.0))
+
+
+def test_seed_pair_components_match_statsmodels_two_way_anova():
+    import pandas as pd
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=(4, 1)) + rng.normal(size=(1, 30)) * 2 + rng.normal(size=(4, 30)) * 0.5
+    long = pd.DataFrame({"x": values.ravel(), "seed": np.repeat(np.arange(4), 30), "pair": np.tile(np.arange(30), 4)})
+    table = anova_lm(smf.ols("x ~ C(seed) + C(pair)", long).fit())
+    mean_square = table["sum_sq"] / table["df"]
+    ms_seed, ms_pair, ms_residual = mean_square["C(seed)"], mean_square["C(pair)"], mean_square["Residual"]
+    expected = ((ms_seed - ms_residual) / 30, (ms_pair - ms_residual) / 4, ms_residual)
+    assert seed_pair_components(values) == pytest.approx(expected, rel=1e-10)
+    with_gap = np.column_stack([values, [np.nan, 1.0, 2.0, 3.0]])  # a pair one seed lacks: dropped
+    assert seed_pair_components(with_gap) == pytest.approx(expected, rel=1e-10)
+
+
+def test_projected_se_ratio_by_hand_and_known_invariants():
+    seeds_only = np.arange(3.0)[:, None] + np.zeros((3, 50))  # every pair moves with its seed alone
+    assert projected_se_ratio(seeds_only, 10) == pytest.approx(np.sqrt(3 / 10))
+    pairs_only = np.zeros((3, 1)) + np.linspace(-1, 1, 50)[None, :]  # seeds change nothing: more cannot help
+    assert projected_se_ratio(pairs_only, 10) == pytest.approx(1.0)
+    assert projected_se_ratio(pairs_only, 3) == pytest.approx(1.0)
+    # components (var a, var b, var e) = (0.5, 2, 1) by construction: an exactly additive table plus a residual
+    # with known mean square, so SE(10) / SE(3) = sqrt((0.5/10 + 2/n + 1/(10n)) / (0.5/3 + 2/n + 1/(3n))), n = 40
+    rng = np.random.default_rng(0)
+    a, b, e = rng.normal(size=3), rng.normal(size=40), rng.normal(size=(3, 40))
+    a = (a - a.mean()) / a.std(ddof=1)
+    b = (b - b.mean()) / b.std(ddof=1)
+    e = e - e.mean(axis=1, keepdims=True) - e.mean(axis=0, keepdims=True) + e.mean()
+    e /= np.sqrt(np.sum(e**2) / (2 * 39))
+    table = np.sqrt(0.5 + 1 / 40) * a[:, None] + np.sqrt(2 + 1 / 3) * b[None, :] + e
+    assert seed_pair_components(table) == pytest.approx((0.5, 2.0, 1.0), rel=1e-9)
+    by_hand = np.sqrt((0.5 / 10 + 2 / 40 + 1 / 400) / (0.5 / 3 + 2 / 40 + 1 / 120))
+    assert projected_se_ratio(table, 10) == pytest.approx(by_hand, rel=1e-9)
+    assert np.isnan(projected_se_ratio(np.ones((1, 5)), 10))
+    assert projected_se_ratio(np.ones((3, 5)), 10) == 1.0  # nothing varies: more seeds change nothing

@@ -518,3 +518,38 @@ def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8
     (z_{1-alpha/2} + z_{power}) se (2.80 se at the defaults; the negligible opposite tail ignored).
     """
     return float((special.ndtri(1 - alpha / 2) + special.ndtri(power)) * se) if np.isfinite(se) else float("nan")
+
+
+def seed_pair_components(values) -> tuple[float, float, float]:
+    """Method-of-moments variance components of a seeds x pairs table (values [S, n]; a pair some seed lacks is
+    dropped) under the additive two-way model x_sp = mu + a_s + b_p + e_sp: (var a, var b, var e) from the mean
+    squares MS_seed = n var_a + var_e, MS_pair = S var_b + var_e, MS_res = var_e; a negative estimate is 0.
+    """
+    table = np.asarray(values, dtype=float)
+    table = table[:, ~np.isnan(table).any(axis=0)]
+    n_seeds, n_pairs = table.shape
+    seed_means, pair_means, grand = table.mean(axis=1), table.mean(axis=0), table.mean()
+    ms_seed = n_pairs * np.sum((seed_means - grand) ** 2) / (n_seeds - 1)
+    ms_pair = n_seeds * np.sum((pair_means - grand) ** 2) / (n_pairs - 1)
+    residuals = table - seed_means[:, None] - pair_means[None, :] + grand
+    ms_residual = np.sum(residuals**2) / ((n_seeds - 1) * (n_pairs - 1))
+    return max((ms_seed - ms_residual) / n_pairs, 0.0), max((ms_pair - ms_residual) / n_seeds, 0.0), ms_residual
+
+
+def projected_se_ratio(values, seeds: int) -> float:
+    """How the standard error of a seeds x pairs table's grand mean (values [S, n]) would scale with `seeds` seeds
+    instead of S, by `seed_pair_components`: SE(k) / SE(S) with SE(k)^2 = var_a / k + var_b / n + var_e / (k n).
+    Near 1: the pairs, not the seeds, limit what the set can detect. 1 where nothing varies; NaN with fewer than 2
+    seeds or 2 whole pairs.
+    """
+    table = np.asarray(values, dtype=float)
+    table = table[:, ~np.isnan(table).any(axis=0)]
+    if min(table.shape) < 2:
+        return float("nan")
+    var_seed, var_pair, var_residual = seed_pair_components(table)
+    n_seeds, n_pairs = table.shape
+
+    def variance(k: int) -> float:
+        return var_seed / k + var_pair / n_pairs + var_residual / (k * n_pairs)
+
+    return float(np.sqrt(variance(seeds) / variance(n_seeds))) if variance(n_seeds) > 0 else 1.0

@@ -21,7 +21,9 @@ CI and p-value below is its normal approximation (`tli.stats.z_inference`):
                                                             deranged translations), on the same pairs and seeds
 
 `mde` is the gain a two-sided test at 5% would detect with 80% power (2.80 se): a gain whose CI includes 0 is
-"not detectable above" it.
+"not detectable above" it. `{prefix}mde_10_seeds` is that MDE projected to PROJECTED_SEEDS seeds by the set's seed
+and pair variance components (`tli.stats.projected_se_ratio`): close to `mde`, more seeds cannot answer; more pairs
+might.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ GAINS = {  # significance prefix -> per-pair metric
 EQUIVALENCE_FRACTION = 0.5  # "comparable to the trained gain": within half of it, either way
 COMPARED = ("", "centered_gap_alike_")  # compared with the trained set's: raw cosine, the verdict's centred gap
 REFERENCE = "trained"
+PROJECTED_SEEDS = 10  # `mde_10_seeds`: what this many seeds could detect
 
 
 def per_seed_gains(pairs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -72,6 +75,7 @@ def _matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _columns(prefix: str) -> dict[str, str]:
     """The significance columns of one gain: the raw cosine's have the historic names."""
     names = {key: f"{prefix}{key}" for key in ("diff", "se", "ci_low", "ci_high", "p", "mde")}
+    names["projected_mde"] = f"{prefix}mde_{PROJECTED_SEEDS}_seeds"
     return names | ({"diff": "mean_diff", "p": "cosine_p"} if not prefix else {})
 
 
@@ -104,10 +108,11 @@ def set_rows(gains: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     out = []
     for (name, layer), (values, _, _) in matrices.items():
         row: dict = {"set": name, "eval_layer": layer}
-        for prefix, found in zip(GAINS, _inference(_estimate(values), own[name, layer])):
+        for k, (prefix, found) in enumerate(zip(GAINS, _inference(_estimate(values), own[name, layer]))):
             names = _columns(prefix)
             row |= {names[key]: found[key] for key in ("se", "ci_low", "ci_high", "p")}
             row[names["mde"]] = stats.minimum_detectable_effect(found["se"])
+            row[names["projected_mde"]] = row[names["mde"]] * stats.projected_se_ratio(values[:, :, k], PROJECTED_SEEDS)
         if (REFERENCE, layer) in against and name != REFERENCE:
             replicates = own[name, layer] - against[REFERENCE, layer]
             row |= _against_reference(values, matrices[REFERENCE, layer][0], replicates)

@@ -28,7 +28,7 @@ import pandas as pd
 from tli.report.conditions import PROTOCOL
 from tli.report.multiple import ALPHA
 from tli.report.significance import at_target, rows_of
-from tli.report.uncertainty import COMPARED
+from tli.report.uncertainty import COMPARED, PROJECTED_SEEDS
 
 NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> name
     ("mean", "mean", False): "paper as written",
@@ -118,8 +118,11 @@ VERDICT_COLUMNS = [
     "centered_gap_alike_ci_high",
     "centered_gap_alike_p_holm",
     "centered_gap_alike_mde",
+    "centered_gap_alike_mde_10_seeds",
     "mde",
+    "mde_10_seeds",
     "gap_alike_mde",
+    "gap_alike_mde_10_seeds",
     "gap_diff",
     "centered_gap_diff",
     "vs_trained_diff",
@@ -172,10 +175,17 @@ def _ci(row: pd.Series, prefix: str) -> str:
 
 
 def _gain(row: pd.Series, prefix: str, name: str) -> str:
-    """'<name> by +0.0123 (95% CI ..., Holm p ...)', or '...; not detectable above <mde>' when it does not hold."""
+    """'<name> by +0.0123 (95% CI ..., Holm p ...)', or '...; not detectable above <mde>[, with 10 seeds about
+    <mde_10_seeds>])' when it does not hold (the projection where the condition has fewer seeds and one was made).
+    """
     gain, p = row["mean_diff" if not prefix else f"{prefix}diff"], row[f"{prefix or 'cosine_'}p_holm"]
     found = f"{name} by {gain:+.4f} ({_ci(row, prefix)}, Holm p {p:.2g}"
-    return found + (")" if holds(row, prefix) else f"; not detectable above {row[f'{prefix}mde']:.4f})")
+    if holds(row, prefix):
+        return found + ")"
+    projected = row.get(f"{prefix}mde_{PROJECTED_SEEDS}_seeds", float("nan"))
+    more = pd.notna(projected) and row["n_seeds"] < PROJECTED_SEEDS
+    more_seeds = f", with {PROJECTED_SEEDS} seeds about {projected:.4f}" if more else ""
+    return found + f"; not detectable above {row[f'{prefix}mde']:.4f}{more_seeds})"
 
 
 def _against_trained(row: pd.Series) -> str:
