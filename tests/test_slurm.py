@@ -229,6 +229,7 @@ def _slurm_cluster() -> Iterator[Slurm]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _stop(holder, signal.SIGKILL, 30)
+        holder.stdout.close()  # not left to the garbage collector, in whichever later test it runs
         shutil.rmtree(temp, ignore_errors=True)
         for job in range(slurm.first_job, slurm.first_job + 10):  # a failed job's folders
             shutil.rmtree(f"/tmp/tli-{job}", ignore_errors=True)
@@ -236,14 +237,16 @@ def _slurm_cluster() -> Iterator[Slurm]:
 
 def _ray_nodes_while(job: subprocess.Popen, slurm: Slurm) -> tuple[dict[int, dict[str, str]], set[str]]:
     """While the job runs: {pid: RAY_AUTH_* settings, --node-ip-address and the token file's and its folder's
-    modes} of every raylet, and the command lines of every process seen.
+    modes} of every raylet, and the command lines of every process seen. A raylet's child between fork and exec (a
+    worker being started) still shows the raylet's command line: a process whose parent is a raylet is not one.
     """
     raylets: dict[int, dict[str, str]] = {}
     seen: set[str] = set()
     while job.poll() is None:
-        for pid, command in slurm.processes().items():
+        processes = slurm.processes()
+        for pid, command in processes.items():
             seen.add(command)
-            if pid in raylets or "raylet" not in command.split(" ")[0]:
+            if pid in raylets or not _is_raylet(command) or _is_raylet(processes.get(_parent(pid), "")):
                 continue
             with contextlib.suppress(OSError):
                 environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
@@ -254,6 +257,18 @@ def _ray_nodes_while(job: subprocess.Popen, slurm: Slurm) -> tuple[dict[int, dic
                 raylets[pid] = settings
         time.sleep(1)
     return raylets, seen
+
+
+def _is_raylet(command: str) -> bool:
+    return "raylet" in command.split(" ")[0]
+
+
+def _parent(pid: int) -> int:
+    """The parent's pid (0 once the process is gone): /proc/<pid>/stat's fourth field, after the ')' of the name."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _job_processes(slurm: Slurm) -> dict[int, str]:
