@@ -128,16 +128,22 @@ def processes_naming(marker: str) -> list[int]:
     return pids
 
 
+def parent(pid: int) -> int:
+    """The parent's pid, 0 once the process is gone: /proc/<pid>/stat's fourth field, after the ')' that ends the
+    name (a name may hold one).
+    """
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` in the process tree."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit():
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(parent, []).append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
+        if entry.name.isdigit() and (above := parent(int(entry.name))):
+            children.setdefault(above, []).append(int(entry.name))
     found, todo = [], list(children.get(pid, []))
     while todo:
         current = todo.pop()

@@ -36,6 +36,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ray_cluster import parent
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "tli-sweep.sbatch"
 VENV_BIN = Path(sys.executable).parent  # the job's `python` and `ray`
@@ -228,8 +230,8 @@ def _slurm_cluster() -> Iterator[Slurm]:
         for pid in slurm.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _stop(holder, signal.SIGKILL, 30)
-        holder.stdout.close()  # not left to the garbage collector, in whichever later test it runs
+        with contextlib.closing(holder.stdout):  # not left to the garbage collector, in whichever later test it runs
+            _stop(holder, signal.SIGKILL, 30)
         shutil.rmtree(temp, ignore_errors=True)
         for job in range(slurm.first_job, slurm.first_job + 10):  # a failed job's folders
             shutil.rmtree(f"/tmp/tli-{job}", ignore_errors=True)
@@ -246,7 +248,7 @@ def _ray_nodes_while(job: subprocess.Popen, slurm: Slurm) -> tuple[dict[int, dic
         processes = slurm.processes()
         for pid, command in processes.items():
             seen.add(command)
-            if pid in raylets or not _is_raylet(command) or _is_raylet(processes.get(_parent(pid), "")):
+            if pid in raylets or not _is_raylet(command) or _is_raylet(processes.get(parent(pid), "")):
                 continue
             with contextlib.suppress(OSError):
                 environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
@@ -261,14 +263,6 @@ def _ray_nodes_while(job: subprocess.Popen, slurm: Slurm) -> tuple[dict[int, dic
 
 def _is_raylet(command: str) -> bool:
     return "raylet" in command.split(" ")[0]
-
-
-def _parent(pid: int) -> int:
-    """The parent's pid (0 once the process is gone): /proc/<pid>/stat's fourth field, after the ')' of the name."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _job_processes(slurm: Slurm) -> dict[int, str]:

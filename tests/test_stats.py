@@ -581,5 +581,29 @@ def test_projected_se_ratio_by_hand_and_known_invariants():
     assert seed_pair_components(table) == pytest.approx((0.5, 2.0, 1.0), rel=1e-9)
     by_hand = np.sqrt((0.5 / 10 + 2 / 40 + 1 / 400) / (0.5 / 3 + 2 / 40 + 1 / 120))
     assert projected_se_ratio(table, 10) == pytest.approx(by_hand, rel=1e-9)
-    assert np.isnan(projected_se_ratio(np.ones((1, 5)), 10))
-    assert projected_se_ratio(np.ones((3, 5)), 10) == 1.0  # nothing varies: more seeds change nothing
+    assert np.isnan(projected_se_ratio(np.ones((1, 5)), 10)) and np.isnan(seed_pair_components(np.ones((1, 5)))[0])
+    assert projected_se_ratio(np.full((3, 5), 0.1), 10) == 1.0  # nothing varies: more seeds change nothing
+    assert projected_se_ratio(table, 3) == pytest.approx(1.0) and projected_se_ratio(table, 12) < by_hand
+
+
+def test_seed_pair_components_truncate_at_zero_and_more_seeds_than_asked_widen():
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=(3, 40))
+    flat = noise - noise.mean(axis=1, keepdims=True)  # seed means equal: MS_seed = 0 < MS_res
+    assert seed_pair_components(flat)[0] == 0.0
+    seeded = rng.normal(size=(12, 1)) + rng.normal(size=(12, 40))
+    assert projected_se_ratio(seeded, 10) > 1  # 12 seeds projected down to 10: a larger SE
+
+
+def test_projected_se_ratio_with_clusters_is_that_of_the_cluster_means():
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(3, 1)) * 0.3 + rng.normal(size=(3, 12))
+    clusters = np.array(list("aabbbcddeeff"))
+    means = np.column_stack([values[:, clusters == name].mean(axis=1) for name in np.unique(clusters)])
+    assert projected_se_ratio(values, 10, clusters) == pytest.approx(projected_se_ratio(means, 10), rel=1e-12)
+    values[0, 2] = np.nan  # a pair one seed lacks is dropped before the clusters are averaged
+    kept = np.delete(np.arange(12), 2)
+    means = np.column_stack(
+        [values[:, kept][:, clusters[kept] == name].mean(axis=1) for name in np.unique(clusters[kept])]
+    )
+    assert projected_se_ratio(values, 10, clusters) == pytest.approx(projected_se_ratio(means, 10), rel=1e-12)

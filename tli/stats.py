@@ -523,11 +523,13 @@ def minimum_detectable_effect(se: float, alpha: float = 0.05, power: float = 0.8
 def seed_pair_components(values) -> tuple[float, float, float]:
     """Method-of-moments variance components of a seeds x pairs table (values [S, n]; a pair some seed lacks is
     dropped) under the additive two-way model x_sp = mu + a_s + b_p + e_sp: (var a, var b, var e) from the mean
-    squares MS_seed = n var_a + var_e, MS_pair = S var_b + var_e, MS_res = var_e; a negative estimate is 0.
+    squares MS_seed = n var_a + var_e, MS_pair = S var_b + var_e, MS_res = var_e; a negative estimate is 0, NaNs
+    with fewer than 2 seeds or 2 whole pairs.
     """
-    table = np.asarray(values, dtype=float)
-    table = table[:, ~np.isnan(table).any(axis=0)]
+    table, _ = _whole_pairs(values)
     n_seeds, n_pairs = table.shape
+    if min(n_seeds, n_pairs) < 2:
+        return float("nan"), float("nan"), float("nan")
     seed_means, pair_means, grand = table.mean(axis=1), table.mean(axis=0), table.mean()
     ms_seed = n_pairs * np.sum((seed_means - grand) ** 2) / (n_seeds - 1)
     ms_pair = n_seeds * np.sum((pair_means - grand) ** 2) / (n_pairs - 1)
@@ -536,20 +538,36 @@ def seed_pair_components(values) -> tuple[float, float, float]:
     return max((ms_seed - ms_residual) / n_pairs, 0.0), max((ms_pair - ms_residual) / n_seeds, 0.0), ms_residual
 
 
-def projected_se_ratio(values, seeds: int) -> float:
-    """How the standard error of a seeds x pairs table's grand mean (values [S, n]) would scale with `seeds` seeds
-    instead of S, by `seed_pair_components`: SE(k) / SE(S) with SE(k)^2 = var_a / k + var_b / n + var_e / (k n).
-    Near 1: the pairs, not the seeds, limit what the set can detect. 1 where nothing varies; NaN with fewer than 2
-    seeds or 2 whole pairs.
+def projected_se_ratio(values, seeds: int, clusters=None) -> float:
+    """How the standard error of a seeds x pairs table's mean (values [S, n]) would scale with `seeds` seeds instead
+    of S: SE(k) / SE(S), SE(k)^2 = var_a / k + var_b / m + var_e / (k m) by `seed_pair_components` of the table, or,
+    with `clusters` [n] (the pairs' Swahili headwords), of its seeds x cluster means (m clusters: the unit that
+    `seed_pair_bootstrap` draws). Near 1: the pairs, not the seeds, limit what the set can detect. Where seeds
+    matter it is optimistic: the seed component rests on S - 1 degrees of freedom and is truncated at 0, and the
+    bootstrap SE it scales holds only (S - 1) / S of the seed variance. 1 where nothing varies; NaN with fewer than
+    2 seeds or 2 whole pairs.
     """
-    table = np.asarray(values, dtype=float)
-    table = table[:, ~np.isnan(table).any(axis=0)]
+    table, labels = _whole_pairs(values, clusters)
     if min(table.shape) < 2:
         return float("nan")
+    if np.ptp(table) == 0:
+        return 1.0
+    if labels is not None:
+        names, index = np.unique(labels, return_inverse=True)
+        sums = np.zeros((table.shape[0], len(names)))
+        np.add.at(sums, (slice(None), index.ravel()), table)
+        table = sums / np.bincount(index.ravel())
     var_seed, var_pair, var_residual = seed_pair_components(table)
-    n_seeds, n_pairs = table.shape
+    n_units = table.shape[1]
 
     def variance(k: int) -> float:
-        return var_seed / k + var_pair / n_pairs + var_residual / (k * n_pairs)
+        return var_seed / k + var_pair / n_units + var_residual / (k * n_units)
 
-    return float(np.sqrt(variance(seeds) / variance(n_seeds))) if variance(n_seeds) > 0 else 1.0
+    return float(np.sqrt(variance(seeds) / variance(table.shape[0])))
+
+
+def _whole_pairs(values, clusters=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values [S, n] as floats without the pairs some seed lacks, the `clusters` [n] labels of those kept)."""
+    table = np.asarray(values, dtype=float)
+    whole = ~np.isnan(table).any(axis=0)
+    return table[:, whole], None if clusters is None else np.asarray(clusters)[whole]

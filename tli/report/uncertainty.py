@@ -21,9 +21,10 @@ CI and p-value below is its normal approximation (`tli.stats.z_inference`):
                                                             deranged translations), on the same pairs and seeds
 
 `mde` is the gain a two-sided test at 5% would detect with 80% power (2.80 se): a gain whose CI includes 0 is
-"not detectable above" it. `{prefix}mde_10_seeds` is that MDE projected to PROJECTED_SEEDS seeds by the set's seed
-and pair variance components (`tli.stats.projected_se_ratio`): close to `mde`, more seeds cannot answer; more pairs
-might.
+"not detectable above" it. `{prefix}mde_10_seeds` (`projected_mde`) is that MDE projected to PROJECTED_SEEDS seeds
+by the variance components of the set's seeds x headword means (`tli.stats.projected_se_ratio`): close to `mde`,
+more seeds cannot answer, more pairs might; well below it, a rough and optimistic figure (a seed component from 2
+degrees of freedom at 3 seeds).
 """
 
 from __future__ import annotations
@@ -75,8 +76,13 @@ def _matrix(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _columns(prefix: str) -> dict[str, str]:
     """The significance columns of one gain: the raw cosine's have the historic names."""
     names = {key: f"{prefix}{key}" for key in ("diff", "se", "ci_low", "ci_high", "p", "mde")}
-    names["projected_mde"] = f"{prefix}mde_{PROJECTED_SEEDS}_seeds"
+    names["projected_mde"] = projected_mde(prefix)
     return names | ({"diff": "mean_diff", "p": "cosine_p"} if not prefix else {})
+
+
+def projected_mde(prefix: str) -> str:
+    """The significance column of a gain's MDE projected to PROJECTED_SEEDS seeds."""
+    return f"{prefix}mde_{PROJECTED_SEEDS}_seeds"
 
 
 def _inference(estimates: np.ndarray, replicates: np.ndarray) -> list[dict[str, float]]:
@@ -106,13 +112,14 @@ def set_rows(gains: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     reference = {key: m for key, m in matrices.items() if key[0] == REFERENCE}
     against = _replicates(reference, n_boot, seed, 1) if len(matrices) > len(reference) else {}
     out = []
-    for (name, layer), (values, _, _) in matrices.items():
+    for (name, layer), (values, headwords, _) in matrices.items():
         row: dict = {"set": name, "eval_layer": layer}
         for k, (prefix, found) in enumerate(zip(GAINS, _inference(_estimate(values), own[name, layer]))):
             names = _columns(prefix)
             row |= {names[key]: found[key] for key in ("se", "ci_low", "ci_high", "p")}
             row[names["mde"]] = stats.minimum_detectable_effect(found["se"])
-            row[names["projected_mde"]] = row[names["mde"]] * stats.projected_se_ratio(values[:, :, k], PROJECTED_SEEDS)
+            ratio = stats.projected_se_ratio(values[:, :, k], PROJECTED_SEEDS, headwords)
+            row[names["projected_mde"]] = row[names["mde"]] * ratio
         if (REFERENCE, layer) in against and name != REFERENCE:
             replicates = own[name, layer] - against[REFERENCE, layer]
             row |= _against_reference(values, matrices[REFERENCE, layer][0], replicates)

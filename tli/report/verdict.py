@@ -28,7 +28,7 @@ import pandas as pd
 from tli.report.conditions import PROTOCOL
 from tli.report.multiple import ALPHA
 from tli.report.significance import at_target, rows_of
-from tli.report.uncertainty import COMPARED, PROJECTED_SEEDS
+from tli.report.uncertainty import COMPARED, PROJECTED_SEEDS, projected_mde
 
 NAMED_PROTOCOLS = {  # (pooling_train, pooling_eval, mask_false_negatives) -> name
     ("mean", "mean", False): "paper as written",
@@ -118,11 +118,11 @@ VERDICT_COLUMNS = [
     "centered_gap_alike_ci_high",
     "centered_gap_alike_p_holm",
     "centered_gap_alike_mde",
-    "centered_gap_alike_mde_10_seeds",
+    projected_mde("centered_gap_alike_"),
     "mde",
-    "mde_10_seeds",
+    projected_mde(""),
     "gap_alike_mde",
-    "gap_alike_mde_10_seeds",
+    projected_mde("gap_alike_"),
     "gap_diff",
     "centered_gap_diff",
     "vs_trained_diff",
@@ -182,7 +182,7 @@ def _gain(row: pd.Series, prefix: str, name: str) -> str:
     found = f"{name} by {gain:+.4f} ({_ci(row, prefix)}, Holm p {p:.2g}"
     if holds(row, prefix):
         return found + ")"
-    projected = row.get(f"{prefix}mde_{PROJECTED_SEEDS}_seeds", float("nan"))
+    projected = row.get(projected_mde(prefix), float("nan"))
     more = pd.notna(projected) and row["n_seeds"] < PROJECTED_SEEDS
     more_seeds = f", with {PROJECTED_SEEDS} seeds about {projected:.4f}" if more else ""
     return found + f"; not detectable above {row[f'{prefix}mde']:.4f}{more_seeds})"
