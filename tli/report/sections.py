@@ -10,6 +10,7 @@ import pandas as pd
 
 from tli.report import author, drift, figures, render, retrieval, training, verdict
 from tli.report.conditions import PROTOCOL, defaults_of, prespecified, unlike_defaults
+from tli.report.multiple import ALPHA
 from tli.report.overview import OVERVIEW_SETS, overview
 from tli.report.paper import table1, table2
 from tli.report.render import Plot
@@ -304,7 +305,7 @@ def _runner_up_note(conds: pd.DataFrame, chosen: pd.Series, by: list[str]) -> st
     )
     if math.isnan(p):
         return text + "too few trials to test whether the objective separates them."
-    if p < 0.05:
+    if p < ALPHA:
         return text + f"Welch's t-test p = {p:.2g}, the objective separates them."
     return text + f"Welch's t-test p = {p:.2g}: the objective does not separate them, the selection is not a finding."
 
