@@ -471,7 +471,24 @@ def test_trials_differing_only_in_margin_are_checked_for_one_adapter(rank_margin
         " ".join(training.check(ok))
     )
     moved = ok.assign(train_lora_norm_end=ok["train_lora_norm_end"] * np.where(ok["margin"] == 0.2, 1.0, 1.01))
-    assert "0 trained one adapter for every margin and 4 did not" in " ".join(training.check(moved))
+    assert (
+        "0 trained one adapter for every margin and 4 did not (final LoRA update norms differ by more than 1e-05, "
+        "relative): in 4, margin 0.2 had its own, margin 0.4 had its own."
+    ) in " ".join(training.check(moved))
+
+
+def test_margins_are_grouped_by_the_adapter_they_trained():
+    norms = [1.97, 1.798, 1.798 * (1 + 5e-6), 1.798, 2.5]  # margin 0 and 1 apart; 0.1-0.3 within 1e-5
+    assert training.same_adapter([0, 0.1, 0.2, 0.3, 1], norms) == [(0,), (0.1, 0.2, 0.3), (1,)]
+    assert training.same_adapter([0.3, 0.1], [1.0, 1.0]) == [(0.1, 0.3)]
+    assert training.same_adapter([0.1, 0.2], [1.0, 1.0 + 2e-5]) == [(0.1,), (0.2,)]
+    found = [{"margins": [0, 0.1, 0.2], "adapters": [(0,), (0.1, 0.2)], "same": False}] * 3
+    found += [{"margins": [0, 0.1, 0.2], "adapters": [(0, 0.1, 0.2)], "same": True}]
+    assert training._same_adapters(found) == [
+        "Of 4 group(s) of trials identical but for the margin (margins 0, 0.1, 0.2), 1 trained one adapter for every "
+        "margin and 3 did not (final LoRA update norms differ by more than 1e-05, relative): in 3, margin 0 had its "
+        "own, margins 0.1, 0.2 shared one adapter."
+    ]
 
 
 def test_dynamics_table_and_figures_per_condition(results, conds, built):

@@ -680,18 +680,33 @@ def test_bad_sweep_settings_fail_before_ray_with_one_line(flags, message, tmp_pa
     assert time.perf_counter() - started < 30 and not (tmp_path / "layer_sweep" / "trials").exists()  # no Ray
 
 
-@pytest.mark.slow
-def test_a_trial_larger_than_this_machine_is_refused_at_once(tmp_path, capsys):
-    started = time.perf_counter()
-    assert (
-        load_ablation("layer_sweep").main(
-            ["--smoke-test", "--results", str(tmp_path), "--no-drift", "--cpus-per-trial", "64"]
-        )
-        == 2
-    )
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cpus-per-trial", "64"], "a trial asks for 64 CPU but this machine has 2: lower --cpus-per-trial"),
+        (["--gpus-per-trial", "0.3"], "a trial asks for 0.3 GPU but this machine has 0: lower --gpus-per-trial"),
+    ],
+)
+def test_a_trial_larger_than_this_machine_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch, flags, message):
+    import ray
+
+    from tli.sweep import session
+
+    monkeypatch.setattr(session, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("a private Ray was started"))
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), "--no-drift", *flags]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "a trial asks for 64 CPU but this machine has" in errors[0]
-    assert time.perf_counter() - started < 120  # Ray would wait for ever
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_this_machine_is_counted_as_ray_counts_it(monkeypatch):
+    from tli.sweep import session
+
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 3, "GPU": 2}')  # what a private Ray would then have
+    assert session.local_resources() == {"CPU": 3.0, "GPU": 2.0}
+    monkeypatch.delenv("RAY_OVERRIDE_RESOURCES")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert session.local_resources()["GPU"] == 0
 
 
 @pytest.mark.slow

@@ -82,8 +82,8 @@ def margin_states(ok: pd.DataFrame) -> pd.Series:
 
 def margin_groups(ok: pd.DataFrame) -> list[dict]:
     """Triplet trials identical in every setting but the margin, two margins or more: per group its `margins`,
-    the `norms` of their trained updates and whether they are one adapter (`same`: norms equal within SAME_NORM,
-    relative).
+    the `norms` of their trained updates, its `adapters` (the margins that trained one adapter, `same_adapter`)
+    and whether every margin trained one (`same`).
     """
     rows = ok[(losses(ok) == "triplet") & has_dynamics(ok)]
     keys = [c for c in setting_names() if c in rows and c != "margin" and rows[c].astype(str).nunique() > 1]
@@ -92,9 +92,29 @@ def margin_groups(ok: pd.DataFrame) -> list[dict]:
         if trials["margin"].nunique() < 2:
             continue
         norms = trials["train_lora_norm_end"].astype(float)
-        same = bool(norms.max() - norms.min() <= SAME_NORM * max(abs(norms.max()), 1e-12))
-        found.append({"margins": sorted(trials["margin"].unique()), "norms": norms.tolist(), "same": same})
+        adapters = same_adapter(trials["margin"].astype(float).tolist(), norms.tolist())
+        found.append(
+            {
+                "margins": sorted(trials["margin"].unique()),
+                "norms": norms.tolist(),
+                "adapters": adapters,
+                "same": len(adapters) == 1,
+            }
+        )
     return found
+
+
+def same_adapter(margins: list[float], norms: list[float]) -> list[tuple[float, ...]]:
+    """The margins grouped by the adapter they trained: sorted by update norm, a norm within SAME_NORM (relative)
+    of the one before it joins its adapter; each adapter's margins ascending, adapters by their smallest margin.
+    """
+    adapters, last = [], None
+    for norm, margin in sorted(zip(norms, margins)):
+        if last is None or norm - last > SAME_NORM * max(abs(norm), 1e-12):
+            adapters.append([])
+        adapters[-1].append(margin)
+        last = norm
+    return sorted(tuple(sorted(set(adapter))) for adapter in adapters)
 
 
 def _mean(rows: pd.DataFrame, column: str) -> float:
@@ -167,7 +187,9 @@ def _state_counts(rows: pd.DataFrame, state: str) -> str:
 
 
 def _same_adapters(found: list[dict]) -> list[str]:
-    """A sentence on the trials that differ only in their margin ([] when there are none)."""
+    """A sentence on the trials that differ only in their margin ([] when there are none): how many groups trained
+    one adapter for every margin, and, where they did not, which margins shared one.
+    """
     if not found:
         return []
     same = [group for group in found if group["same"]]
@@ -179,11 +201,23 @@ def _same_adapters(found: list[dict]) -> list[str]:
             text + "every one trained one adapter for every margin (final LoRA update norms equal within "
             f"{SAME_NORM:g}, relative)."
         ]
+    patterns = pd.Series([tuple(group["adapters"]) for group in found if not group["same"]]).value_counts()
+    split = "; ".join(f"in {count}, {_adapters(pattern)}" for pattern, count in patterns.items())
     return [
         text
         + f"{len(same)} trained one adapter for every margin and {len(found) - len(same)} did not (final LoRA update "
-        f"norms differ by more than {SAME_NORM:g}, relative): there the margin changed the adapter."
+        f"norms differ by more than {SAME_NORM:g}, relative): {split}."
     ]
+
+
+def _adapters(pattern: tuple[tuple[float, ...], ...]) -> str:
+    """'margins 0.1, 0.2 shared one adapter, margin 0 had its own' (one clause per adapter)."""
+    return ", ".join(
+        f"margins {', '.join(f'{m:g}' for m in margins)} shared one adapter"
+        if len(margins) > 1
+        else f"margin {margins[0]:g} had its own"
+        for margins in pattern
+    )
 
 
 def _start_end(rows: pd.DataFrame, name: str, fmt: str) -> str:

@@ -65,6 +65,16 @@ def connect(address: str | None, verbose: bool = False) -> Iterator[None]:
             ray.shutdown()
 
 
+def local_resources() -> dict[str, float]:
+    """The CPUs and GPUs a private Ray started here would have: Ray's own count (cgroups, CUDA_VISIBLE_DEVICES,
+    RAY_OVERRIDE_RESOURCES; `ray._private.resource_and_label_spec`, Ray 2.60), read without starting it.
+    """
+    from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+    spec = ResourceAndLabelSpec().resolve(is_head=True, node_ip_address=LOOPBACK)
+    return {"CPU": float(spec.num_cpus), "GPU": float(spec.num_gpus)}
+
+
 @contextlib.contextmanager
 def keep_loopback() -> Iterator[None]:
     """Ray, in this process, keeps 127.0.0.1 and localhost as given (node and --address) instead of rewriting them

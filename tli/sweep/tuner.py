@@ -143,17 +143,20 @@ def ray_session(config: SweepConfig):
     if ray.is_initialized():
         yield
         return
+    if not config.address:
+        _check_resources(config, [session.local_resources()])  # before a private Ray starts: refused at once
     with session.connect(config.address, config.verbose):
-        _check_resources(config)
+        if config.address:
+            _check_resources(config, [node["Resources"] for node in ray.nodes() if node["Alive"]])
         yield
 
 
-def _check_resources(config: SweepConfig) -> None:
-    """On a private local Ray, TliError when one trial asks for more CPU or GPU than the machine has (Tune
-    would wait for ever); on a cluster, a warning (an autoscaler may still add a node that fits). A GPU share
-    of `auto` is decided later (`resources.reserve`).
+def _check_resources(config: SweepConfig, nodes: list[dict[str, float]]) -> None:
+    """For a private local Ray (`nodes`: this machine's resources, as Ray would count them), TliError when one
+    trial asks for more CPU or GPU than the machine has (Tune would wait for ever); on a cluster (`nodes`: the
+    alive nodes' resources), a warning (an autoscaler may still add a node that fits). A GPU share of `auto` is
+    decided later (`resources.reserve`).
     """
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     for name, asked in (("CPU", config.cpus_per_trial), ("GPU", config.gpus_per_trial)):
         most = max((node.get(name, 0.0) for node in nodes), default=0.0)
         if asked == "auto" or asked <= most:
