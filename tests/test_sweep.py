@@ -694,9 +694,11 @@ def test_a_trial_larger_than_this_machine_is_refused_before_ray_starts(tmp_path,
 
     monkeypatch.setattr(session, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("a private Ray was started"))
-    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(tmp_path), "--no-drift", *flags]) == 2
+    results = tmp_path / "results"
+    assert load_ablation("layer_sweep").main(["--smoke-test", "--results", str(results), "--no-drift", *flags]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and message in errors[0], errors
+    assert not results.exists()  # refused before anything is written
 
 
 def test_this_machine_is_counted_as_ray_counts_it(monkeypatch):

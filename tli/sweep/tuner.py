@@ -138,13 +138,12 @@ def trainable(config: dict[str, Any], context: TrialContext) -> None:
 @contextlib.contextmanager
 def ray_session(config: SweepConfig):
     """Join `config.address`, or start a private local Ray on loopback with a token of its own (`session.connect`);
-    shut down only what this started. TliError when no cluster answers or when a trial can never fit.
+    shut down only what this started. TliError when no cluster answers; on a cluster, a warning when no node fits a
+    trial yet (a private Ray's machine is checked before, in `run_sweep`).
     """
     if ray.is_initialized():
         yield
         return
-    if not config.address:
-        _check_resources(config, [session.local_resources()])  # before a private Ray starts: refused at once
     with session.connect(config.address, config.verbose):
         if config.address:
             _check_resources(config, [node["Resources"] for node in ray.nodes() if node["Alive"]])
@@ -269,6 +268,8 @@ def run_sweep(
     which every trial failed is a TliError, one stopped before every trial ran a `SweepStopped`.
     """
     callbacks = logger_callbacks(config)
+    if not config.address and not ray.is_initialized():
+        _check_resources(config, [session.local_resources()])  # the private Ray's machine: before anything is written
     store = ExperimentStore(config.location)
     _check_apart(config, store)
     store.folder.check_writable()
