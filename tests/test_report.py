@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import re
 import shutil
 import subprocess
@@ -467,27 +468,31 @@ def test_trials_differing_only_in_margin_are_checked_for_one_adapter(rank_margin
     ok = report.load_results(str(rank_margin_dir)).ok  # the fixture's update norm follows the rank, not the margin
     found = training.margin_groups(ok)
     assert len(found) == 4 and all(group["margins"] == [0.2, 0.4] and group["same"] for group in found)
-    assert "Of 4 group(s) of trials identical but for the margin (margins 0.2, 0.4), every one trained one adapter" in (
-        " ".join(training.check(ok))
-    )
+    text = " ".join(training.check(ok))
+    assert "Of 4 group(s) of trials identical but for the margin (margins 0.2 and 0.4), every one trained one" in text
     moved = ok.assign(train_lora_norm_end=ok["train_lora_norm_end"] * np.where(ok["margin"] == 0.2, 1.0, 1.01))
     assert (
         "0 trained one adapter for every margin and 4 did not (final LoRA update norms differ by more than 1e-05, "
-        "relative): in 4, margin 0.2 had its own, margin 0.4 had its own."
+        "relative). In 4 of them every margin trained its own adapter."
     ) in " ".join(training.check(moved))
 
 
 def test_margins_are_grouped_by_the_adapter_they_trained():
     norms = [1.97, 1.798, 1.798 * (1 + 5e-6), 1.798, 2.5]  # margin 0 and 1 apart; 0.1-0.3 within 1e-5
-    assert training.same_adapter([0, 0.1, 0.2, 0.3, 1], norms) == [(0,), (0.1, 0.2, 0.3), (1,)]
-    assert training.same_adapter([0.3, 0.1], [1.0, 1.0]) == [(0.1, 0.3)]
-    assert training.same_adapter([0.1, 0.2], [1.0, 1.0 + 2e-5]) == [(0.1,), (0.2,)]
+    assert training.adapters_by_norm([0, 0.1, 0.2, 0.3, 1], norms) == [(0,), (0.1, 0.2, 0.3), (1,)]
+    assert training.adapters_by_norm([0.3, 0.1], [1.0, 1.0]) == [(0.1, 0.3)]
+    assert training.adapters_by_norm([0.1, 0.2], [1.0, 1.0 + 2e-5]) == [(0.1,), (0.2,)]
+    # steps of 8e-6 each within 1e-5 of the last, but 1.6e-5 from the first: not one adapter
+    assert training.adapters_by_norm([0.1, 0.2, 0.3], [1.0, 1 + 8e-6, 1 + 1.6e-5]) == [(0.1, 0.2), (0.3,)]
+    assert training.adapters_by_norm([0.1, 0.2, 0.3], [1.0, math.nan, 1.0]) == [(0.1, 0.3), (0.2,)]  # not logged
     found = [{"margins": [0, 0.1, 0.2], "adapters": [(0,), (0.1, 0.2)], "same": False}] * 3
+    found += [{"margins": [0, 0.1, 0.2], "adapters": [(0,), (0.1,), (0.2,)], "same": False}]
     found += [{"margins": [0, 0.1, 0.2], "adapters": [(0, 0.1, 0.2)], "same": True}]
     assert training._same_adapters(found) == [
-        "Of 4 group(s) of trials identical but for the margin (margins 0, 0.1, 0.2), 1 trained one adapter for every "
-        "margin and 3 did not (final LoRA update norms differ by more than 1e-05, relative): in 3, margin 0 had its "
-        "own, margins 0.1, 0.2 shared one adapter."
+        "Of 5 group(s) of trials identical but for the margin (margins 0, 0.1 and 0.2), 1 trained one adapter for "
+        "every margin and 4 did not (final LoRA update norms differ by more than 1e-05, relative). In 3 of them "
+        "margin 0 trained its own; margins 0.1 and 0.2 shared one adapter. In 1 of them every margin trained its own "
+        "adapter."
     ]
 
 

@@ -702,11 +702,18 @@ def test_a_trial_larger_than_this_machine_is_refused_before_ray_starts(tmp_path,
 
 
 def test_this_machine_is_counted_as_ray_counts_it(monkeypatch):
+    from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
     from tli.sweep import session
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # fewer visible than 2 would be an error of Ray's
     monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 3, "GPU": 2}')  # what a private Ray would then have
     assert session.local_resources() == {"CPU": 3.0, "GPU": 2.0}
     monkeypatch.delenv("RAY_OVERRIDE_RESOURCES")
+    monkeypatch.setattr(NvidiaGPUAcceleratorManager, "get_current_node_num_accelerators", staticmethod(lambda: 2))
+    assert session.local_resources()["GPU"] == 2  # two GPUs detected
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert session.local_resources()["GPU"] == 1  # one of them visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert session.local_resources()["GPU"] == 0
 

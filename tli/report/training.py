@@ -20,6 +20,7 @@ triplet loss (cosine units).
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pandas as pd
@@ -81,9 +82,9 @@ def margin_states(ok: pd.DataFrame) -> pd.Series:
 
 
 def margin_groups(ok: pd.DataFrame) -> list[dict]:
-    """Triplet trials identical in every setting but the margin, two margins or more: per group its `margins`,
-    the `norms` of their trained updates, its `adapters` (the margins that trained one adapter, `same_adapter`)
-    and whether every margin trained one (`same`).
+    """Triplet trials identical in every setting but the margin, two margins or more: per group its `margins`, its
+    `adapters` (the margins that trained one adapter, `adapters_by_norm`) and whether every margin trained one
+    (`same`).
     """
     rows = ok[(losses(ok) == "triplet") & has_dynamics(ok)]
     keys = [c for c in setting_names() if c in rows and c != "margin" and rows[c].astype(str).nunique() > 1]
@@ -91,30 +92,26 @@ def margin_groups(ok: pd.DataFrame) -> list[dict]:
     for _, trials in groups(rows.astype({c: str for c in keys}), keys):
         if trials["margin"].nunique() < 2:
             continue
-        norms = trials["train_lora_norm_end"].astype(float)
-        adapters = same_adapter(trials["margin"].astype(float).tolist(), norms.tolist())
-        found.append(
-            {
-                "margins": sorted(trials["margin"].unique()),
-                "norms": norms.tolist(),
-                "adapters": adapters,
-                "same": len(adapters) == 1,
-            }
-        )
+        margins, norms = trials["margin"].astype(float).tolist(), trials["train_lora_norm_end"].astype(float).tolist()
+        adapters = adapters_by_norm(margins, norms)
+        found.append({"margins": sorted(set(margins)), "adapters": adapters, "same": len(adapters) == 1})
     return found
 
 
-def same_adapter(margins: list[float], norms: list[float]) -> list[tuple[float, ...]]:
-    """The margins grouped by the adapter they trained: sorted by update norm, a norm within SAME_NORM (relative)
-    of the one before it joins its adapter; each adapter's margins ascending, adapters by their smallest margin.
+def adapters_by_norm(margins: list[float], norms: list[float]) -> list[tuple[float, ...]]:
+    """The margins grouped by the adapter they trained, judged by its update norm: sorted by norm, a margin joins the
+    adapter whose smallest norm is within SAME_NORM (relative) of its own, so one adapter's norms span at most
+    SAME_NORM; a NaN norm (not logged) is an adapter of its own. Each adapter's margins ascending, adapters by their
+    smallest margin.
     """
-    adapters, last = [], None
-    for norm, margin in sorted(zip(norms, margins)):
-        if last is None or norm - last > SAME_NORM * max(abs(norm), 1e-12):
+    adapters, first = [], None
+    for norm, margin in sorted((n, m) for n, m in zip(norms, margins) if not math.isnan(n)):
+        if first is None or norm - first > SAME_NORM * max(abs(norm), 1e-12):
             adapters.append([])
+            first = norm
         adapters[-1].append(margin)
-        last = norm
-    return sorted(tuple(sorted(set(adapter))) for adapter in adapters)
+    adapters += [[m] for n, m in zip(norms, margins) if math.isnan(n)]
+    return sorted(tuple(sorted(adapter)) for adapter in adapters)
 
 
 def _mean(rows: pd.DataFrame, column: str) -> float:
@@ -194,30 +191,37 @@ def _same_adapters(found: list[dict]) -> list[str]:
         return []
     same = [group for group in found if group["same"]]
     margins = sorted({m for group in found for m in group["margins"]})
-    shown = ", ".join(f"{m:g}" for m in margins)
-    text = f"Of {len(found)} group(s) of trials identical but for the margin (margins {shown}), "
+    text = f"Of {len(found)} group(s) of trials identical but for the margin (margins {_listed(margins)}), "
     if len(same) == len(found):
         return [
             text + "every one trained one adapter for every margin (final LoRA update norms equal within "
             f"{SAME_NORM:g}, relative)."
         ]
-    patterns = pd.Series([tuple(group["adapters"]) for group in found if not group["same"]]).value_counts()
-    split = "; ".join(f"in {count}, {_adapters(pattern)}" for pattern, count in patterns.items())
+    patterns = collections.Counter(tuple(group["adapters"]) for group in found if not group["same"])
     return [
         text
         + f"{len(same)} trained one adapter for every margin and {len(found) - len(same)} did not (final LoRA update "
-        f"norms differ by more than {SAME_NORM:g}, relative): {split}."
+        f"norms differ by more than {SAME_NORM:g}, relative)."
+        + "".join(f" In {count} of them {_adapters(pattern)}." for pattern, count in patterns.most_common())
     ]
 
 
 def _adapters(pattern: tuple[tuple[float, ...], ...]) -> str:
-    """'margins 0.1, 0.2 shared one adapter, margin 0 had its own' (one clause per adapter)."""
-    return ", ".join(
-        f"margins {', '.join(f'{m:g}' for m in margins)} shared one adapter"
+    """'margin 0 trained its own; margins 0.1 and 0.2 shared one adapter' (one clause per adapter)."""
+    if all(len(margins) == 1 for margins in pattern):
+        return "every margin trained its own adapter"
+    return "; ".join(
+        f"margins {_listed(margins)} shared one adapter"
         if len(margins) > 1
-        else f"margin {margins[0]:g} had its own"
+        else f"margin {margins[0]:g} trained its own"
         for margins in pattern
     )
+
+
+def _listed(margins) -> str:
+    """'0.1, 0.2 and 0.3'."""
+    shown = [f"{m:g}" for m in margins]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def _start_end(rows: pd.DataFrame, name: str, fmt: str) -> str:
