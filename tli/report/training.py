@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -218,7 +219,7 @@ def _adapters(pattern: tuple[tuple[float, ...], ...]) -> str:
     )
 
 
-def _listed(margins) -> str:
+def _listed(margins: Sequence[float]) -> str:
     """'0.1, 0.2 and 0.3'."""
     shown = [f"{m:g}" for m in margins]
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
