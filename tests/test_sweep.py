@@ -448,6 +448,33 @@ def test_failures_become_error_records_and_leave_a_clean_cache(tiny_trials, monk
     assert not sweep_trial.has_lora(next(iter(cache.models.values()))[0])
 
 
+def test_base_probe_answers_are_kept_per_source_not_per_word(monkeypatch):
+    """Trials holding out different categories probe a word with different golds (Gemma, action held out: English
+    'well' probed with 'kisima' after a trial that probed it with 'vizuri' only): each must get its own Answer,
+    not the other's (a KeyError on the gold it lacks), and a Source seen before is not answered again.
+    """
+    from tli import probe
+    from tli.config import ProbeConfig
+
+    asked = []
+
+    def answer(model, tokenizer, wanted, config):
+        asked.append([source.golds for source in wanted])
+        scores = {source: {gold: -float(len(gold)) for gold in source.golds} for source in wanted}
+        return {(s.direction, s.word): probe.Answer("", False, scores[s], dict.fromkeys(s.golds, 1)) for s in wanted}
+
+    monkeypatch.setattr(probe, "answer", answer)
+    cache, config, probing = sweep_trial.WorkerCache(), ModelConfig(model="m"), ProbeConfig()
+    cache.models[config] = (None, None)
+    inputs = dataclasses.make_dataclass("Inputs", ["digest"])("d")
+    one = probe.Source("en_sw", "well", frozenset({"kisima", "vizuri"}), ("vizuri",), ("mti",))
+    two = dataclasses.replace(one, golds=("kisima",))
+    assert cache.pre_answers(config, inputs, probing, [one])["en_sw", "well"].logprob == {"vizuri": -6.0}
+    assert cache.pre_answers(config, inputs, probing, [two])["en_sw", "well"].logprob == {"kisima": -6.0}
+    assert cache.pre_answers(config, inputs, probing, [one, two][::-1])["en_sw", "well"].logprob == {"vizuri": -6.0}
+    assert asked == [[("vizuri",)], [("kisima",)]]  # the third call found both in the cache
+
+
 @pytest.mark.slow
 def test_a_worker_keeps_one_model_and_a_bounded_set_of_embeddings(tiny_trials, tiny_llama_dir):
     trials, inputs, cache = tiny_trials

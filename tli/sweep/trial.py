@@ -281,7 +281,7 @@ class WorkerCache:
         self.models: dict[ModelConfig, tuple] = {}  # at most one: config -> (model, tokenizer)
         self.embeddings: dict[tuple, tuple] = {}  # (model config, inputs digest, pooling, layer) -> (sw, en), LRU order
         self.embedding_bytes = embedding_bytes
-        self.answers: dict[tuple, Any] = {}  # (model config, inputs digest, probe config, direction, word) -> Answer
+        self.answers: dict[tuple, Any] = {}  # (model config, inputs digest, probe config, Source) -> Answer
         self.trials = 0  # trials this process has run
 
     def model(self, config: ModelConfig) -> tuple:
@@ -329,18 +329,20 @@ class WorkerCache:
 
     def pre_answers(self, config: ModelConfig, inputs: ExperimentInputs, probe_config: ProbeConfig, wanted) -> dict:
         """{(direction, word): tli.probe.Answer} of the base model for the Sources `wanted`, each computed once per
-        process.
+        process. Keyed by the whole Source: a word's golds (the translations probed with it) differ between trials
+        whose sets differ (a category hold-out), and an Answer scores only its own golds.
         """
         from tli import probe
 
         def key(source):
-            return config, inputs.digest, probe_config, source.direction, source.word
+            return config, inputs.digest, probe_config, source
 
         missing = [source for source in wanted if key(source) not in self.answers]
         if missing:
             model, tokenizer = self.model(config)
-            for (direction, word), found in probe.answer(model, tokenizer, missing, probe_config).items():
-                self.answers[config, inputs.digest, probe_config, direction, word] = found
+            found = probe.answer(model, tokenizer, missing, probe_config)
+            for source in missing:
+                self.answers[key(source)] = found[source.direction, source.word]
         return {(source.direction, source.word): self.answers[key(source)] for source in wanted}
 
 
