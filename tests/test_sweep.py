@@ -471,7 +471,7 @@ def test_base_probe_answers_are_kept_per_source_not_per_word(monkeypatch):
     two = dataclasses.replace(one, golds=("kisima",))
     assert cache.pre_answers(config, inputs, probing, [one])["en_sw", "well"].logprob == {"vizuri": -6.0}
     assert cache.pre_answers(config, inputs, probing, [two])["en_sw", "well"].logprob == {"kisima": -6.0}
-    assert cache.pre_answers(config, inputs, probing, [one, two][::-1])["en_sw", "well"].logprob == {"vizuri": -6.0}
+    assert cache.pre_answers(config, inputs, probing, [two, one])["en_sw", "well"].logprob == {"vizuri": -6.0}
     assert asked == [[("vizuri",)], [("kisima",)]]  # the third call found both in the cache
 
 
